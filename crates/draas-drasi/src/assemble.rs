@@ -49,15 +49,23 @@ pub async fn build(
     server_id: &str,
     work_dir: &Path,
 ) -> Result<DrasiLib, StartupError> {
-    let wal_dir = data_dir(work_dir, server_id).join("wal");
+    let data = data_dir(work_dir, server_id);
+    std::fs::create_dir_all(&data).map_err(|e| {
+        StartupError::new(
+            "configuration",
+            format!("cannot create data directory {}: {e}", data.display()),
+        )
+    })?;
+    let wal_dir = data.join("wal");
     let mut builder = DrasiLib::builder()
         .with_id(server_id)
         .with_wal_provider(Arc::new(RedbWalProvider::new(&wal_dir)));
 
     for source in &config.sources {
         let component = format!("source '{}'", source.id);
-        let plugin = plugins::source(&source.kind)
-            .ok_or_else(|| StartupError::new(&component, format!("unknown kind '{}'", source.kind)))?;
+        let plugin = plugins::source(&source.kind).ok_or_else(|| {
+            StartupError::new(&component, format!("unknown kind '{}'", source.kind))
+        })?;
         let props = Value::Object(source.properties.clone());
         let created = plugin
             .descriptor
@@ -65,9 +73,15 @@ pub async fn build(
             .await
             .map_err(|e| StartupError::new(&component, format!("{e:#}")))?;
         if let Some(Value::Object(provider)) = &source.bootstrap_provider {
-            let kind = provider.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let kind = provider
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let bootstrap = plugins::bootstrap(kind).ok_or_else(|| {
-                StartupError::new(&component, format!("unknown bootstrap provider kind '{kind}'"))
+                StartupError::new(
+                    &component,
+                    format!("unknown bootstrap provider kind '{kind}'"),
+                )
             })?;
             let bootstrap_config = Value::Object(plugins::bootstrap_config(
                 &source.kind,
@@ -126,7 +140,8 @@ pub async fn start(lib: &DrasiLib, config: &DrasiServerConfig) -> Result<(), Sta
             if info.status == ComponentStatus::Error {
                 return Err(StartupError::new(
                     format!("source '{}'", source.id),
-                    info.error_message.unwrap_or_else(|| "failed to start".into()),
+                    info.error_message
+                        .unwrap_or_else(|| "failed to start".into()),
                 ));
             }
         }
@@ -136,7 +151,8 @@ pub async fn start(lib: &DrasiLib, config: &DrasiServerConfig) -> Result<(), Sta
             if info.status == ComponentStatus::Error {
                 return Err(StartupError::new(
                     format!("reaction '{}'", reaction.id),
-                    info.error_message.unwrap_or_else(|| "failed to start".into()),
+                    info.error_message
+                        .unwrap_or_else(|| "failed to start".into()),
                 ));
             }
         }
@@ -147,7 +163,12 @@ pub async fn start(lib: &DrasiLib, config: &DrasiServerConfig) -> Result<(), Sta
 /// The component a drasi-lib start error is about: the first component whose
 /// id the message quotes, else the configuration as a whole.
 fn blame(config: &DrasiServerConfig, message: &str) -> String {
-    let quoted = |id: &str| message.contains(&format!("'{id}'")) || message.contains(&format!("\"{id}\""));
+    // drasi-lib names components as 'id', "id" or "id: reason".
+    let quoted = |id: &str| {
+        message.contains(&format!("'{id}'"))
+            || message.contains(&format!("\"{id}\""))
+            || message.contains(&format!(" {id}: "))
+    };
     config
         .sources
         .iter()
@@ -227,7 +248,10 @@ mod tests {
     #[test]
     fn data_dir_is_one_safe_segment_per_id() {
         let root = Path::new("/w");
-        assert_eq!(data_dir(root, "default"), Path::new("/w/data/id-64656661756c74"));
+        assert_eq!(
+            data_dir(root, "default"),
+            Path::new("/w/data/id-64656661756c74")
+        );
         assert_eq!(data_dir(root, "../x"), Path::new("/w/data/id-2e2e2f78"));
     }
 }

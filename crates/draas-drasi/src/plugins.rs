@@ -214,7 +214,9 @@ mod tests {
     #[test]
     fn mock_source_accepts_its_documented_fields() {
         let plugin = source("mock").unwrap();
-        let ok = props(json!({"dataType": {"type": "sensorReading", "sensorCount": 3}, "intervalMs": 100}));
+        let ok = props(
+            json!({"dataType": {"type": "sensorReading", "sensorCount": 3}, "intervalMs": 100}),
+        );
         assert_eq!(plugin.check(&ok), Ok(()));
     }
 
@@ -222,13 +224,20 @@ mod tests {
     fn unknown_plugin_field_is_reported_with_its_path() {
         let plugin = source("mock").unwrap();
         let err = plugin
-            .check(&props(json!({"dataType": {"type": "counter"}, "intervalMS": 100})))
+            .check(&props(
+                json!({"dataType": {"type": "counter"}, "intervalMS": 100}),
+            ))
             .unwrap_err();
-        assert!(err.message.contains("unknown field `intervalMS`"), "{err:?}");
+        assert!(
+            err.message.contains("unknown field `intervalMS`"),
+            "{err:?}"
+        );
         assert_eq!(err.path, "/intervalMS");
 
         let err = plugin
-            .check(&props(json!({"dataType": {"type": "sensorReading", "sensors": 3}})))
+            .check(&props(
+                json!({"dataType": {"type": "sensorReading", "sensors": 3}}),
+            ))
             .unwrap_err();
         assert!(err.message.contains("sensors"), "{err:?}");
         assert!(err.path.starts_with("/dataType"), "{err:?}");
@@ -236,23 +245,35 @@ mod tests {
 
     #[test]
     fn http_source_requires_host_and_port() {
-        let err = source("http").unwrap().check(&props(json!({"host": "127.0.0.1"}))).unwrap_err();
+        let err = source("http")
+            .unwrap()
+            .check(&props(json!({"host": "127.0.0.1"})))
+            .unwrap_err();
         assert!(err.message.contains("missing field `port`"), "{err:?}");
     }
 
     #[test]
     fn http_reaction_uses_the_output_templates_shape() {
         let plugin = reaction("http").unwrap();
-        let current = props(json!({"baseUrl": "http://127.0.0.1:1", "outputTemplates": {"routes": {}}}));
+        let current =
+            props(json!({"baseUrl": "http://127.0.0.1:1", "outputTemplates": {"routes": {}}}));
         assert_eq!(plugin.check(&current), Ok(()));
         let legacy = props(json!({"baseUrl": "http://127.0.0.1:1", "routes": {}}));
-        assert!(plugin.check(&legacy).unwrap_err().message.contains("routes"));
+        assert!(plugin
+            .check(&legacy)
+            .unwrap_err()
+            .message
+            .contains("routes"));
     }
 
     #[test]
     fn same_kind_bootstrap_inherits_source_fields() {
         let source_props = props(json!({"database": "db", "user": "u"}));
-        let merged = bootstrap_config("postgres", &source_props, &props(json!({"kind": "postgres"})));
+        let merged = bootstrap_config(
+            "postgres",
+            &source_props,
+            &props(json!({"kind": "postgres"})),
+        );
         assert_eq!(merged["database"], "db");
         let other = bootstrap_config("http", &source_props, &props(json!({"kind": "noop"})));
         assert!(other.is_empty());

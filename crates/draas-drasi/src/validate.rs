@@ -45,7 +45,10 @@ pub fn validate(config: &DrasiServerConfig) -> Vec<ConfigIssue> {
             issues.push(identity_unsupported(&base, "source", &source.id));
         }
         if let Some(Value::Object(provider)) = &source.bootstrap_provider {
-            let kind = provider.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let kind = provider
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             match plugins::bootstrap(kind) {
                 None => issues.push(ConfigIssue::new(
                     format!("{base}/bootstrapProvider/kind"),
@@ -102,7 +105,8 @@ pub fn validate(config: &DrasiServerConfig) -> Vec<ConfigIssue> {
             }
         }
         if let Some(backend) = &query.storage_backend {
-            if let Err(e) = serde_json::from_value::<drasi_lib::StorageBackendRef>(backend.clone()) {
+            if let Err(e) = serde_json::from_value::<drasi_lib::StorageBackendRef>(backend.clone())
+            {
                 issues.push(ConfigIssue::new(
                     format!("{base}/storageBackend"),
                     format!("invalid storageBackend: {e}"),
@@ -128,7 +132,10 @@ pub fn validate(config: &DrasiServerConfig) -> Vec<ConfigIssue> {
         if let Err(e) = plugin.check(&reaction.properties) {
             issues.push(ConfigIssue::new(
                 format!("{base}{}", e.path),
-                format!("reaction '{}' ({}): {}", reaction.id, reaction.kind, e.message),
+                format!(
+                    "reaction '{}' ({}): {}",
+                    reaction.id, reaction.kind, e.message
+                ),
             ));
         }
         if reaction.identity_provider.is_some() {
@@ -210,14 +217,22 @@ reactions:
             ],
             "{issues:#?}"
         );
-        assert!(issues[0].message.contains("source 's' (mock): unknown field `dataTyp`"));
-        assert!(issues[1].message.contains("available kinds: mock, http, postgres"));
+        assert!(issues[0]
+            .message
+            .contains("source 's' (mock): unknown field `dataTyp`"));
+        assert!(issues[1]
+            .message
+            .contains("available kinds: mock, http, postgres"));
         assert!(issues[2].message.contains("query 'q' is not valid Cypher"));
     }
 
     #[test]
     fn cypher_parser_is_drasis() {
-        assert!(parse_query("MATCH (a:A)-[:R]->(b:B) WHERE a.x > 1 RETURN a.x, b.y", QueryLanguage::Cypher).is_ok());
+        assert!(parse_query(
+            "MATCH (a:A)-[:R]->(b:B) WHERE a.x > 1 RETURN a.x, b.y",
+            QueryLanguage::Cypher
+        )
+        .is_ok());
         assert!(parse_query("SELECT * FROM t", QueryLanguage::Cypher).is_err());
     }
 }

@@ -1,1 +1,102 @@
-fn main() {}
+//! # draas-runtime
+//!
+//! The Drasi runtime bundled with DRaaS: one Drasi server (sources →
+//! continuous queries → reactions) from a drasi-server YAML file, with the
+//! plugins linked in statically. It is the default executable of the Process
+//! platform and the content of the Docker/Kubernetes image.
+//!
+//! ```text
+//! draas-runtime --config server.yaml [--port N]     run a server
+//! draas-runtime validate --config server.yaml       check a file (exit 0/1)
+//! ```
+//!
+//! Startup matches drasi-server: every component is created and started
+//! before the API binds, so the first `/health` answer means "started".
+//! Any startup failure prints one `Error: ...` line on stderr naming the
+//! component and exits 1 without binding. SIGINT and SIGTERM both stop
+//! reactions, queries, then sources and exit 0.
+
+mod api;
+mod load;
+mod locate;
+mod serve;
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A drasi-server-compatible Drasi runtime with its plugins linked in.
+#[derive(Parser)]
+#[command(name = "draas-runtime", version, about)]
+struct Cli {
+    /// Configuration file (drasi-server YAML schema).
+    #[arg(short, long, global = true, default_value = "config/server.yaml")]
+    config: PathBuf,
+    /// API port; overrides `port` in the file.
+    #[arg(short, long, global = true)]
+    port: Option<u16>,
+    /// Longest time a graceful stop may take before the runtime gives up
+    /// waiting for components and exits 1.
+    #[arg(long, global = true, default_value_t = 20, value_name = "SECONDS")]
+    shutdown_timeout: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Run,
+    /// Check a configuration file and print a report; exit 1 on any error.
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    match cli.command.take().unwrap_or(Command::Run) {
+        Command::Validate => validate::run(&cli.config, cli.port),
+        Command::Run => match run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("Error: {message}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Loads and validates the file, then runs the server on a Tokio runtime.
+fn run(cli: Cli) -> Result<(), String> {
+    let mut loaded = load::load(&cli.config).map_err(|e| e.to_string())?;
+    if let Some(port) = cli.port {
+        loaded.config.port = port;
+    }
+    if let Some(e) = serve::invalid(&loaded) {
+        return Err(e.to_string());
+    }
+    let server_id = loaded
+        .config
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // drasi-server semantics: `logLevel` applies when RUST_LOG is unset. Set
+    // here, before any thread exists.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", loaded.config.log_level.to_ascii_lowercase());
+    }
+    // Log files and pipes get plain text; drasi-lib's formatter honours NO_COLOR.
+    if !std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        std::env::set_var("NO_COLOR", "1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let shutdown_timeout = std::time::Duration::from_secs(cli.shutdown_timeout);
+    runtime
+        .block_on(serve::run(loaded, server_id, shutdown_timeout))
+        .map_err(|e| e.to_string())
+}

@@ -366,9 +366,9 @@ pub struct YamlError {
     /// What was wrong, with line and column when known.
     pub message: String,
     /// 1-based line of the problem, when known.
-    pub line: Option<u32>,
+    pub line: Option<u64>,
     /// 1-based column of the problem, when known.
-    pub column: Option<u32>,
+    pub column: Option<u64>,
 }
 
 /// Parses a drasi-server YAML document. Unknown top-level or query keys are
@@ -376,10 +376,14 @@ pub struct YamlError {
 pub fn parse_yaml(text: &str) -> Result<DrasiServerConfig, YamlError> {
     serde_saphyr::from_str::<DrasiServerConfig>(text).map_err(|e| {
         let location = e.location();
+        // The rendered error carries a source snippet after the first line;
+        // callers want one line.
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
         YamlError {
-            message: e.to_string(),
-            line: location.map(|l| l.line() as u32),
-            column: location.map(|l| l.column() as u32),
+            message: first.strip_prefix("error: ").unwrap_or(first).to_string(),
+            line: location.map(|l| l.line()),
+            column: location.map(|l| l.column()),
         }
     })
 }

@@ -49,7 +49,10 @@ fn applies_drasi_server_defaults() {
     assert!(config.persist_config);
     assert!(!config.persist_index);
     let q = &config.queries[0];
-    assert!(!q.auto_start, "drasi-server queries do not auto-start by default");
+    assert!(
+        !q.auto_start,
+        "drasi-server queries do not auto-start by default"
+    );
     assert_eq!(q.query_language, QueryLanguage::GQL);
     assert_eq!(q.bootstrap_buffer_size, 10_000);
 }
@@ -165,4 +168,27 @@ reactions:
     let config = parse_yaml(text).unwrap();
     let ports: Vec<u16> = config.listening_ports().iter().map(|p| p.port).collect();
     assert_eq!(ports, vec![9100, 9101, 8080]);
+}
+
+#[test]
+fn a_port_used_twice_in_one_config_is_an_issue() {
+    let config =
+        parse_yaml("port: 9000\nsources:\n  - {kind: http, id: in, host: 127.0.0.1, port: 9000}\n")
+            .unwrap();
+    let issues = validate_structure(&config);
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(issues[0].path, "/sources/0/port");
+    assert!(issues[0].message.contains("also used by server"));
+}
+
+#[test]
+fn parse_errors_are_one_line() {
+    let err = parse_yaml("id: x\nbogus: 1\n").unwrap_err();
+    assert!(!err.message.contains('\n'), "{}", err.message);
+    assert!(
+        err.message
+            .starts_with("line 2 column 1: unknown field `bogus`"),
+        "{}",
+        err.message
+    );
 }

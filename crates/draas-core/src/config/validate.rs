@@ -79,6 +79,22 @@ pub fn validate_structure(config: &DrasiServerConfig) -> Vec<ConfigIssue> {
         ));
     }
 
+    // One process cannot listen twice on a port.
+    let mut ports: HashMap<u16, String> = HashMap::new();
+    for listening in config.listening_ports() {
+        if let Some(first) = ports.get(&listening.port) {
+            issues.push(ConfigIssue::new(
+                port_path(config, &listening.owner),
+                format!(
+                    "port {} of {} is also used by {first}",
+                    listening.port, listening.owner
+                ),
+            ));
+        } else {
+            ports.insert(listening.port, listening.owner);
+        }
+    }
+
     // Component ids share one namespace: drasi-lib's component graph.
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut claim = |id: &str, path: String, issues: &mut Vec<ConfigIssue>| {
@@ -180,6 +196,24 @@ pub fn validate_structure(config: &DrasiServerConfig) -> Vec<ConfigIssue> {
     issues
 }
 
+/// The JSON Pointer of the port of `owner` (as named by `listening_ports`).
+fn port_path(config: &DrasiServerConfig, owner: &str) -> String {
+    let position = |ids: Vec<&String>| {
+        ids.iter()
+            .position(|id| owner.ends_with(&format!("'{id}'")))
+    };
+    if owner.starts_with("source") {
+        if let Some(i) = position(config.sources.iter().map(|s| &s.id).collect()) {
+            return format!("/sources/{i}/port");
+        }
+    } else if owner.starts_with("reaction") {
+        if let Some(i) = position(config.reactions.iter().map(|r| &r.id).collect()) {
+            return format!("/reactions/{i}/port");
+        }
+    }
+    "/port".to_string()
+}
+
 fn snake_case_issues(
     path: &str,
     properties: &serde_json::Map<String, serde_json::Value>,
@@ -211,7 +245,10 @@ fn component_id_problem(id: &str) -> Option<String> {
         .chars()
         .find(|c| c.is_control() || matches!(c, '/' | '\\' | '?' | '#' | '%'))
     {
-        return Some(format!("id '{}' contains the character {c:?}", id.escape_debug()));
+        return Some(format!(
+            "id '{}' contains the character {c:?}",
+            id.escape_debug()
+        ));
     }
     None
 }

@@ -1,0 +1,91 @@
+//! Reading and checking a configuration file.
+//!
+//! Unlike drasi-server, a missing file is an error: a manager that points the
+//! runtime at a file it did not write wants to hear about it, not get an
+//! empty server.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use draas_core::config::{parse_yaml, ConfigIssue, DrasiServerConfig};
+
+use crate::locate::{locate, Position};
+
+/// A configuration file, read and parsed.
+pub struct LoadedConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its text, kept to locate issues.
+    pub text: String,
+    /// The parsed configuration.
+    pub config: DrasiServerConfig,
+}
+
+/// The file could not be read or is not a drasi-server configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Missing or unreadable.
+    #[error("cannot read config file '{}': {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, or an unknown key, or a value of the wrong type.
+    #[error("invalid config file '{}': {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key's name and position.
+        message: String,
+    },
+}
+
+/// One validation issue with its position in the file.
+pub struct LocatedIssue {
+    /// The issue.
+    pub issue: ConfigIssue,
+    /// Where it is, when the file has the path.
+    pub position: Option<Position>,
+}
+
+impl fmt::Display for LocatedIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(p) => write!(f, "{} (at {}, {p})", self.issue.message, self.issue.path),
+            None => write!(f, "{} (at {})", self.issue.message, self.issue.path),
+        }
+    }
+}
+
+/// Reads and parses `path`.
+pub fn load(path: &Path) -> Result<LoadedConfig, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse_yaml(&text).map_err(|e| LoadError::Parse {
+        path: path.to_path_buf(),
+        message: e.message,
+    })?;
+    Ok(LoadedConfig {
+        path: path.to_path_buf(),
+        text,
+        config,
+    })
+}
+
+impl LoadedConfig {
+    /// Every validation issue of the configuration, located in the file.
+    pub fn issues(&self) -> Vec<LocatedIssue> {
+        draas_drasi::validate::validate(&self.config)
+            .into_iter()
+            .map(|issue| LocatedIssue {
+                position: locate(&self.text, &issue.path),
+                issue,
+            })
+            .collect()
+    }
+}

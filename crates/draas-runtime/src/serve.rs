@@ -1,0 +1,168 @@
+//! Running one server: start every component, bind the API, wait for
+//! SIGINT/SIGTERM, stop in order.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use draas_drasi::assemble;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::api::{router, ApiState};
+use crate::load::LoadedConfig;
+
+/// How long the HTTP server may drain after the components stopped. Open
+/// SSE streams never end on their own, so this is short.
+const HTTP_DRAIN: Duration = Duration::from_secs(1);
+
+/// A startup or shutdown failure; printed as `Error: <this>` and exit 1.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The file failed validation.
+    #[error("invalid configuration '{path}': {first}{more}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The first issue.
+        first: String,
+        /// The other issues, one per line.
+        more: String,
+    },
+    /// A component could not be created or started.
+    #[error("{0}")]
+    Startup(#[from] assemble::StartupError),
+    /// The API address could not be used.
+    #[error("cannot bind the API on {addr}: {source}")]
+    Bind {
+        /// host:port.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// Components did not stop in time, or a second signal arrived.
+    #[error("shutdown did not complete: {0}")]
+    Shutdown(String),
+}
+
+/// Turns validation issues into the startup error.
+pub fn invalid(loaded: &LoadedConfig) -> Option<RunError> {
+    let issues = loaded.issues();
+    let (first, rest) = issues.split_first()?;
+    Some(RunError::Invalid {
+        path: loaded.path.display().to_string(),
+        first: first.to_string(),
+        more: rest.iter().map(|i| format!("\n  also: {i}")).collect(),
+    })
+}
+
+/// Runs the server described by `loaded` (already validated) until a signal.
+pub async fn run(
+    loaded: LoadedConfig,
+    server_id: String,
+    shutdown_timeout: Duration,
+) -> Result<(), RunError> {
+    let config = loaded.config;
+    // Installs drasi-lib's tracing subscriber (stdout, RUST_LOG) before the
+    // first log line, so our lines and the components' share one format.
+    let _ = drasi_lib::get_or_init_global_registry();
+    for key in config.ignored_keys() {
+        warn!("{key}: ignored (plugins are linked into this runtime)");
+    }
+
+    let addr = format!("{}:{}", config.host, config.port);
+    // Fail fast on a taken port, before any component opens its own.
+    std::net::TcpListener::bind(&addr).map_err(|source| RunError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+
+    // Signals are watched from the start so a stop request during startup
+    // is not lost.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+
+    let work_dir = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let lib = Arc::new(assemble::build(&config, &server_id, &work_dir).await?);
+    if let Err(e) = assemble::start(&lib, &config).await {
+        stop(&lib, shutdown_timeout).await.ok();
+        return Err(e.into());
+    }
+
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(source) => {
+            stop(&lib, shutdown_timeout).await.ok();
+            return Err(RunError::Bind { addr, source });
+        }
+    };
+    let local: SocketAddr = listener.local_addr().map_err(|source| RunError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    info!(server = %server_id, %local, "Drasi server started; API listening");
+
+    let stopped = tokio_util::sync::CancellationToken::new();
+    let app = router(Arc::new(ApiState {
+        lib: lib.clone(),
+        config,
+        server_id,
+        stopped: stopped.clone(),
+    }));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut http = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
+    );
+
+    let which = tokio::select! {
+        _ = sigint.recv() => "SIGINT",
+        _ = sigterm.recv() => "SIGTERM",
+        result = &mut http => {
+            // The server only returns on its own after an accept error.
+            stop(&lib, shutdown_timeout).await.ok();
+            return Err(RunError::Shutdown(format!("API server ended: {result:?}")));
+        }
+    };
+    info!("{which} received: stopping reactions, queries, then sources");
+    let _ = stop_http.send(());
+
+    let result = tokio::select! {
+        r = stop(&lib, shutdown_timeout) => r,
+        _ = sigint.recv() => Err("second signal received".to_string()),
+        _ = sigterm.recv() => Err("second signal received".to_string()),
+    };
+    stopped.cancel();
+    if tokio::time::timeout(HTTP_DRAIN, &mut http).await.is_err() {
+        http.abort();
+    }
+    result.map_err(RunError::Shutdown)?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Stops every component (reactions → queries → sources) and releases the
+/// lib, within `limit`.
+async fn stop(lib: &drasi_lib::DrasiLib, limit: Duration) -> Result<(), String> {
+    let work = async {
+        if lib.is_running().await {
+            if let Err(e) = lib.stop().await {
+                warn!("some components reported errors while stopping: {e}");
+            }
+        }
+        if let Err(e) = lib.shutdown().await {
+            warn!("shutdown reported an error: {e}");
+        }
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| format!("components did not stop within {} s", limit.as_secs()))
+}

@@ -1,0 +1,379 @@
+//! End-to-end tests of the `draas-runtime` binary as a real process: real
+//! drasi-lib components, real HTTP, real signals.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use draas_testkit::process::TestProcess;
+use draas_testkit::{free_port, get_json, wait_for};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_draas-runtime");
+
+/// A runtime process in its own working directory.
+struct Runtime {
+    process: TestProcess,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Runtime {
+    /// Writes `config` (with `{port}` replaced by a free port) and starts
+    /// the runtime on it.
+    fn start(config: &str) -> Self {
+        let port = free_port();
+        Self::start_on(config, port)
+    }
+
+    fn start_on(config: &str, port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config.replace("{port}", &port.to_string());
+        std::fs::write(dir.path().join("server.yaml"), text).expect("write config");
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(dir.path())
+            .args(["--config", "server.yaml"]);
+        let process = TestProcess::spawn(command, "runtime", dir.path()).expect("spawn runtime");
+        Self { process, port, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn wait_healthy(&mut self) {
+        let url = self.url("/health");
+        let process = &mut self.process;
+        wait_for("runtime /health", Duration::from_secs(30), || {
+            assert!(process.is_running(), "runtime exited: {}", process.stderr());
+            let url = url.clone();
+            async move { get_json(&url).await.filter(|(s, _)| *s == 200) }
+        })
+        .await;
+    }
+
+    /// Waits until the query has at least `min` result rows and returns them.
+    async fn wait_rows(&self, query: &str, min: usize) -> Vec<Value> {
+        let url = self.url(&format!("/api/v1/queries/{query}/results"));
+        wait_for(
+            &format!("{min} rows from {query}"),
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    let (status, body) = get_json(&url).await?;
+                    let rows = body["data"].as_array()?.clone();
+                    (status == 200 && rows.len() >= min).then_some(rows)
+                }
+            },
+        )
+        .await
+    }
+}
+
+const MOCK_PIPELINE: &str = r#"
+id: mock-pipeline
+host: 127.0.0.1
+port: {port}
+persistConfig: false
+sources:
+  - kind: mock
+    id: sensors
+    dataType: {type: sensorReading, sensorCount: 3}
+    intervalMs: 100
+queries:
+  - id: readings
+    autoStart: true
+    queryLanguage: Cypher
+    query: "MATCH (s:SensorReading) RETURN s.sensor_id AS sensor, s.temperature AS temperature"
+    sources: [{sourceId: sensors}]
+reactions:
+  - kind: log
+    id: console
+    queries: [readings]
+"#;
+
+#[tokio::test]
+async fn mock_pipeline_returns_rows_shaped_like_the_return_clause() {
+    let mut rt = Runtime::start(MOCK_PIPELINE);
+    rt.wait_healthy().await;
+
+    let rows = rt.wait_rows("readings", 3).await;
+    for row in &rows {
+        let keys: BTreeSet<&str> = row
+            .as_object()
+            .expect("row is an object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, BTreeSet::from(["sensor", "temperature"]), "row {row}");
+        assert!(row["sensor"]
+            .as_str()
+            .expect("sensor")
+            .starts_with("sensor_"));
+        let t = row["temperature"].as_f64().expect("temperature");
+        assert!((20.0..=30.0).contains(&t), "temperature {t}");
+    }
+
+    // The envelope and per-kind lists, with status and links.
+    for (kind, id) in [
+        ("sources", "sensors"),
+        ("queries", "readings"),
+        ("reactions", "console"),
+    ] {
+        let (status, body) = get_json(&rt.url(&format!("/api/v1/{kind}")))
+            .await
+            .expect("list");
+        assert_eq!(status, 200);
+        assert_eq!(body["success"], true);
+        assert_eq!(body["error"], Value::Null);
+        let items = body["data"].as_array().expect("data");
+        assert_eq!(items.len(), 1, "{kind}: {body}");
+        assert_eq!(items[0]["id"], id);
+        assert_eq!(items[0]["status"], "Running");
+        assert_eq!(
+            items[0]["links"]["self"],
+            format!("/api/v1/instances/mock-pipeline/{kind}/{id}")
+        );
+    }
+    let (_, full) = get_json(&rt.url("/api/v1/sources/sensors?view=full"))
+        .await
+        .expect("full");
+    assert_eq!(full["data"]["config"]["dataType"]["sensorCount"], 3);
+    let (_, scoped) = get_json(&rt.url("/api/v1/instances/mock-pipeline/queries/readings"))
+        .await
+        .expect("scoped");
+    assert_eq!(scoped["data"]["status"], "Running");
+
+    // drasi-server error shapes.
+    let (status, body) = get_json(&rt.url("/api/v1/queries/nope/results"))
+        .await
+        .expect("404");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("QUERY_NOT_FOUND"))
+    );
+    let (status, body) = get_json(&rt.url("/api/v1/instances/other/queries"))
+        .await
+        .expect("404");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("INSTANCE_NOT_FOUND"))
+    );
+
+    // Data lives under the working directory, per id.
+    assert!(rt
+        .dir
+        .path()
+        .join("data/id-6d6f636b2d706970656c696e65")
+        .is_dir());
+}
+
+#[tokio::test]
+async fn an_event_posted_to_an_http_source_shows_up_in_results() {
+    let source_port = free_port();
+    let config = format!(
+        r#"
+id: shop
+host: 127.0.0.1
+port: {{port}}
+sources:
+  - {{kind: http, id: orders, host: 127.0.0.1, port: {source_port}}}
+queries:
+  - id: big-orders
+    autoStart: true
+    queryLanguage: Cypher
+    query: "MATCH (o:Order) WHERE o.total > 100 RETURN o.id AS order, o.total AS total"
+    sources: [{{sourceId: orders}}]
+reactions:
+  - {{kind: log, id: console, queries: [big-orders]}}
+"#
+    );
+    let mut rt = Runtime::start(&config);
+    rt.wait_healthy().await;
+    let (_, body) = get_json(&rt.url("/api/v1/queries/big-orders/results"))
+        .await
+        .expect("results");
+    assert_eq!(body["data"], json!([]));
+
+    let client = reqwest::Client::new();
+    for (id, total) in [("o-1", 250), ("o-2", 20)] {
+        let event = json!({
+            "operation": "insert",
+            "element": {"type": "node", "id": id, "labels": ["Order"], "properties": {"id": id, "total": total}}
+        });
+        let response = client
+            .post(format!(
+                "http://127.0.0.1:{source_port}/sources/orders/events"
+            ))
+            .json(&event)
+            .send()
+            .await
+            .expect("post event");
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    let rows = rt.wait_rows("big-orders", 1).await;
+    assert_eq!(rows, vec![json!({"order": "o-1", "total": 250})]);
+}
+
+/// Starts the runtime on `config`, expects exit 1 before the API answers,
+/// and returns stderr.
+async fn startup_failure(config: &str, port: u16) -> String {
+    let mut rt = Runtime::start_on(config, port);
+    let status = rt
+        .process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("runtime exits");
+    assert_eq!(status.code(), Some(1), "stderr: {}", rt.process.stderr());
+    rt.process.stderr()
+}
+
+#[tokio::test]
+async fn bad_configurations_exit_1_with_a_message_naming_the_problem() {
+    let cases = [
+        (
+            "id: x\nport: {port}\npersist_index: true\n",
+            vec!["unknown field `persist_index`", "line 3"],
+        ),
+        (
+            "id: x\nport: {port}\nsources:\n  - kind: mock\n    id: s\n    intervalMS: 5\n",
+            vec!["source 's' (mock)", "unknown field `intervalMS`", "line 6"],
+        ),
+        (
+            "id: x\nport: {port}\nsources: [{kind: mock, id: s}]\nqueries:\n  - {id: q, query: 'MATCH (n) RETURN n', sources: [{sourceId: nope}]}\n",
+            vec!["query 'q' references source 'nope'"],
+        ),
+        (
+            "id: x\nport: {port}\nreactions:\n  - {kind: log, id: r, queries: [ghost]}\n",
+            vec!["reaction 'r' references query 'ghost'"],
+        ),
+        ("id: x\nport: 0\n", vec!["port 0 is not allowed"]),
+        (
+            "id: x\nport: {port}\nqueries:\n  - {id: q, queryLanguage: Cypher, query: 'MATCH (n RETURN n'}\n",
+            vec!["query 'q' is not valid Cypher"],
+        ),
+    ];
+    for (config, expected) in cases {
+        let stderr = startup_failure(config, free_port()).await;
+        for needle in expected {
+            assert!(
+                stderr.contains(needle),
+                "expected {needle:?} in stderr for\n{config}\ngot: {stderr}"
+            );
+        }
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("Error: "), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_taken_api_port_or_source_port_fails_startup_naming_it() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr").port();
+
+    let stderr = startup_failure("id: x\nhost: 127.0.0.1\nport: {port}\n", taken).await;
+    assert!(
+        stderr.contains(&format!("cannot bind the API on 127.0.0.1:{taken}")),
+        "{stderr}"
+    );
+
+    let config = format!("id: x\nhost: 127.0.0.1\nport: {{port}}\nsources:\n  - {{kind: http, id: inbox, host: 127.0.0.1, port: {taken}}}\n");
+    let api_port = free_port();
+    let stderr = startup_failure(&config, api_port).await;
+    assert!(stderr.contains("inbox"), "names the source: {stderr}");
+    assert!(
+        get_json(&format!("http://127.0.0.1:{api_port}/health"))
+            .await
+            .is_none(),
+        "the API never bound"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_config_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config", "absent.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot read config file 'absent.yaml'"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("absent.yaml").exists(),
+        "nothing is created"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_stop_components_in_order_and_exit_0() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut rt = Runtime::start(MOCK_PIPELINE);
+        rt.wait_healthy().await;
+        rt.wait_rows("readings", 1).await;
+
+        // Watch the lifecycle events while stopping.
+        let events = reqwest::get(rt.url("/api/v1/events"))
+            .await
+            .expect("events");
+        assert_eq!(events.headers()["content-type"], "text/event-stream");
+        rt.process.signal(signal);
+        let status = rt
+            .process
+            .wait_timeout(Duration::from_secs(20))
+            .expect("exits in time");
+        assert_eq!(status.code(), Some(0), "{signal}: {}", rt.process.stderr());
+
+        let body = events.text().await.unwrap_or_default();
+        let stopped: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|e| e["status"] == "Stopped")
+            .map(|e| e["componentId"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let position = |id: &str| stopped.iter().position(|s| s == id);
+        assert!(
+            position("console") < position("readings")
+                && position("readings") < position("sensors")
+                && position("console").is_some(),
+            "{signal}: reactions, then queries, then sources stop: {stopped:?}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_and_sets_the_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, MOCK_PIPELINE.replace("{port}", "8080")).expect("write");
+    let output = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("Summary: valid"), "{stdout}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "sources:\n  - {kind: kafka, id: k}\n").expect("write");
+    let output = Command::new(BIN)
+        .args(["validate", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[ERR]  source 'k': unknown kind 'kafka'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("line 2"), "{stdout}");
+}
