@@ -1,8 +1,26 @@
 //! # draas-core
 //!
-//! The domain of DRaaS, free of I/O: what an instance is, the drasi-server
-//! configuration model and its YAML rendering, JSON Patch handling, the
-//! messages that travel on the bus, and the port traits (bus, store, platform
-//! driver) that the adapters implement.
+//! The domain of DRaaS, free of I/O:
+//!
+//! - [`instance`]: what an instance is (ids, names, platforms, desired and
+//!   actual state, runtime info, configuration);
+//! - [`config`]: the drasi-server configuration schema and YAML rendering;
+//! - [`patch`]: JSON Patch applied atomically to typed documents;
+//! - [`messages`]: commands, replies and events on the bus, with channel names;
+//! - [`ports`]: the traits adapters implement (bus, store, platform driver);
+//! - [`status`]: recording a status change (store, status buffer, events);
+//! - [`keys`]: store collection names.
+//!
+//! ```text
+//!   draas-api ─┐                        ┌─ draas-store (embedded)  draas-redis
+//!   draas-worker ─ draas-core (ports) ──┼─ draas-bus (in-process)  draas-redis
+//!   draas-worker-process ┘              └─ (implementations)
+//! ```
 
 pub mod config;
+pub mod instance;
+pub mod keys;
+pub mod messages;
+pub mod patch;
+pub mod ports;
+pub mod status;

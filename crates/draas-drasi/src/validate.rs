@@ -146,6 +146,15 @@ pub fn validate(config: &DrasiServerConfig) -> Vec<ConfigIssue> {
     issues
 }
 
+/// The control plane's validator: [`validate`] behind the core port.
+pub struct DrasiValidator;
+
+impl draas_core::ports::ConfigValidator for DrasiValidator {
+    fn validate(&self, config: &DrasiServerConfig) -> Vec<ConfigIssue> {
+        validate(config)
+    }
+}
+
 /// Parses a query with the parser drasi-lib uses when it starts the query.
 pub fn parse_query(text: &str, language: QueryLanguage) -> Result<(), String> {
     let language = match language {

@@ -1,9 +1,11 @@
 //! # draas-testkit
 //!
 //! Helpers for tests that drive real processes and servers: free loopback
-//! ports, waiting for a condition with a deadline (never a bare sleep), and
-//! child processes that are killed when the test ends, pass or fail.
+//! ports, waiting for a condition with a deadline (never a bare sleep),
+//! child processes that are killed when the test ends, pass or fail, and
+//! [`conformance`] suites that every implementation of a port must pass.
 
+pub mod conformance;
 pub mod process;
 
 use std::future::Future;

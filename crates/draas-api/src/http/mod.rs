@@ -1,0 +1,303 @@
+//! The REST API (DESIGN §5): routes, handlers, and the event stream.
+//! Handlers extract and validate input, call the [`ControlPlane`], and map
+//! the result; nothing else.
+
+mod extract;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use draas_core::instance::ActualState;
+use draas_core::messages::{Event, LogStream, EVENT_CHANNELS};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ApiError, ApiResult};
+use crate::service::{ControlPlane, CreateInstance, ExternalStatusUpdate, ListQuery};
+use extract::{etag, if_match, require_json_patch, ApiJson, ApiQuery, InstancePath};
+
+/// Largest request body accepted (configurations included).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+type Cp = State<Arc<ControlPlane>>;
+
+/// Builds the API router.
+pub fn router(control_plane: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/api/server/instances", post(create).get(list))
+        .route(
+            "/api/server/instances/{id}",
+            get(get_instance).delete(delete),
+        )
+        .route("/api/server/instances/{id}/start", post(start))
+        .route("/api/server/instances/{id}/stop", post(stop))
+        .route("/api/server/instances/{id}/restart", post(restart))
+        .route(
+            "/api/server/instances/{id}/runtime-status",
+            get(runtime_status),
+        )
+        .route(
+            "/api/server/instances/{id}/server-configuration",
+            get(get_server_configuration).patch(patch_server_configuration),
+        )
+        .route("/api/server/instances/{id}/logs", get(logs))
+        .route("/api/server/platforms", get(platforms))
+        .route(
+            "/api/configuration/instances/{id}",
+            get(get_configuration).patch(patch_configuration),
+        )
+        .route("/api/status/updates", post(status_update))
+        .route("/api/status/recent-changes", get(recent_changes))
+        .route("/api/status/{id}/status", get(instance_status))
+        .route("/api/events", get(events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(control_plane)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NO_SUCH_ROUTE", "no such route")
+}
+
+// === instances ===
+
+async fn create(State(cp): Cp, ApiJson(request): ApiJson<CreateInstance>) -> ApiResult<Response> {
+    let instance = cp.create(request).await?;
+    let location = format!("/api/server/instances/{}", instance.id);
+    let body =
+        json!({ "instance": instance, "serverConfiguration": instance.server_configuration });
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+async fn list(State(cp): Cp, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<Response> {
+    Ok(Json(cp.list(query).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// Wait until the instance reaches this state.
+    wait: Option<ActualState>,
+    /// For at most this many seconds (default 30, at most 300).
+    timeout: Option<u64>,
+}
+
+async fn get_instance(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> ApiResult<Response> {
+    let Some(wanted) = q.wait else {
+        return Ok(Json(cp.load(&id).await?.value).into_response());
+    };
+    let limit = Duration::from_secs(q.timeout.unwrap_or(30).min(300));
+    // Subscribe before reading, so a change between the two is not missed.
+    let mut events = cp.bus().subscribe(&EVENT_CHANNELS).await?;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let instance = cp.load(&id).await?.value;
+        if instance.status.state == wanted {
+            return Ok(Json(instance).into_response());
+        }
+        let next = tokio::time::timeout_at(deadline, async {
+            while let Some(event) = events.next().await {
+                if matches!(&event.event, Event::InstanceStatusChanged(c) if c.instance_id == id) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        match next {
+            Ok(true) => continue,
+            Ok(false) | Err(_) => {
+                let state = cp.load(&id).await?.value.status.state;
+                if state == wanted {
+                    continue;
+                }
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "WAIT_TIMEOUT",
+                    format!("the instance is {state:?}, not {wanted:?}, after {limit:?}"),
+                ));
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    cp.delete(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+    Ok(Json(cp.start(&id).await?).into_response())
+}
+
+async fn stop(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+    Ok(Json(cp.stop(&id).await?).into_response())
+}
+
+async fn restart(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+    Ok(Json(cp.restart(&id).await?).into_response())
+}
+
+async fn runtime_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+    Ok(Json(cp.runtime_status(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    tail: Option<usize>,
+    stream: Option<LogStream>,
+}
+
+async fn logs(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<Response> {
+    let tail = q.tail.unwrap_or(100);
+    if tail == 0 || tail > 10_000 {
+        return Err(ApiError::bad_request(
+            "INVALID_QUERY",
+            "tail must be between 1 and 10000",
+        ));
+    }
+    let stream = q.stream.unwrap_or(LogStream::Stdout);
+    let lines = cp.logs(&id, tail, stream).await?;
+    Ok(Json(json!({ "instanceId": id, "stream": stream, "lines": lines })).into_response())
+}
+
+async fn platforms(State(cp): Cp) -> ApiResult<Response> {
+    Ok(Json(cp.platforms().await?).into_response())
+}
+
+// === configuration ===
+
+async fn get_configuration(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+    let (config, generation) = cp.configuration(&id).await?;
+    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+}
+
+async fn patch_configuration(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_json_patch(&headers)?;
+    let expected = if_match(&headers)?;
+    let (config, generation) = cp.patch_configuration(&id, &body, expected).await?;
+    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+}
+
+async fn get_server_configuration(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+) -> ApiResult<Response> {
+    let (config, generation) = cp.server_configuration(&id).await?;
+    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+}
+
+async fn patch_server_configuration(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_json_patch(&headers)?;
+    let expected = if_match(&headers)?;
+    let (config, generation) = cp.patch_server_configuration(&id, &body, expected).await?;
+    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+}
+
+// === status ===
+
+async fn status_update(
+    State(cp): Cp,
+    ApiJson(update): ApiJson<ExternalStatusUpdate>,
+) -> ApiResult<Response> {
+    let change = cp.external_status(update).await?;
+    Ok((StatusCode::ACCEPTED, Json(change)).into_response())
+}
+
+async fn instance_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+    let instance = cp.load(&id).await?.value;
+    Ok(Json(json!({
+        "instanceId": instance.id,
+        "desiredState": instance.desired_state,
+        "generation": instance.generation,
+        "status": instance.status,
+        "runtime": instance.runtime,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
+}
+
+async fn recent_changes(State(cp): Cp, ApiQuery(q): ApiQuery<ChangesQuery>) -> ApiResult<Response> {
+    Ok(Json(cp.recent_changes(q.since, q.limit.unwrap_or(1000)).await?).into_response())
+}
+
+/// Server-sent events of every bus event: `event: <type>`, `data: <json>`.
+async fn events(State(cp): Cp) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let events = cp.bus().subscribe(&EVENT_CHANNELS).await?;
+    let stream = events.map(|envelope| {
+        let kind = serde_json::to_value(&envelope.event)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str().map(str::to_string)))
+            .unwrap_or_else(|| "Unknown".into());
+        let data = serde_json::to_string(&envelope).unwrap_or_default();
+        Ok(SseEvent::default()
+            .event(kind)
+            .id(envelope.id.to_string())
+            .data(data))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+// === health ===
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(cp): Cp) -> ApiResult<Response> {
+    cp.store().get("health", "probe").await?;
+    Ok(Json(json!({ "status": "ready" })).into_response())
+}

@@ -1,0 +1,471 @@
+//! Instance lifecycle: create, list, read, start, stop, restart, delete.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use draas_core::config::render_yaml;
+use draas_core::instance::{
+    validate_name, ActualState, DesiredState, Instance, InstanceConfiguration, InstanceId,
+    InstanceStatus, PlatformType, ServerConfiguration,
+};
+use draas_core::keys;
+use draas_core::messages::{
+    Command, Event, EventEnvelope, LogStream, LogsSpec, StartSpec, StatusChange, StopSpec,
+};
+use draas_core::ports::store::{encode, JsonStore, Precondition, Write};
+use draas_core::ports::StoreError;
+use serde::{Deserialize, Serialize};
+
+use super::ports::{ports_of, reservation_writes};
+use super::ControlPlane;
+use crate::error::{ApiError, ApiResult, FieldError};
+
+/// `POST /api/server/instances`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateInstance {
+    /// Unique, DNS-label-like.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// `Process`, `Docker` or `Kubernetes` (`AKS` accepted).
+    pub platform_type: PlatformType,
+    /// How to run it; defaults apply when absent.
+    #[serde(default)]
+    pub server_configuration: Option<ServerConfiguration>,
+    /// What it does; an empty server on an allocated port when absent.
+    #[serde(default)]
+    pub configuration: Option<InstanceConfiguration>,
+}
+
+/// `GET /api/server/instances` query.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this platform.
+    pub platform_type: Option<PlatformType>,
+    /// Only this actual state.
+    pub state: Option<ActualState>,
+    /// Only names containing this.
+    pub name: Option<String>,
+    /// Skip this many (after filtering).
+    #[serde(default)]
+    pub offset: usize,
+    /// Return at most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A page of instances.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceList {
+    /// The page.
+    pub items: Vec<Instance>,
+    /// Matching instances in all pages.
+    pub total: usize,
+    /// Offset of this page.
+    pub offset: usize,
+    /// Page size asked for.
+    pub limit: usize,
+}
+
+/// Longest description accepted.
+const MAX_DESCRIPTION: usize = 4096;
+
+impl ControlPlane {
+    /// Creates an instance (desired: Stopped; actual: Created).
+    pub async fn create(&self, request: CreateInstance) -> ApiResult<Instance> {
+        let mut errors = Vec::new();
+        if let Err(e) = validate_name(&request.name) {
+            errors.push(FieldError {
+                path: "/name".into(),
+                message: e.0,
+            });
+        }
+        if request.description.len() > MAX_DESCRIPTION {
+            errors.push(FieldError {
+                path: "/description".into(),
+                message: format!("at most {MAX_DESCRIPTION} bytes"),
+            });
+        }
+        let server_configuration = request.server_configuration.unwrap_or_default();
+        errors.extend(
+            server_configuration
+                .issues()
+                .into_iter()
+                .map(|(path, message)| FieldError {
+                    path: format!("/serverConfiguration{path}"),
+                    message,
+                }),
+        );
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(
+                "INVALID_INSTANCE",
+                "the instance is not valid",
+                errors,
+            ));
+        }
+
+        let platform = request.platform_type;
+        let id = InstanceId::generate();
+        let mut configuration = request
+            .configuration
+            .unwrap_or_else(|| InstanceConfiguration::empty("", 0));
+        if configuration.host.is_empty() {
+            configuration.host = match platform {
+                PlatformType::Process => self.settings.process_host.clone(),
+                _ => "0.0.0.0".to_string(),
+            };
+        }
+        let allocate = configuration.port == 0;
+        let mut tried = BTreeSet::new();
+        for _ in 0..super::MAX_ATTEMPTS {
+            if allocate {
+                configuration.port = self.allocate_port(platform, &tried).await?;
+                tried.insert(configuration.port);
+            }
+            self.check_configuration(&id, &configuration, "/configuration")?;
+            let now = Utc::now();
+            let instance = Instance {
+                id: id.clone(),
+                name: request.name.clone(),
+                description: request.description.clone(),
+                platform_type: platform,
+                created_at: now,
+                updated_at: now,
+                desired_state: DesiredState::Stopped,
+                generation: 1,
+                server_configuration: server_configuration.clone(),
+                configuration: configuration.clone(),
+                status: InstanceStatus::created(now),
+                runtime: None,
+            };
+            let mut writes = vec![
+                Write::Put {
+                    collection: keys::INSTANCES.into(),
+                    key: id.to_string(),
+                    value: encode(&instance)?,
+                    precondition: Precondition::Absent,
+                },
+                Write::Put {
+                    collection: keys::INSTANCE_NAMES.into(),
+                    key: instance.name.clone(),
+                    value: id.as_str().as_bytes().to_vec(),
+                    precondition: Precondition::Absent,
+                },
+            ];
+            writes.extend(reservation_writes(
+                platform,
+                &id,
+                &BTreeSet::new(),
+                &ports_of(&configuration, &id),
+            ));
+            match self.store.apply(writes).await {
+                Ok(_) => {
+                    self.log_change(&instance, None, ActualState::Created).await;
+                    return Ok(instance);
+                }
+                Err(StoreError::Conflict { collection, key })
+                    if collection == keys::INSTANCE_NAMES =>
+                {
+                    return Err(ApiError::conflict(
+                        "NAME_TAKEN",
+                        format!("an instance named '{key}' already exists"),
+                    ));
+                }
+                Err(StoreError::Conflict { collection, key })
+                    if collection == keys::port_reservations(platform) =>
+                {
+                    let port: u16 = key.parse().unwrap_or_default();
+                    if allocate && port == configuration.port {
+                        // Another creation took the allocated port first.
+                        continue;
+                    }
+                    let mut error = self.port_taken(platform, &configuration, port).await;
+                    for e in &mut error.errors {
+                        e.path = format!("/configuration{}", e.path);
+                    }
+                    return Err(error);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(
+            "CONCURRENT_UPDATE",
+            "could not reserve a port; retry",
+        ))
+    }
+
+    /// Instances matching `query`, oldest first.
+    pub async fn list(&self, query: ListQuery) -> ApiResult<InstanceList> {
+        let limit = query.limit.unwrap_or(100);
+        if limit == 0 || limit > 1000 {
+            return Err(ApiError::bad_request(
+                "INVALID_QUERY",
+                "limit must be between 1 and 1000",
+            ));
+        }
+        let matching: Vec<Instance> = self
+            .store
+            .list_json::<Instance>(keys::INSTANCES)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r.value)
+            .filter(|i| query.platform_type.is_none_or(|p| i.platform_type == p))
+            .filter(|i| query.state.is_none_or(|s| i.status.state == s))
+            .filter(|i| query.name.as_deref().is_none_or(|n| i.name.contains(n)))
+            .collect();
+        let total = matching.len();
+        let items = matching
+            .into_iter()
+            .skip(query.offset)
+            .take(limit)
+            .collect();
+        Ok(InstanceList {
+            items,
+            total,
+            offset: query.offset,
+            limit,
+        })
+    }
+
+    /// Starts the instance and waits for the worker's result.
+    pub async fn start(&self, id: &InstanceId) -> ApiResult<Instance> {
+        let instance = self.set_desired(id, DesiredState::Running).await?;
+        let spec = self.start_spec(&instance)?;
+        let timeout = self.start_timeout(&instance);
+        self.send(&instance, Command::Start(spec), timeout).await?;
+        Ok(self.load(id).await?.value)
+    }
+
+    /// Stops the instance and waits for the worker's result.
+    pub async fn stop(&self, id: &InstanceId) -> ApiResult<Instance> {
+        let instance = self.set_desired(id, DesiredState::Stopped).await?;
+        if !instance.status.state.is_active() && instance.runtime.is_none() {
+            // Nothing runs: nothing to ask a worker.
+            return Ok(instance);
+        }
+        let spec = StopSpec {
+            shutdown_timeout_seconds: instance.server_configuration.shutdown_timeout_seconds,
+        };
+        let timeout = self.stop_timeout(&instance);
+        self.send(&instance, Command::Stop(spec), timeout).await?;
+        Ok(self.load(id).await?.value)
+    }
+
+    /// Restarts the instance with its current configuration.
+    pub async fn restart(&self, id: &InstanceId) -> ApiResult<Instance> {
+        let instance = self.set_desired(id, DesiredState::Running).await?;
+        let spec = self.start_spec(&instance)?;
+        let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
+        self.send(&instance, Command::Restart(spec), timeout)
+            .await?;
+        Ok(self.load(id).await?.value)
+    }
+
+    /// Deletes the instance: the worker removes the server and its files
+    /// first, then the record, its name and its ports are released. With
+    /// `force`, a record whose worker is gone is removed anyway.
+    pub async fn delete(&self, id: &InstanceId, force: bool) -> ApiResult<()> {
+        let instance = self.load(id).await?.value;
+        if instance.status.state != ActualState::Created {
+            let spec = StopSpec {
+                shutdown_timeout_seconds: instance.server_configuration.shutdown_timeout_seconds,
+            };
+            match self
+                .send(
+                    &instance,
+                    Command::Delete(spec),
+                    self.stop_timeout(&instance),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if force && e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    tracing::warn!(instance = %id, "deleting without its worker (force): {}", e.detail);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for _ in 0..super::MAX_ATTEMPTS {
+            let record = self.load(id).await?;
+            let instance = record.value;
+            let mut writes = vec![
+                Write::Delete {
+                    collection: keys::INSTANCES.into(),
+                    key: id.to_string(),
+                    precondition: Precondition::Revision(record.revision),
+                },
+                Write::Delete {
+                    collection: keys::INSTANCE_NAMES.into(),
+                    key: instance.name.clone(),
+                    precondition: Precondition::None,
+                },
+            ];
+            writes.extend(reservation_writes(
+                instance.platform_type,
+                id,
+                &ports_of(&instance.configuration, id),
+                &BTreeSet::new(),
+            ));
+            match self.store.apply(writes).await {
+                Ok(_) => {
+                    self.log_change(
+                        &instance,
+                        Some(instance.status.state),
+                        ActualState::Deleting,
+                    )
+                    .await;
+                    let _ = self
+                        .bus
+                        .publish(&EventEnvelope::new(Event::InstanceDeleted {
+                            instance_id: id.clone(),
+                        }))
+                        .await;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { collection, .. }) if collection == keys::INSTANCES => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(
+            "CONCURRENT_UPDATE",
+            format!("instance {id} kept changing; retry"),
+        ))
+    }
+
+    /// The instance's status and runtime info, plus the worker's live view
+    /// (process and Drasi components) when it runs.
+    pub async fn runtime_status(&self, id: &InstanceId) -> ApiResult<serde_json::Value> {
+        let instance = self.load(id).await?.value;
+        let live = if instance.status.state.is_active() {
+            match self
+                .send(&instance, Command::Status, self.settings.command_timeout)
+                .await
+            {
+                Ok(detail) => detail,
+                Err(e) => Some(serde_json::json!({ "error": e.detail, "code": e.code })),
+            }
+        } else {
+            None
+        };
+        Ok(serde_json::json!({
+            "instanceId": instance.id,
+            "desiredState": instance.desired_state,
+            "generation": instance.generation,
+            "status": instance.status,
+            "runtime": instance.runtime,
+            "live": live,
+        }))
+    }
+
+    /// The last `tail` lines of the server's output.
+    pub async fn logs(
+        &self,
+        id: &InstanceId,
+        tail: usize,
+        stream: LogStream,
+    ) -> ApiResult<Vec<String>> {
+        let instance = self.load(id).await?.value;
+        if instance.status.state == ActualState::Created {
+            return Ok(Vec::new());
+        }
+        let detail = self
+            .send(
+                &instance,
+                Command::Logs(LogsSpec { tail, stream }),
+                self.settings.command_timeout,
+            )
+            .await?;
+        Ok(detail
+            .and_then(|d| serde_json::from_value(d["lines"].clone()).ok())
+            .unwrap_or_default())
+    }
+
+    async fn set_desired(&self, id: &InstanceId, desired: DesiredState) -> ApiResult<Instance> {
+        self.update(id, |instance| {
+            if instance.status.state == ActualState::Deleting {
+                return Err(ApiError::conflict(
+                    "INVALID_STATE",
+                    "the instance is being deleted",
+                ));
+            }
+            instance.desired_state = desired;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What a worker needs to launch `instance`.
+    pub(crate) fn start_spec(&self, instance: &Instance) -> ApiResult<StartSpec> {
+        let server = instance.configuration.to_server_config(&instance.id);
+        let configuration_yaml =
+            render_yaml(&server).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(StartSpec {
+            name: instance.name.clone(),
+            generation: instance.generation,
+            configuration_yaml,
+            api_host: server.host.clone(),
+            api_port: server.port,
+            listening_ports: server
+                .listening_ports()
+                .into_iter()
+                .map(|p| p.port)
+                .collect(),
+            server_configuration: instance.server_configuration.clone(),
+        })
+    }
+
+    fn start_timeout(&self, instance: &Instance) -> Duration {
+        let start = Duration::from_secs(u64::from(
+            instance.server_configuration.start_timeout_seconds,
+        ));
+        self.settings
+            .command_timeout
+            .max(start + Duration::from_secs(10))
+    }
+
+    fn stop_timeout(&self, instance: &Instance) -> Duration {
+        // SIGINT grace, then up to 10 s after SIGKILL, then a margin.
+        let grace = Duration::from_secs(u64::from(
+            instance.server_configuration.shutdown_timeout_seconds,
+        ));
+        self.settings
+            .command_timeout
+            .max(grace + Duration::from_secs(15))
+    }
+
+    /// Appends a change made by the control plane itself to the status buffer.
+    pub(crate) async fn log_change(
+        &self,
+        instance: &Instance,
+        old: Option<ActualState>,
+        new: ActualState,
+    ) {
+        let change = StatusChange {
+            cursor: 0,
+            instance_id: instance.id.clone(),
+            old,
+            new,
+            reason: Some(draas_core::instance::Reason::Requested),
+            message: None,
+            source: "control-plane".into(),
+            generation: instance.status.observed_generation,
+            timestamp: Utc::now(),
+        };
+        match self.recorder.log(change).await {
+            Ok(change) => {
+                let _ = self
+                    .bus
+                    .publish(&EventEnvelope::new(Event::InstanceStatusChanged(change)))
+                    .await;
+            }
+            Err(e) => tracing::warn!(instance = %instance.id, "status change not logged: {e}"),
+        }
+    }
+}

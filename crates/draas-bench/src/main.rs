@@ -1,0 +1,57 @@
+//! # draas-bench
+//!
+//! Benchmarks of DRaaS, each against the bare operation it wraps, printed as
+//! Markdown for BENCHMARKS.md. Run with `--release` builds:
+//!
+//! ```text
+//! cargo run --release -p draas-bench -- runtime-startup
+//! ```
+
+mod runtime_startup;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "draas-bench", about = "DRaaS benchmarks (Markdown output)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Bundled runtime: spawn to /health and to all queries Running, peak RSS.
+    RuntimeStartup {
+        /// The runtime binary (default: draas-runtime next to this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// Runs per configuration.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+}
+
+/// A sibling binary of this one in the target directory.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no parent directory"))?;
+    Ok(dir.join(name))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::RuntimeStartup { runtime, runs } => {
+            let runtime = match runtime {
+                Some(r) => r,
+                None => sibling("draas-runtime")?,
+            };
+            runtime_startup::run(&runtime, runs).await
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! # draas-bus
+//!
+//! The in-process [`MessageBus`]: the default of `draas up`, where the
+//! control plane and the platform workers share one process. Same contract
+//! as the Redis bus (see `draas_core::ports::bus`), no server needed:
+//!
+//! - each command channel is a multi-consumer queue: a command goes to
+//!   exactly one consumer of its channel (competing consumers);
+//! - the reply travels on a one-shot channel; `request` gives up at its
+//!   timeout, and a delivery dropped without a reply fails the request at
+//!   once ([`BusError::Dropped`]) since in-process nothing can redeliver it;
+//! - a request on a channel nobody consumes fails fast with
+//!   [`BusError::NoConsumer`];
+//! - events fan out to every subscriber through one broadcast channel; a
+//!   subscriber that falls more than [`EVENT_BUFFER`] events behind skips
+//!   the ones it missed (they remain in the status buffer).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use draas_core::messages::{CommandEnvelope, CommandReply, EventEnvelope};
+use draas_core::ports::bus::{
+    BusError, CommandStream, Delivery, EventStream, MessageBus, Responder,
+};
+use futures::StreamExt;
+use tokio::sync::{broadcast, oneshot};
+
+/// Events a slow subscriber may fall behind before it skips some.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// A command waiting for a consumer, with the way back to its requester.
+struct Pending {
+    envelope: CommandEnvelope,
+    reply: oneshot::Sender<CommandReply>,
+}
+
+/// One command channel: a queue and the number of consumers attached.
+struct Channel {
+    sender: async_channel::Sender<Pending>,
+    receiver: async_channel::Receiver<Pending>,
+    consumers: usize,
+}
+
+struct Inner {
+    channels: Mutex<HashMap<String, Channel>>,
+    events: broadcast::Sender<EventEnvelope>,
+}
+
+/// The in-process bus. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcessBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Self {
+            inner: Arc::new(Inner {
+                channels: Mutex::new(HashMap::new()),
+                events,
+            }),
+        }
+    }
+
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every critical section is a single insert or counter update).
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct OneshotResponder(oneshot::Sender<CommandReply>);
+
+#[async_trait]
+impl Responder for OneshotResponder {
+    async fn reply(self: Box<Self>, reply: CommandReply) -> Result<(), BusError> {
+        // The requester may have timed out and left; that is not an error
+        // of the consumer.
+        let _ = self.0.send(reply);
+        Ok(())
+    }
+}
+
+/// Detaches a consumer from its channel when its stream is dropped.
+struct ConsumerGuard {
+    bus: InProcessBus,
+    channel: String,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        if let Some(channel) = self.bus.channels().get_mut(&self.channel) {
+            channel.consumers = channel.consumers.saturating_sub(1);
+        }
+    }
+}
+
+#[async_trait]
+impl MessageBus for InProcessBus {
+    async fn request(
+        &self,
+        channel: &str,
+        command: CommandEnvelope,
+        timeout: Duration,
+    ) -> Result<CommandReply, BusError> {
+        let sender = {
+            let channels = self.channels();
+            match channels.get(channel) {
+                Some(c) if c.consumers > 0 => c.sender.clone(),
+                _ => return Err(BusError::NoConsumer(channel.to_string())),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Pending {
+                envelope: command,
+                reply,
+            })
+            .await
+            .map_err(|_| BusError::NoConsumer(channel.to_string()))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(BusError::Dropped),
+            Err(_) => Err(BusError::Timeout(timeout)),
+        }
+    }
+
+    async fn consume(&self, channel: &str, _consumer: &str) -> Result<CommandStream, BusError> {
+        let receiver = {
+            let mut channels = self.channels();
+            let entry = channels.entry(channel.to_string()).or_insert_with(|| {
+                let (sender, receiver) = async_channel::unbounded();
+                Channel {
+                    sender,
+                    receiver,
+                    consumers: 0,
+                }
+            });
+            entry.consumers += 1;
+            entry.receiver.clone()
+        };
+        let guard = ConsumerGuard {
+            bus: self.clone(),
+            channel: channel.to_string(),
+        };
+        let stream = receiver.map(move |pending: Pending| {
+            let _attached = &guard;
+            Ok(Delivery::new(
+                pending.envelope,
+                1,
+                Box::new(OneshotResponder(pending.reply)),
+            ))
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn publish(&self, event: &EventEnvelope) -> Result<(), BusError> {
+        // No subscriber is not an error: events are also in the store.
+        let _ = self.inner.events.send(event.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {
+        let wanted: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        let receiver = self.inner.events.subscribe();
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => return Some((event, receiver)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("event subscriber fell behind; skipped {n} events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .filter(move |event| {
+            let keep = wanted.iter().any(|c| c == event.event.channel());
+            async move { keep }
+        });
+        Ok(Box::pin(stream))
+    }
+}

@@ -1,0 +1,605 @@
+//! What a DRaaS instance is: one managed Drasi server.
+//!
+//! An instance has a *desired* side (what the user asked for: run or not,
+//! with which configuration) and an *actual* side (what its platform worker
+//! last reported). The control plane owns the desired side; workers own the
+//! actual side. Both live in one [`Instance`] record, written with a
+//! revision check so neither overwrites the other.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    DrasiServerConfig, QueryConfig, ReactionConfig, SourceConfig, DEFAULT_LOG_LEVEL,
+};
+
+// === ids and names ===
+
+/// An instance id: server-generated, URL-safe (`[a-z0-9-]`, at most 64).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// A new, time-ordered id (`i-` + UUIDv7 hex).
+    pub fn generate() -> Self {
+        Self(format!("i-{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a string is not a valid id or name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidName(pub String);
+
+impl FromStr for InstanceId {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(InvalidName(format!(
+                "invalid instance id '{}': ids are 1-64 characters of a-z, 0-9 and '-'",
+                s.escape_debug()
+            )))
+        }
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = InvalidName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks an instance name: unique per DRaaS, DNS-label-like (it becomes a
+/// container or Deployment name): 1-63 of `a-z 0-9 -`, starting and ending
+/// alphanumeric.
+pub fn validate_name(name: &str) -> Result<(), InvalidName> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-';
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName(format!(
+            "invalid name '{}': names are 1-63 characters of a-z, 0-9 and '-', \
+             starting and ending with a letter or digit",
+            name.escape_debug()
+        )))
+    }
+}
+
+// === platform ===
+
+/// Where an instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PlatformType {
+    /// An OS process on the worker's host.
+    Process,
+    /// A Docker container.
+    Docker,
+    /// A Deployment + Service + ConfigMap (the original design's "AKS").
+    #[serde(alias = "AKS")]
+    Kubernetes,
+}
+
+impl PlatformType {
+    /// Every platform.
+    pub const ALL: [PlatformType; 3] = [Self::Process, Self::Docker, Self::Kubernetes];
+
+    /// The command channel of this platform (original names).
+    pub fn command_channel(self) -> &'static str {
+        match self {
+            Self::Process => "instance.commands.process",
+            Self::Docker => "instance.commands.docker",
+            Self::Kubernetes => "instance.commands.aks",
+        }
+    }
+}
+
+impl FromStr for PlatformType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "process" => Ok(Self::Process),
+            "docker" => Ok(Self::Docker),
+            "kubernetes" | "aks" | "k8s" => Ok(Self::Kubernetes),
+            _ => Err(format!(
+                "unknown platform '{s}': expected Process, Docker or Kubernetes"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PlatformType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Process => "Process",
+            Self::Docker => "Docker",
+            Self::Kubernetes => "Kubernetes",
+        })
+    }
+}
+
+// === states ===
+
+/// What the user wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DesiredState {
+    /// Keep it running.
+    Running,
+    /// Keep it stopped.
+    Stopped,
+}
+
+/// What the worker last observed (one vocabulary for every platform).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActualState {
+    /// Recorded, never started.
+    Created,
+    /// Accepted by a worker, not yet launched.
+    Pending,
+    /// Launched, waiting for readiness.
+    Starting,
+    /// Up, every component running.
+    Running,
+    /// Up, but a Drasi component is in `Error`.
+    Degraded,
+    /// Being stopped.
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Exited or could not start.
+    Failed,
+    /// Its worker is gone; nobody knows.
+    Unknown,
+    /// Being deleted.
+    Deleting,
+}
+
+impl ActualState {
+    /// Whether a server process/container may be up in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Self::Pending | Self::Starting | Self::Running | Self::Degraded | Self::Stopping
+        )
+    }
+}
+
+/// Machine-readable reason for the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// The user asked for it.
+    Requested,
+    /// Readiness was reached.
+    Ready,
+    /// The server exited on its own with an exit code.
+    ExitedWithCode,
+    /// The server was killed by a signal it did not ask for.
+    KilledBySignal,
+    /// Readiness was not reached within the start timeout.
+    StartTimeout,
+    /// A port the server needs is taken.
+    PortInUse,
+    /// The server rejected its configuration at startup.
+    ConfigRejected,
+    /// The configured executable is missing or not allowed.
+    ExecutableMissing,
+    /// The container image is missing.
+    ImageMissing,
+    /// A Drasi component reported `Error`.
+    ComponentError,
+    /// The worker that owns the instance stopped heartbeating.
+    WorkerUnavailable,
+    /// The server was found gone when its worker came back.
+    LostWhileWorkerDown,
+    /// The platform refused or failed an operation.
+    PlatformError,
+    /// Reported by an external daemon.
+    External,
+    /// A reason this version does not know (sent by a newer peer).
+    #[serde(other)]
+    Other,
+}
+
+/// The actual side of an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// The state.
+    pub state: ActualState,
+    /// Why, machine-readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Why, for humans (e.g. the server's last stderr lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The configuration generation the server runs with.
+    pub observed_generation: u64,
+    /// How many times the instance was restarted after failing.
+    pub restart_count: u32,
+    /// When the next automatic restart is due (reconciler backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// When this status was observed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl InstanceStatus {
+    /// The status of a new instance.
+    pub fn created(now: DateTime<Utc>) -> Self {
+        Self {
+            state: ActualState::Created,
+            reason: None,
+            message: None,
+            observed_generation: 0,
+            restart_count: 0,
+            next_retry_at: None,
+            updated_at: now,
+        }
+    }
+}
+
+/// How a platform identifies a running server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum PlatformHandle {
+    /// An OS process. The start time (clock ticks since boot, from
+    /// `/proc/<pid>/stat`) tells a reused pid apart.
+    #[serde(rename_all = "camelCase")]
+    Process {
+        /// Process id.
+        pid: u32,
+        /// Process start time in clock ticks since boot.
+        start_time: u64,
+    },
+    /// A container.
+    #[serde(rename_all = "camelCase")]
+    Container {
+        /// Container id.
+        container_id: String,
+    },
+    /// A Kubernetes Deployment.
+    #[serde(rename_all = "camelCase")]
+    Deployment {
+        /// Namespace.
+        namespace: String,
+        /// Deployment name.
+        name: String,
+    },
+}
+
+/// Where and how the server runs right now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeInfo {
+    /// The worker that runs it.
+    pub worker_id: String,
+    /// The platform's handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<PlatformHandle>,
+    /// Host the server's API is reachable on.
+    pub host: String,
+    /// The server's API port.
+    pub port: u16,
+    /// Base URL of the server's API.
+    pub endpoint: String,
+    /// When the current server started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// Exit code of the previous server, if it exited with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_code: Option<i32>,
+}
+
+// === configuration ===
+
+/// How the platform runs the server (not what the server does: that is
+/// [`InstanceConfiguration`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerConfiguration {
+    /// Process platform: the executable to run. Unset means the bundled
+    /// runtime; another path (e.g. the official `drasi-server`) must be on the
+    /// worker's allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable_path: Option<String>,
+    /// Extra command-line arguments after `--config <file>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arguments: Vec<String>,
+    /// Environment variables of the server (plugin fields may reference
+    /// them as `${NAME}`). The worker's own environment is not inherited.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    /// Docker/Kubernetes: the image (default: the bundled runtime image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Grace period between SIGINT and SIGKILL when stopping.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u32,
+    /// How long the server may take to become ready.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_seconds: u32,
+}
+
+/// Default grace period before SIGKILL.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u32 = 10;
+/// Default readiness deadline.
+pub const DEFAULT_START_TIMEOUT_SECONDS: u32 = 20;
+
+fn default_shutdown_timeout() -> u32 {
+    DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+}
+fn default_start_timeout() -> u32 {
+    DEFAULT_START_TIMEOUT_SECONDS
+}
+
+impl Default for ServerConfiguration {
+    fn default() -> Self {
+        Self {
+            executable_path: None,
+            arguments: Vec::new(),
+            environment: BTreeMap::new(),
+            image: None,
+            shutdown_timeout_seconds: DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
+            start_timeout_seconds: DEFAULT_START_TIMEOUT_SECONDS,
+        }
+    }
+}
+
+impl ServerConfiguration {
+    /// Problems with the values, as (JSON Pointer, message).
+    pub fn issues(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        if self.shutdown_timeout_seconds == 0 || self.shutdown_timeout_seconds > 600 {
+            issues.push((
+                "/shutdownTimeoutSeconds".into(),
+                "must be between 1 and 600".into(),
+            ));
+        }
+        if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 600 {
+            issues.push((
+                "/startTimeoutSeconds".into(),
+                "must be between 1 and 600".into(),
+            ));
+        }
+        if let Some(path) = &self.executable_path {
+            if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
+                issues.push((
+                    "/executablePath".into(),
+                    "must be an absolute path without '..'".into(),
+                ));
+            }
+        }
+        for name in self.environment.keys() {
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                issues.push((
+                    format!("/environment/{name}"),
+                    "environment variable names are letters, digits and '_', not starting with a digit".into(),
+                ));
+            }
+        }
+        issues
+    }
+}
+
+/// What the server does: its drasi-server settings and components. This is
+/// the document `GET/PATCH /api/configuration/instances/{id}` works on; the
+/// server `id` and `persistConfig: false` are added when rendering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceConfiguration {
+    /// API bind address (at creation, empty means the platform's default).
+    #[serde(default)]
+    pub host: String,
+    /// API port (at creation, absent or 0 means: allocate one).
+    #[serde(default)]
+    pub port: u16,
+    /// Log level.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Persistent query indexes (RocksDB).
+    #[serde(default)]
+    pub persist_index: bool,
+    /// Sources.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Continuous queries.
+    #[serde(default)]
+    pub queries: Vec<QueryConfig>,
+    /// Reactions.
+    #[serde(default)]
+    pub reactions: Vec<ReactionConfig>,
+}
+
+fn default_log_level() -> String {
+    DEFAULT_LOG_LEVEL.to_string()
+}
+
+impl InstanceConfiguration {
+    /// An empty server on `host:port`.
+    pub fn empty(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            log_level: default_log_level(),
+            persist_index: false,
+            sources: Vec::new(),
+            queries: Vec::new(),
+            reactions: Vec::new(),
+        }
+    }
+
+    /// The complete drasi-server file for instance `id`: the id is the
+    /// instance id and `persistConfig` is false, so the file DRaaS writes
+    /// stays authoritative.
+    pub fn to_server_config(&self, id: &InstanceId) -> DrasiServerConfig {
+        DrasiServerConfig {
+            api_version: Some("drasi.io/v1".to_string()),
+            id: Some(id.to_string()),
+            host: self.host.clone(),
+            port: self.port,
+            log_level: self.log_level.clone(),
+            persist_config: false,
+            persist_index: self.persist_index,
+            sources: self.sources.clone(),
+            queries: self.queries.clone(),
+            reactions: self.reactions.clone(),
+            ..DrasiServerConfig::default()
+        }
+    }
+}
+
+// === the record ===
+
+/// One managed Drasi server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// Server-generated id.
+    pub id: InstanceId,
+    /// Unique, DNS-label-like name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Where it runs.
+    pub platform_type: PlatformType,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its desired side last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Run or not.
+    pub desired_state: DesiredState,
+    /// Increases on every change of `configuration` or `server_configuration`.
+    pub generation: u64,
+    /// How the platform runs it.
+    pub server_configuration: ServerConfiguration,
+    /// What it does.
+    pub configuration: InstanceConfiguration,
+    /// What its worker last reported.
+    pub status: InstanceStatus,
+    /// Where it runs, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = InstanceId::generate();
+        let b = InstanceId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().parse::<InstanceId>().unwrap(), a);
+        assert!(a.as_str().len() <= 64);
+    }
+
+    #[test]
+    fn path_like_ids_and_names_are_refused() {
+        for bad in ["../etc", "a/b", "", "A", "x y", "-x", &"a".repeat(65)] {
+            assert!(bad.parse::<InstanceId>().is_err(), "{bad:?}");
+        }
+        for bad in [
+            "../etc",
+            "a/b",
+            "",
+            "Name",
+            "x_y",
+            "-x",
+            "x-",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name("orders-eu-1").is_ok());
+    }
+
+    #[test]
+    fn aks_is_an_alias_of_kubernetes() {
+        let p: PlatformType = serde_json::from_str("\"AKS\"").unwrap();
+        assert_eq!(p, PlatformType::Kubernetes);
+        assert_eq!(serde_json::to_string(&p).unwrap(), "\"Kubernetes\"");
+        assert_eq!(
+            "aks".parse::<PlatformType>().unwrap(),
+            PlatformType::Kubernetes
+        );
+        assert_eq!(
+            PlatformType::Kubernetes.command_channel(),
+            "instance.commands.aks"
+        );
+    }
+
+    #[test]
+    fn unknown_reasons_from_newer_peers_still_parse() {
+        let r: Reason = serde_json::from_str("\"SomethingNew\"").unwrap();
+        assert_eq!(r, Reason::Other);
+    }
+
+    #[test]
+    fn server_configuration_rejects_unknown_fields_and_bad_values() {
+        let err =
+            serde_json::from_str::<ServerConfiguration>(r#"{"executablePth": "/x"}"#).unwrap_err();
+        assert!(err.to_string().contains("executablePth"));
+        let sc: ServerConfiguration =
+            serde_json::from_str(r#"{"executablePath": "../bin/sh", "shutdownTimeoutSeconds": 0, "environment": {"A B": "1"}}"#).unwrap();
+        let paths: Vec<String> = sc.issues().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/shutdownTimeoutSeconds",
+                "/executablePath",
+                "/environment/A B"
+            ]
+        );
+    }
+
+    #[test]
+    fn rendered_config_carries_the_instance_id_and_no_persistence() {
+        let id: InstanceId = "i-1".parse().unwrap();
+        let config = InstanceConfiguration::empty("127.0.0.1", 20001).to_server_config(&id);
+        assert_eq!(config.id.as_deref(), Some("i-1"));
+        assert!(!config.persist_config);
+        let yaml = crate::config::render_yaml(&config).unwrap();
+        assert!(yaml.contains("persistConfig: false"), "{yaml}");
+    }
+}

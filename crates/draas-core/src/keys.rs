@@ -1,0 +1,30 @@
+//! Names of the store collections and logs DRaaS uses. One place, so the
+//! control plane, the workers and both store backends agree.
+
+/// Instance records, keyed by instance id.
+pub const INSTANCES: &str = "instances";
+/// Name reservations, keyed by instance name; the value is the instance id.
+pub const INSTANCE_NAMES: &str = "instance-names";
+/// Live workers, keyed by worker id (see `WorkerInfo`).
+pub const WORKERS: &str = "workers";
+/// Commands a worker executed, keyed by command id (the reply), so a
+/// redelivered command is answered without being executed twice.
+pub const EXECUTED_COMMANDS: &str = "executed-commands";
+/// The status buffer.
+pub const STATUS_LOG: &str = "status-changes";
+/// Entries the status buffer keeps.
+pub const STATUS_LOG_CAPACITY: usize = 10_000;
+
+/// A worker's private collection for its platform's records (process
+/// handles, container ids), keyed by instance id.
+pub fn worker_records(platform: crate::instance::PlatformType, host: &str) -> String {
+    format!("platform-records/{platform}/{host}")
+}
+
+/// Port reservations of a platform, keyed by port; the value is the
+/// instance id. Written in the same atomic batch as the instance, so two
+/// instances can never be given the same port, even by two control-plane
+/// replicas at once.
+pub fn port_reservations(platform: crate::instance::PlatformType) -> String {
+    format!("ports/{platform}")
+}

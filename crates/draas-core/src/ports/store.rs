@@ -1,0 +1,283 @@
+//! The state store port: durable key-value collections with revisions, and
+//! capped append-only logs with monotonic cursors.
+//!
+//! # Concurrency
+//!
+//! Every stored value has a [`Revision`]. A write names a [`Precondition`];
+//! when it does not hold, the write fails with [`StoreError::Conflict`] and
+//! changes nothing. Writers that can race (control-plane replicas, workers)
+//! read, modify, and write back with `Precondition::Revision`, retrying on
+//! conflict. [`StateStore::apply`] applies several writes atomically: all of
+//! them or none.
+//!
+//! # Logs
+//!
+//! A log keeps its newest `capacity` entries. Cursors increase by one per
+//! append and are never reused, so a reader that remembers a cursor can ask
+//! for what came after it and learn when entries it missed were dropped.
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Version of a stored value; increases on every write of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision(pub u64);
+
+/// A condition a write requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there.
+    None,
+    /// The key must not exist (create).
+    Absent,
+    /// The key must exist at exactly this revision (compare-and-set).
+    Revision(Revision),
+}
+
+/// A value and its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The bytes stored (JSON for DRaaS's records).
+    pub value: Vec<u8>,
+    /// Its revision.
+    pub revision: Revision,
+}
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Store `value` under `collection/key`.
+    Put {
+        /// Collection (like a table).
+        collection: String,
+        /// Key within it.
+        key: String,
+        /// Bytes to store.
+        value: Vec<u8>,
+        /// Condition.
+        precondition: Precondition,
+    },
+    /// Remove `collection/key`.
+    Delete {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// Condition.
+        precondition: Precondition,
+    },
+}
+
+/// A page of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    /// Entries after the requested cursor, oldest first.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Cursor of the oldest entry still kept (0 when the log is empty).
+    pub oldest: u64,
+    /// Cursor of the newest entry (0 when nothing was ever appended).
+    pub newest: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition did not hold; nothing was written. Retry after
+    /// re-reading.
+    #[error("conflict on {collection}/{key}: it changed since it was read")]
+    Conflict {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+    },
+    /// The backend cannot be reached right now; retrying later may work.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt value in {collection}/{key}: {message}")]
+    Corrupt {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// Decoder message.
+        message: String,
+    },
+    /// Anything else (I/O, backend errors).
+    #[error("state store error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Whether the operation may succeed if retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict { .. } | StoreError::Unavailable(_)
+        )
+    }
+}
+
+/// Durable state shared by the control plane and the workers.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// The value of `collection/key`, or `None`.
+    async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Every key of `collection` with its value, in key order.
+    async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Applies `writes` atomically. Returns, per write, the new revision of
+    /// a put or `None` for a delete. Fails with `Conflict` (naming the first
+    /// failed precondition) and writes nothing if any precondition fails. A
+    /// delete of a missing key with `Precondition::None` succeeds.
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError>;
+
+    /// Appends `value` to `log`, dropping the oldest entries beyond
+    /// `capacity`; returns the new entry's cursor.
+    async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError>;
+
+    /// Up to `limit` entries of `log` with a cursor greater than `after`.
+    async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError>;
+
+    /// Stores one value (shorthand for a one-write [`apply`](Self::apply)).
+    async fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        value: Vec<u8>,
+        precondition: Precondition,
+    ) -> Result<Revision, StoreError> {
+        let mut revisions = self
+            .apply(vec![Write::Put {
+                collection: collection.to_string(),
+                key: key.to_string(),
+                value,
+                precondition,
+            }])
+            .await?;
+        revisions
+            .pop()
+            .flatten()
+            .ok_or_else(|| StoreError::Backend("put returned no revision".into()))
+    }
+
+    /// Removes one key; `false` when it did not exist.
+    async fn delete(
+        &self,
+        collection: &str,
+        key: &str,
+        precondition: Precondition,
+    ) -> Result<bool, StoreError> {
+        let existed = self.get(collection, key).await?.is_some();
+        self.apply(vec![Write::Delete {
+            collection: collection.to_string(),
+            key: key.to_string(),
+            precondition,
+        }])
+        .await?;
+        Ok(existed)
+    }
+}
+
+#[async_trait]
+impl<T: StateStore + ?Sized> StateStore for std::sync::Arc<T> {
+    async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
+        (**self).get(collection, key).await
+    }
+    async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        (**self).list(collection).await
+    }
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError> {
+        (**self).apply(writes).await
+    }
+    async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
+        (**self).append(log, value, capacity).await
+    }
+    async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
+        (**self).read_log(log, after, limit).await
+    }
+}
+
+/// A typed record read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<T> {
+    /// The decoded value.
+    pub value: T,
+    /// Its revision (for compare-and-set).
+    pub revision: Revision,
+}
+
+/// JSON helpers over any [`StateStore`].
+#[async_trait]
+pub trait JsonStore: StateStore {
+    /// Reads and decodes `collection/key`.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        match self.get(collection, key).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Record {
+                value: decode(collection, key, &v.value)?,
+                revision: v.revision,
+            })),
+        }
+    }
+
+    /// Reads and decodes a whole collection.
+    async fn list_json<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+    ) -> Result<Vec<(String, Record<T>)>, StoreError> {
+        self.list(collection)
+            .await?
+            .into_iter()
+            .map(|(key, v)| {
+                let value = decode(collection, &key, &v.value)?;
+                Ok((
+                    key,
+                    Record {
+                        value,
+                        revision: v.revision,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Encodes and stores `value`.
+    async fn put_json<T: Serialize + Sync>(
+        &self,
+        collection: &str,
+        key: &str,
+        value: &T,
+        precondition: Precondition,
+    ) -> Result<Revision, StoreError> {
+        self.put(collection, key, encode(value)?, precondition)
+            .await
+    }
+}
+
+impl<S: StateStore + ?Sized> JsonStore for S {}
+
+/// Encodes a record as JSON.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+/// Decodes a JSON record.
+pub fn decode<T: DeserializeOwned>(
+    collection: &str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        collection: collection.to_string(),
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}

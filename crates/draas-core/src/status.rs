@@ -1,0 +1,228 @@
+//! Recording status changes: one path for every observer (workers, the
+//! control plane, external daemons).
+//!
+//! An [`Observation`] becomes, in order:
+//! 1. the instance record's new status (compare-and-set, retried on conflict);
+//! 2. an entry of the status buffer (a capped log with monotonic cursors);
+//! 3. an `InstanceStatusChanged` event, plus a lifecycle event
+//!    (`InstanceStarted`, `InstanceStopped`, `InstanceFailed`) when one applies.
+//!
+//! Observations older than the recorded status are refused (`Stale`), and an
+//! observation that changes nothing records nothing, so redelivered or
+//! duplicated reports are harmless.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::instance::{ActualState, Instance, InstanceId};
+use crate::keys;
+use crate::messages::{Event, EventEnvelope, StatusChange};
+use crate::ports::platform::{Observation, RuntimeUpdate, StatusSink};
+use crate::ports::store::{encode, JsonStore, Precondition, StateStore, StoreError};
+use crate::ports::MessageBus;
+
+/// Attempts of the read-modify-write before giving up.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Why an observation was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The instance does not exist (any more).
+    #[error("instance {0} not found")]
+    NotFound(InstanceId),
+    /// The observation is older than the recorded status.
+    #[error("out-of-order update for {id}: observed at {observed}, but the recorded status is from {recorded}")]
+    Stale {
+        /// The instance.
+        id: InstanceId,
+        /// When the refused observation was made.
+        observed: chrono::DateTime<chrono::Utc>,
+        /// When the recorded status was observed.
+        recorded: chrono::DateTime<chrono::Utc>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Records observations; see the module docs.
+#[derive(Clone)]
+pub struct StatusRecorder {
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+    source: String,
+}
+
+impl StatusRecorder {
+    /// A recorder that signs its changes with `source` (a worker id,
+    /// `control-plane`, or `external:<name>`).
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        bus: Arc<dyn MessageBus>,
+        source: impl Into<String>,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            source: source.into(),
+        }
+    }
+
+    /// The same recorder, signing with another source.
+    pub fn with_source(&self, source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Records `observation`. Returns the change, or `None` when it changed
+    /// nothing.
+    pub async fn record(
+        &self,
+        observation: Observation,
+    ) -> Result<Option<StatusChange>, RecordError> {
+        let id = observation.instance_id.clone();
+        let mut attempt = 0;
+        let (change, instance) = loop {
+            attempt += 1;
+            let Some(record) = self
+                .store
+                .get_json::<Instance>(keys::INSTANCES, id.as_str())
+                .await?
+            else {
+                return Err(RecordError::NotFound(id));
+            };
+            let mut instance = record.value;
+            if observation.observed_at < instance.status.updated_at {
+                return Err(RecordError::Stale {
+                    id,
+                    observed: observation.observed_at,
+                    recorded: instance.status.updated_at,
+                });
+            }
+            let old = instance.status.clone();
+            let old_runtime = instance.runtime.clone();
+            apply(&mut instance, &observation);
+            let changed = instance.status.state != old.state
+                || instance.status.reason != old.reason
+                || instance.status.message != old.message
+                || instance.status.observed_generation != old.observed_generation
+                || instance.runtime != old_runtime;
+            if !changed {
+                return Ok(None);
+            }
+            match self
+                .store
+                .put(
+                    keys::INSTANCES,
+                    id.as_str(),
+                    encode(&instance)?,
+                    Precondition::Revision(record.revision),
+                )
+                .await
+            {
+                Ok(_) => {
+                    let change = StatusChange {
+                        cursor: 0,
+                        instance_id: id.clone(),
+                        old: Some(old.state),
+                        new: instance.status.state,
+                        reason: instance.status.reason,
+                        message: instance.status.message.clone(),
+                        source: self.source.clone(),
+                        generation: instance.status.observed_generation,
+                        timestamp: observation.observed_at,
+                    };
+                    break (change, instance);
+                }
+                Err(StoreError::Conflict { .. }) if attempt < MAX_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let change = self.log(change).await?;
+        self.announce(&change, &instance).await;
+        Ok(Some(change))
+    }
+
+    /// Appends `change` to the status buffer and returns it with its cursor.
+    pub async fn log(&self, mut change: StatusChange) -> Result<StatusChange, StoreError> {
+        change.cursor = self
+            .store
+            .append(
+                keys::STATUS_LOG,
+                encode(&change)?,
+                keys::STATUS_LOG_CAPACITY,
+            )
+            .await?;
+        Ok(change)
+    }
+
+    /// Publishes the events of a recorded change. Publishing is best-effort:
+    /// the change is already durable in the store and the buffer.
+    async fn announce(&self, change: &StatusChange, instance: &Instance) {
+        let mut events = vec![Event::InstanceStatusChanged(change.clone())];
+        let id = change.instance_id.clone();
+        let entered = |s: ActualState| change.new == s && change.old != Some(s);
+        if entered(ActualState::Running) {
+            if let Some(runtime) = &instance.runtime {
+                events.push(Event::InstanceStarted {
+                    instance_id: id.clone(),
+                    runtime: runtime.clone(),
+                });
+            }
+        } else if entered(ActualState::Stopped) {
+            events.push(Event::InstanceStopped {
+                instance_id: id.clone(),
+            });
+        } else if entered(ActualState::Failed) {
+            events.push(Event::InstanceFailed {
+                instance_id: id,
+                reason: change.reason.unwrap_or(crate::instance::Reason::Other),
+                message: change.message.clone().unwrap_or_default(),
+            });
+        }
+        for event in events {
+            // A bus outage must not undo a durable change; subscribers catch
+            // up from the status buffer.
+            let _ = self.bus.publish(&EventEnvelope::new(event)).await;
+        }
+    }
+}
+
+fn apply(instance: &mut Instance, observation: &Observation) {
+    let status = &mut instance.status;
+    status.state = observation.state;
+    status.reason = observation.reason;
+    status.message = observation.message.clone();
+    status.updated_at = observation.observed_at;
+    if let Some(generation) = observation.observed_generation {
+        status.observed_generation = generation;
+    }
+    match &observation.runtime {
+        RuntimeUpdate::Keep => {}
+        RuntimeUpdate::Set(runtime) => instance.runtime = Some(runtime.clone()),
+        RuntimeUpdate::Exited(code) => {
+            if let Some(runtime) = &mut instance.runtime {
+                runtime.last_exit_code = *code;
+                runtime.handle = None;
+            }
+        }
+        RuntimeUpdate::Clear => instance.runtime = None,
+    }
+}
+
+#[async_trait]
+impl StatusSink for StatusRecorder {
+    async fn observe(&self, observation: Observation) {
+        // Drivers report what they saw; a record that cannot be written is
+        // an operational problem, not the driver's: it is logged, and the
+        // next observation or the reconciler repairs it.
+        let id = observation.instance_id.clone();
+        let state = observation.state;
+        if let Err(e) = self.record(observation).await {
+            tracing::warn!(instance = %id, ?state, "status not recorded: {e}");
+        }
+    }
+}

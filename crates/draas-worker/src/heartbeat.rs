@@ -1,0 +1,107 @@
+//! Heartbeats: the worker's record in the store (which the control plane
+//! reads to know which platforms have a live worker) and a
+//! `WorkerHeartbeat` event, every interval. Also prunes old
+//! executed-command records.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use draas_core::keys;
+use draas_core::messages::{Event, EventEnvelope, WorkerInfo};
+use draas_core::ports::store::{JsonStore, Precondition, StateStore, Write};
+use draas_core::ports::{MessageBus, PlatformDriver};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::executor::{ExecutedCommand, EXECUTED_RETENTION};
+use crate::WorkerSettings;
+
+/// Heartbeats between prunes of executed-command records.
+const PRUNE_EVERY: u64 = 120;
+
+pub(crate) async fn run(
+    settings: WorkerSettings,
+    driver: Arc<dyn PlatformDriver>,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+    shutdown: CancellationToken,
+) {
+    let started_at = Utc::now();
+    let mut interval = tokio::time::interval(settings.heartbeat_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u64 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        let info = WorkerInfo {
+            worker_id: settings.worker_id.clone(),
+            platform: driver.platform(),
+            host: settings.host.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at,
+            last_heartbeat: Utc::now(),
+            ttl_seconds: u32::try_from(settings.heartbeat_ttl.as_secs()).unwrap_or(u32::MAX),
+            instances: u32::try_from(driver.running().await).unwrap_or(u32::MAX),
+            capacity: settings.capacity,
+        };
+        if let Err(e) = store
+            .put_json(
+                keys::WORKERS,
+                &settings.worker_id,
+                &info,
+                Precondition::None,
+            )
+            .await
+        {
+            warn!("heartbeat not recorded: {e}");
+        }
+        let _ = bus
+            .publish(&EventEnvelope::new(Event::WorkerHeartbeat(info)))
+            .await;
+        if beats % PRUNE_EVERY == 0 {
+            prune_executed(store.as_ref()).await;
+        }
+        beats += 1;
+    }
+    deregister(store.as_ref(), &settings.worker_id).await;
+}
+
+/// Removes a worker's record, so the control plane stops sending it
+/// commands at once rather than after its heartbeat expires.
+pub async fn deregister(store: &dyn StateStore, worker_id: &str) {
+    if let Err(e) = store
+        .apply(vec![Write::Delete {
+            collection: keys::WORKERS.to_string(),
+            key: worker_id.to_string(),
+            precondition: Precondition::None,
+        }])
+        .await
+    {
+        warn!("could not deregister the worker: {e}");
+    }
+}
+
+async fn prune_executed(store: &dyn StateStore) {
+    let cutoff = Utc::now() - chrono::Duration::from_std(EXECUTED_RETENTION).unwrap_or_default();
+    let Ok(records) = store
+        .list_json::<ExecutedCommand>(keys::EXECUTED_COMMANDS)
+        .await
+    else {
+        return;
+    };
+    let old: Vec<Write> = records
+        .into_iter()
+        .filter(|(_, r)| r.value.executed_at < cutoff)
+        .map(|(key, r)| Write::Delete {
+            collection: keys::EXECUTED_COMMANDS.to_string(),
+            key,
+            precondition: Precondition::Revision(r.revision),
+        })
+        .collect();
+    for write in old {
+        // One at a time: a record rewritten meanwhile just stays.
+        let _ = store.apply(vec![write]).await;
+    }
+}
