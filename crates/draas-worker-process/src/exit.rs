@@ -43,7 +43,7 @@ impl ExitInfo {
                 (None, Some(signal)) => Self {
                     code: None,
                     signal: Some(signal),
-                    description: format!("killed by signal {signal}"),
+                    description: format!("was killed by signal {signal}{}", signal_name(signal)),
                 },
                 (None, None) => Self::unknown("exited"),
             },
@@ -57,6 +57,19 @@ impl ExitInfo {
             signal: None,
             description: description.to_string(),
         }
+    }
+}
+
+/// ` (SIGKILL)` for the common signals, empty otherwise.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => " (SIGHUP)",
+        2 => " (SIGINT)",
+        6 => " (SIGABRT)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        15 => " (SIGTERM)",
+        _ => "",
     }
 }
 

@@ -253,17 +253,17 @@ impl Inner {
         Ok(path)
     }
 
-    /// A server's last words: the stderr tail, or the stdout tail when
-    /// stderr is empty (drasi-server logs its errors to stdout).
-    fn last_words(&self, id: &InstanceId) -> String {
+    /// A server's last words: its stderr tail. During startup, when stderr
+    /// is empty, the stdout tail (drasi-server logs its errors to stdout).
+    fn last_words(&self, id: &InstanceId, starting: bool) -> String {
         let logs = self.logs(id);
         let stderr = logs.tail(LogStream::Stderr, 10).unwrap_or_default();
-        let lines = if stderr.iter().any(|l| !l.trim().is_empty()) {
+        let lines = if stderr.iter().any(|l| !l.trim().is_empty()) || !starting {
             stderr
         } else {
             logs.tail(LogStream::Stdout, 5).unwrap_or_default()
         };
-        lines.join("\n")
+        lines.join("\n").trim().to_string()
     }
 }
 
@@ -387,7 +387,7 @@ impl Inner {
         let mut healthy = false;
         let outcome = loop {
             if let Some(exit) = handle.exited.borrow().clone() {
-                let words = self.last_words(id);
+                let words = self.last_words(id, true);
                 let (code, reason) = startup_failure(&words);
                 break Err(DriverError::new(
                     code,
@@ -435,7 +435,7 @@ impl Inner {
                 // The server may have exited between the last check and the
                 // phase change; the monitor would then not have reported it.
                 if handle.has_exited() {
-                    let words = self.last_words(id);
+                    let words = self.last_words(id, true);
                     self.forget(id).await;
                     return Err(DriverError::new(
                         ErrorCode::PlatformError,
@@ -484,7 +484,7 @@ impl Inner {
             if current != Phase::Running {
                 return;
             }
-            let words = self.last_words(&id);
+            let words = self.last_words(&id, false);
             let reason = if exit.signal.is_some() {
                 Reason::KilledBySignal
             } else {

@@ -1,0 +1,162 @@
+//! The command line: one typed configuration per mode. Every option also
+//! reads a `DRAAS_*` environment variable; flags win over the environment.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// DRaaS: run and watch many Drasi servers.
+#[derive(Parser)]
+#[command(name = "draas", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// How to run.
+#[derive(Subcommand)]
+pub enum Mode {
+    /// Everything in one process: REST API, Process worker, in-process bus,
+    /// embedded store (one file in the data directory).
+    Up(UpArgs),
+}
+
+/// `draas up`.
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "DRAAS_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Where state lives.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data directory: the state store, and the Process worker's
+    /// configurations, working directories and logs.
+    /// [default: $XDG_DATA_HOME/draas or ~/.local/share/draas]
+    #[arg(long, env = "DRAAS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The data directory, with the default applied.
+    pub fn resolve(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("draas");
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".local/share/draas"),
+            None => PathBuf::from("draas-data"),
+        }
+    }
+}
+
+/// Settings of the Process worker.
+#[derive(Args, Debug, Clone)]
+pub struct ProcessArgs {
+    /// The Drasi runtime started for instances that name no executable
+    /// [default: draas-runtime next to this binary].
+    #[arg(long, env = "DRAAS_RUNTIME")]
+    pub runtime: Option<PathBuf>,
+    /// Another executable instances may name in `executablePath` (e.g. the
+    /// official drasi-server). Repeat for several; comma-separated in the
+    /// environment.
+    #[arg(
+        long = "allow-executable",
+        env = "DRAAS_ALLOW_EXECUTABLES",
+        value_delimiter = ','
+    )]
+    pub allow_executables: Vec<PathBuf>,
+    /// Seconds between worker heartbeats.
+    #[arg(long, env = "DRAAS_HEARTBEAT_SECONDS", default_value_t = 2)]
+    pub heartbeat_seconds: u64,
+}
+
+impl ProcessArgs {
+    /// The runtime executable, with the default applied.
+    pub fn runtime(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.runtime {
+            return Ok(path.clone());
+        }
+        let me = std::env::current_exe()?;
+        let dir = me
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("cannot locate the directory of {}", me.display()))?;
+        Ok(dir.join("draas-runtime"))
+    }
+}
+
+/// Settings of the control plane.
+#[derive(Args, Debug, Clone)]
+pub struct ControlArgs {
+    /// Seconds the API waits for a worker's reply to a command.
+    #[arg(long, env = "DRAAS_COMMAND_TIMEOUT", default_value_t = 30)]
+    pub command_timeout: u64,
+    /// Ports given to instances that choose none, as FIRST-LAST.
+    #[arg(long, env = "DRAAS_PORT_RANGE", default_value = "21000-21999", value_parser = parse_range)]
+    pub port_range: RangeInclusive<u16>,
+}
+
+impl ControlArgs {
+    /// The command deadline.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout)
+    }
+}
+
+fn parse_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected FIRST-LAST, got {text:?}"))?;
+    let first: u16 = a.trim().parse().map_err(|e| format!("first port: {e}"))?;
+    let last: u16 = b.trim().parse().map_err(|e| format!("last port: {e}"))?;
+    if first == 0 || first > last {
+        return Err(format!(
+            "{first}-{last} is not a range of ports (1-65535, first <= last)"
+        ));
+    }
+    Ok(first..=last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_range("21000-21999").unwrap(), 21000..=21999);
+        assert!(parse_range("0-10").is_err());
+        assert!(parse_range("20-10").is_err());
+        assert!(parse_range("abc").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "draas",
+            "up",
+            "--listen",
+            "127.0.0.1:7000",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Mode::Up(args) = cli.mode;
+        assert_eq!(args.listen.port(), 7000);
+        assert_eq!(args.data.resolve(), PathBuf::from("/tmp/x"));
+        assert!(Cli::try_parse_from(["draas", "up", "--listen", "nonsense"]).is_err());
+    }
+}

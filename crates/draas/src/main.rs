@@ -1,0 +1,61 @@
+//! # draas
+//!
+//! The DRaaS binary: the only crate that names concrete backends.
+//!
+//! ```text
+//! draas up                          control plane + Process worker, embedded bus and store
+//! draas serve  --redis URL          control plane only (distributed mode)
+//! draas worker --redis URL --platform process
+//! ```
+//!
+//! `main` parses the configuration, installs logging and hands over to the
+//! mode's `run`; everything is built and wired in [`wiring`].
+
+mod config;
+mod shutdown;
+mod wiring;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use config::{Cli, Mode};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.mode {
+            Mode::Up(args) => wiring::up(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn install_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,223 @@
+//! The composition root: builds stores, buses, workers and the API for each
+//! mode and runs them until shutdown. Read top to bottom.
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use draas_api::{router, ControlPlane, ControlPlaneSettings};
+use draas_bus::InProcessBus;
+use draas_core::keys;
+use draas_core::messages::WorkerInfo;
+use draas_core::ports::store::JsonStore;
+use draas_core::ports::{MessageBus, PlatformDriver, StateStore, StatusSink};
+use draas_core::status::StatusRecorder;
+use draas_drasi::validate::DrasiValidator;
+use draas_store::EmbeddedStore;
+use draas_worker::{Worker, WorkerSettings};
+use draas_worker_process::{ProcessDriver, ProcessSettings};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ControlArgs, ProcessArgs, UpArgs};
+use crate::shutdown;
+
+/// How long the HTTP server may drain after shutdown began (open event
+/// streams never end on their own).
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// `draas up`: everything in one process.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = args.data.resolve();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?);
+    let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
+    let (shutdown, forced) = shutdown::install().context("cannot install signal handlers")?;
+
+    let worker = process_worker(&data_dir, &args.process, store.clone(), bus.clone())?;
+    let worker_id = worker.id().to_string();
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    wait_for_worker(store.as_ref(), &worker_id).await?;
+
+    let control = Arc::new(ControlPlane::new(
+        store,
+        bus,
+        Arc::new(DrasiValidator),
+        control_settings(&args.control),
+    ));
+    serve_api(args.listen, control, shutdown.clone(), forced).await?;
+
+    info!("waiting for the worker to finish running commands");
+    match worker_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("worker stopped with an error: {e}"),
+        Err(e) => warn!("worker task failed: {e}"),
+    }
+    info!("stopped; Drasi servers keep running and are re-adopted at the next start");
+    Ok(())
+}
+
+fn control_settings(args: &ControlArgs) -> ControlPlaneSettings {
+    ControlPlaneSettings {
+        command_timeout: args.command_timeout(),
+        port_range: args.port_range.clone(),
+        ..ControlPlaneSettings::default()
+    }
+}
+
+/// A Process worker whose files live under `<data>/process`.
+fn process_worker(
+    data_dir: &Path,
+    args: &ProcessArgs,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+) -> anyhow::Result<NamedWorker> {
+    let host = hostname();
+    let worker_id = worker_id(data_dir, "process", &host)?;
+    let runtime = args.runtime()?;
+    if !runtime.is_file() {
+        warn!(
+            "the Drasi runtime {} does not exist; instances without executablePath will fail to start",
+            runtime.display()
+        );
+    }
+    let recorder = StatusRecorder::new(store.clone(), bus.clone(), worker_id.clone());
+    let sink: Arc<dyn StatusSink> = Arc::new(recorder);
+    let mut settings = ProcessSettings::new(
+        data_dir.join("process"),
+        runtime,
+        worker_id.clone(),
+        host.clone(),
+    );
+    settings.allowed_executables = args.allow_executables.clone();
+    let driver: Arc<dyn PlatformDriver> =
+        Arc::new(ProcessDriver::new(settings, store.clone(), sink));
+    let heartbeat = Duration::from_secs(args.heartbeat_seconds.max(1));
+    let worker = Worker::new(
+        WorkerSettings {
+            worker_id: worker_id.clone(),
+            host,
+            heartbeat_interval: heartbeat,
+            heartbeat_ttl: heartbeat * 3,
+            concurrency: draas_worker::DEFAULT_CONCURRENCY,
+            capacity: None,
+        },
+        driver,
+        store,
+        bus,
+    );
+    Ok(NamedWorker {
+        id: worker_id,
+        worker,
+    })
+}
+
+/// A worker and its id.
+struct NamedWorker {
+    id: String,
+    worker: Worker,
+}
+
+impl NamedWorker {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), draas_worker::WorkerError> {
+        self.worker.run(shutdown).await
+    }
+}
+
+/// The worker's id: stable across restarts (its unacknowledged commands
+/// and its processes' records are found again under it), kept in
+/// `<data>/<platform>-worker-id`.
+fn worker_id(data_dir: &Path, platform: &str, host: &str) -> anyhow::Result<String> {
+    let path: PathBuf = data_dir.join(format!("{platform}-worker-id"));
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let id = format!("{platform}-{host}-{}", &suffix[..8]);
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+fn hostname() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .to_string();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "localhost".to_string()
+    } else {
+        clean
+    }
+}
+
+/// Waits until the worker has announced itself, so the API never answers
+/// "no live worker" for its own worker.
+async fn wait_for_worker(store: &dyn StateStore, worker_id: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if store
+            .get_json::<WorkerInfo>(keys::WORKERS, worker_id)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the worker did not start within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves the API until `shutdown`, then drains briefly.
+async fn serve_api(
+    listen: std::net::SocketAddr,
+    control: Arc<ControlPlane>,
+    shutdown: CancellationToken,
+    forced: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    info!("DRaaS API listening on http://{}", listener.local_addr()?);
+    let app = router(control).layer(tower_http::trace::TraceLayer::new_for_http());
+    let stop = shutdown.clone();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    );
+    tokio::select! {
+        result = &mut server => {
+            result.context("API server task failed")?.context("API server failed")?;
+            return Ok(());
+        }
+        () = shutdown.cancelled() => {}
+    }
+    tokio::select! {
+        _ = tokio::time::timeout(HTTP_DRAIN, &mut server) => {}
+        () = forced => {}
+    }
+    server.abort();
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Running the real `draas` binary in tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use draas_testkit::process::TestProcess;
+use draas_testkit::{free_port, wait_for};
+use serde_json::{json, Value};
+
+pub const DRAAS: &str = env!("CARGO_BIN_EXE_draas");
+
+/// The bundled runtime built next to `draas` (the workspace test command
+/// builds every binary).
+pub fn runtime_binary() -> PathBuf {
+    let path = Path::new(DRAAS).with_file_name("draas-runtime");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the workspace tests (cargo nextest run --workspace) or cargo build -p draas-runtime",
+        path.display()
+    );
+    path
+}
+
+/// A `draas up` process with its own data directory and port.
+pub struct Draas {
+    pub process: TestProcess,
+    pub port: u16,
+    pub data: PathBuf,
+    pub client: reqwest::Client,
+    logs: PathBuf,
+    run: usize,
+}
+
+impl Draas {
+    /// Starts `draas up` on a fresh data directory inside `dir`.
+    pub async fn up(dir: &Path) -> Self {
+        let data = dir.join("data");
+        Self::up_with(dir, data, free_port(), 0).await
+    }
+
+    /// Starts `draas up` on an existing data directory (run `run` names
+    /// its log files).
+    pub async fn up_on(dir: &Path, data: PathBuf, run: usize) -> Self {
+        Self::up_with(dir, data, free_port(), run).await
+    }
+
+    /// Stops this process with SIGTERM (expecting a clean exit) and returns
+    /// its data directory.
+    pub async fn stop(self) -> PathBuf {
+        let Draas {
+            mut process, data, ..
+        } = self;
+        process.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = process
+            .wait_timeout(Duration::from_secs(30))
+            .expect("draas stops");
+        assert!(
+            status.success(),
+            "draas exited with {status}: {}",
+            process.stderr()
+        );
+        data
+    }
+
+    async fn up_with(dir: &Path, data: PathBuf, port: u16, run: usize) -> Self {
+        let mut command = Command::new(DRAAS);
+        command
+            .arg("up")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--runtime")
+            .arg(runtime_binary())
+            .args(["--heartbeat-seconds", "1"])
+            .env("RUST_LOG", "info,tower_http=debug");
+        let process =
+            TestProcess::spawn(command, &format!("draas-{run}"), dir).expect("spawn draas up");
+        let mut draas = Self {
+            process,
+            port,
+            data,
+            client: reqwest::Client::new(),
+            logs: dir.to_path_buf(),
+            run,
+        };
+        draas.wait_ready().await;
+        draas
+    }
+
+    /// Stops this process with SIGTERM and starts another on the same data
+    /// directory and port.
+    pub async fn restart(self) -> Self {
+        let Draas {
+            mut process,
+            port,
+            data,
+            logs,
+            run,
+            ..
+        } = self;
+        process.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = process
+            .wait_timeout(Duration::from_secs(30))
+            .expect("draas stops");
+        assert!(
+            status.success(),
+            "draas exited with {status}: {}",
+            process.stderr()
+        );
+        drop(process);
+        Self::up_with(&logs, data, port, run + 1).await
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = self.url("/api/server/platforms");
+        let client = self.client.clone();
+        let process = &mut self.process;
+        wait_for("draas up to serve", Duration::from_secs(30), || {
+            assert!(process.is_running(), "draas exited: {}", process.stderr());
+            let url = url.clone();
+            let client = client.clone();
+            async move {
+                let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+                (body["platforms"][0]["available"] == true).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends a request and returns status and JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+
+    /// Sends a JSON Patch; returns status, body and ETag.
+    pub async fn patch(
+        &self,
+        path: &str,
+        ops: Value,
+        if_match: Option<&str>,
+    ) -> (u16, Value, Option<String>) {
+        let mut request = self
+            .client
+            .patch(self.url(path))
+            .header("content-type", "application/json-patch+json")
+            .body(ops.to_string());
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        let response = request.send().await.expect("patch");
+        let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body, etag)
+    }
+
+    /// Creates a Process instance and returns its id.
+    pub async fn create(&self, name: &str, configuration: Option<Value>) -> String {
+        let mut body = json!({ "name": name, "platformType": "Process" });
+        if let Some(c) = configuration {
+            body["configuration"] = c;
+        }
+        let (status, created) = self.post("/api/server/instances", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        created["instance"]["id"].as_str().expect("id").to_string()
+    }
+
+    /// The instance's actual state.
+    pub async fn state(&self, id: &str) -> String {
+        let (_, body) = self.get(&format!("/api/status/{id}/status")).await;
+        body["status"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until the instance is in `state`; returns its status document.
+    pub async fn wait_state(&self, id: &str, state: &str, limit: Duration) -> Value {
+        let path = format!("/api/status/{id}/status");
+        wait_for(&format!("{id} to be {state}"), limit, || {
+            let path = path.clone();
+            async move {
+                let (_, body) = self.get(&path).await;
+                (body["status"]["state"] == state).then_some(body)
+            }
+        })
+        .await
+    }
+
+    /// The rows of a query on the instance's own API, once there are some.
+    pub async fn rows(&self, endpoint: &str, query: &str) -> Vec<Value> {
+        let url = format!("{endpoint}/api/v1/queries/{query}/results");
+        wait_for(&format!("rows of {query}"), Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let (status, body) = draas_testkit::get_json(&url).await?;
+                let rows = body["data"].as_array()?.clone();
+                (status == 200 && !rows.is_empty()).then_some(rows)
+            }
+        })
+        .await
+    }
+}
+
+/// A mock counter source and one Cypher query over it.
+pub fn counter_pipeline() -> Value {
+    json!([
+        {"op": "add", "path": "/sources/-", "value": {"kind": "mock", "id": "counter", "dataType": {"type": "counter"}, "intervalMs": 100}},
+        {"op": "add", "path": "/queries/-", "value": {
+            "id": "values", "autoStart": true, "queryLanguage": "Cypher",
+            "query": "MATCH (c:Counter) RETURN c.value AS value", "sources": [{"sourceId": "counter"}]}},
+        {"op": "add", "path": "/reactions/-", "value": {"kind": "log", "id": "console", "queries": ["values"]}}
+    ])
+}
+
+/// Whether a process with this pid exists.
+pub fn alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Kills, when dropped, every process whose working directory lies under
+/// `root`: Drasi servers outlive `draas up` by design, so a failing test
+/// must not leave them behind.
+pub struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+                if cwd.starts_with(&self.0) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The Process platform end to end: the real `draas up` binary, real
+//! runtime processes, real signals.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{alive, counter_pipeline, Draas, Reaper};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_lives_its_whole_life_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let draas = Draas::up(dir.path()).await;
+
+    // Create, then configure with JSON Patch.
+    let id = draas.create("orders", None).await;
+    assert_eq!(draas.state(&id).await, "Created");
+    let config_path = format!("/api/configuration/instances/{id}");
+    let (status, config, etag) = draas
+        .patch(&config_path, counter_pipeline(), Some("\"1\""))
+        .await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(etag.as_deref(), Some("\"2\""));
+    let port = config["port"].as_u64().expect("allocated port");
+
+    // Start: Running, with live query results from the instance itself.
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["status"]["state"], "Running");
+    assert_eq!(instance["status"]["observedGeneration"], 2);
+    let endpoint = instance["runtime"]["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .to_string();
+    assert_eq!(endpoint, format!("http://127.0.0.1:{port}"));
+    let rows = draas.rows(&endpoint, "values").await;
+    assert!(rows.iter().all(|r| r["value"].is_u64()), "{rows:?}");
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
+    assert!(alive(pid));
+
+    // Files in their places.
+    let config_file = draas.data.join(format!("process/configs/{id}-config.yaml"));
+    let yaml = std::fs::read_to_string(&config_file).expect("rendered config");
+    for needle in [
+        &format!("id: {id}") as &str,
+        "persistConfig: false",
+        "autoStart: true",
+        "queryLanguage: Cypher",
+    ] {
+        assert!(yaml.contains(needle), "{needle} in {yaml}");
+    }
+    let workdir = draas.data.join(format!("process/instances/{id}"));
+    assert!(workdir.join("logs/stdout.log").is_file());
+
+    // The live view and the logs come from the worker.
+    let (_, live) = draas
+        .get(&format!("/api/server/instances/{id}/runtime-status"))
+        .await;
+    assert_eq!(live["live"]["healthy"], true, "{live}");
+    assert_eq!(
+        live["live"]["components"]["queries"][0]["status"],
+        "Running"
+    );
+    let (status, logs) = draas
+        .get(&format!("/api/server/instances/{id}/logs?tail=20"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(!logs["lines"].as_array().expect("lines").is_empty());
+
+    // A new query is stored at once but runs only after a restart.
+    let add_query = json!([{"op": "add", "path": "/queries/-", "value": {
+        "id": "big", "autoStart": true, "queryLanguage": "Cypher",
+        "query": "MATCH (c:Counter) WHERE c.value > 3 RETURN c.value AS value", "sources": [{"sourceId": "counter"}]}}]);
+    let (status, _, etag) = draas.patch(&config_path, add_query, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(etag.as_deref(), Some("\"3\""));
+    let (_, instance) = draas.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(instance["generation"], 3);
+    assert_eq!(
+        instance["status"]["observedGeneration"], 2,
+        "still running the old configuration"
+    );
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/restart"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["status"]["observedGeneration"], 3);
+    let new_pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
+    assert_ne!(new_pid, pid, "a new process");
+    assert!(!alive(pid), "the old process is gone");
+    let big = draas.rows(&endpoint, "big").await;
+    assert!(big.iter().all(|r| r["value"].as_u64() > Some(3)), "{big:?}");
+
+    // Stop: the process is gone, the instance Stopped.
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["status"]["state"], "Stopped");
+    assert!(!alive(new_pid), "process gone after stop");
+    assert!(draas_testkit::get_json(&format!("{endpoint}/health"))
+        .await
+        .is_none());
+
+    // Start again, then kill -9 the server: Failed within a second.
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let failed = draas
+        .wait_state(&id, "Failed", Duration::from_secs(1))
+        .await;
+    let detected = killed.elapsed();
+    assert_eq!(failed["status"]["reason"], "KilledBySignal");
+    assert!(
+        failed["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SIGKILL"),
+        "{failed}"
+    );
+    println!("crash detected after {detected:?}");
+
+    // The status buffer tells the story in order.
+    let (_, changes) = draas.get("/api/status/recent-changes?since=0").await;
+    let story: Vec<String> = changes["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["instanceId"] == id.as_str())
+        .map(|c| c["new"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        story,
+        [
+            "Created", "Starting", "Running", "Stopping", "Stopped", "Starting", "Running",
+            "Stopping", "Stopped", "Starting", "Running", "Failed"
+        ],
+        "{changes}"
+    );
+
+    // Delete: files removed, name and port free again.
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = draas.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(status, 404);
+    assert!(!workdir.exists(), "working directory removed");
+    assert!(!config_file.exists(), "configuration file removed");
+    let again = draas.create("orders", Some(json!({ "port": port }))).await;
+    assert_ne!(again, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_survive_a_restart_of_draas_and_running_servers_are_readopted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let draas = Draas::up(dir.path()).await;
+
+    let running = draas.create("keeps-running", None).await;
+    let (status, _, _) = draas
+        .patch(
+            &format!("/api/configuration/instances/{running}"),
+            counter_pipeline(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{running}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
+    let endpoint = instance["runtime"]["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .to_string();
+    let idle = draas.create("stays-stopped", None).await;
+    let (_, before) = draas
+        .get(&format!("/api/configuration/instances/{running}"))
+        .await;
+
+    // SIGTERM to draas: the server keeps running.
+    let draas = draas.restart().await;
+    assert!(alive(pid), "servers outlive the control plane");
+
+    // Everything is still there.
+    let (_, list) = draas.get("/api/server/instances").await;
+    assert_eq!(list["total"], 2, "{list}");
+    let (_, after) = draas
+        .get(&format!("/api/configuration/instances/{running}"))
+        .await;
+    assert_eq!(after, before, "configuration survives");
+    assert_eq!(draas.state(&idle).await, "Created");
+    let (_, instance) = draas.get(&format!("/api/server/instances/{running}")).await;
+    assert_eq!(instance["status"]["state"], "Running");
+    assert_eq!(
+        instance["runtime"]["handle"]["pid"].as_u64(),
+        Some(pid),
+        "same process"
+    );
+    assert!(!draas.rows(&endpoint, "values").await.is_empty());
+
+    // Re-adopted, not just remembered: the new worker notices its death...
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let failed = draas
+        .wait_state(&running, "Failed", Duration::from_secs(2))
+        .await;
+    assert_eq!(failed["status"]["reason"], "ExitedWithCode", "{failed}");
+
+    // ...and can start and stop it again.
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{running}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
+    let draas = draas.restart().await;
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{running}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    assert!(!alive(pid), "a re-adopted server is stopped for real");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_while_draas_was_down_is_reported_failed_and_a_reused_pid_is_never_signalled()
+{
+    use draas_core::ports::store::{JsonStore, Precondition};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let draas = Draas::up(dir.path()).await;
+    let id = draas.create("short-lived", None).await;
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
+    let host = instance["runtime"]["host"]
+        .as_str()
+        .expect("host")
+        .to_string();
+
+    // Stop draas, then kill the server behind its back.
+    let data = draas.stop().await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    while alive(pid) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Simulate pid reuse: the record now names a live, unrelated process
+    // (with the dead server's start time, as a reused pid would have).
+    let mut decoy = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .expect("decoy");
+    {
+        let store = draas_store::EmbeddedStore::open(&data.join("state.redb")).expect("open store");
+        let records =
+            draas_core::keys::worker_records(draas_core::instance::PlatformType::Process, &host);
+        let mut record = store
+            .get_json::<Value>(&records, &id)
+            .await
+            .expect("read")
+            .expect("record")
+            .value;
+        record["pid"] = json!(decoy.id());
+        store
+            .put_json(&records, &id, &record, Precondition::None)
+            .await
+            .expect("write");
+    }
+
+    let draas = Draas::up_on(dir.path(), data, 1).await;
+    let failed = draas
+        .wait_state(&id, "Failed", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        failed["status"]["reason"], "LostWhileWorkerDown",
+        "{failed}"
+    );
+    let (status, _) = draas
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert!(
+        decoy.try_wait().expect("decoy status").is_none(),
+        "the decoy with the reused pid was never signalled"
+    );
+    decoy.kill().expect("kill decoy");
+    let _ = decoy.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_failures_are_reported_with_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let draas = Draas::up(dir.path()).await;
+
+    // A port another program holds: refused before launch.
+    let held = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let taken = held.local_addr().expect("addr").port();
+    let id = draas
+        .create(
+            "blocked",
+            Some(json!({"sources": [{"kind": "http", "id": "inbox", "host": "127.0.0.1", "port": taken}]})),
+        )
+        .await;
+    let (status, body) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "PORT_IN_USE");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&taken.to_string()));
+    let (_, status_doc) = draas.get(&format!("/api/status/{id}/status")).await;
+    assert_eq!(status_doc["status"]["state"], "Failed");
+    assert_eq!(status_doc["status"]["reason"], "PortInUse");
+
+    // An executable not on the worker's allow-list.
+    let (status, body) = draas
+        .post("/api/server/instances", Some(json!({"name": "sneaky", "platformType": "Process", "serverConfiguration": {"executablePath": "/bin/sh"}})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let sneaky = body["instance"]["id"].as_str().expect("id").to_string();
+    let (status, body) = draas
+        .post(&format!("/api/server/instances/{sneaky}/start"), None)
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "EXECUTABLE_NOT_ALLOWED");
+
+    // A server that exits during startup: its stderr is the reason.
+    let (status, body) = draas
+        .post("/api/server/instances", Some(json!({"name": "no-db", "platformType": "Process", "configuration": {
+            "sources": [{"kind": "postgres", "id": "pg", "host": "127.0.0.1", "port": free_closed_port(), "database": "d", "user": "u"}]}})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let no_db = body["instance"]["id"].as_str().expect("id").to_string();
+    let (status, body) = draas
+        .post(&format!("/api/server/instances/{no_db}/start"), None)
+        .await;
+    assert_eq!(status, 502, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("before it was ready") && detail.contains("pg"),
+        "{detail}"
+    );
+    let (_, status_doc) = draas.get(&format!("/api/status/{no_db}/status")).await;
+    assert_eq!(status_doc["status"]["state"], "Failed", "{status_doc}");
+    assert_eq!(status_doc["status"]["reason"], "ExitedWithCode");
+}
+
+/// A loopback port nothing listens on.
+fn free_closed_port() -> u16 {
+    draas_testkit::free_port()
+}
