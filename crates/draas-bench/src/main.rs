@@ -7,6 +7,7 @@
 //! cargo run --release -p draas-bench -- runtime-startup
 //! ```
 
+mod control_plane;
 mod runtime_startup;
 mod stats;
 
@@ -32,6 +33,28 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// Control plane + Process platform: create→Running, crash detection,
+    /// GET throughput, memory per instance record.
+    ControlPlane {
+        /// The draas binary (default: next to this binary).
+        #[arg(long)]
+        draas: Option<PathBuf>,
+        /// The runtime binary (default: next to this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// Create→Running runs.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Crashes to detect.
+        #[arg(long, default_value_t = 60)]
+        kills: usize,
+        /// Instances stored during the GET benchmark.
+        #[arg(long, default_value_t = 1000)]
+        stored: usize,
+        /// Instance records for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+    },
 }
 
 /// A sibling binary of this one in the target directory.
@@ -52,6 +75,24 @@ async fn main() -> anyhow::Result<()> {
                 None => sibling("draas-runtime")?,
             };
             runtime_startup::run(&runtime, runs).await
+        }
+        Bench::ControlPlane {
+            draas,
+            runtime,
+            runs,
+            kills,
+            stored,
+            records,
+        } => {
+            let draas = match draas {
+                Some(d) => d,
+                None => sibling("draas")?,
+            };
+            let runtime = match runtime {
+                Some(r) => r,
+                None => sibling("draas-runtime")?,
+            };
+            control_plane::run(&draas, &runtime, runs, kills, stored, records).await
         }
     }
 }

@@ -12,8 +12,6 @@ pub struct Summary {
     pub p95: Duration,
     /// 99th percentile.
     pub p99: Duration,
-    /// Smallest.
-    pub min: Duration,
     /// Largest.
     pub max: Duration,
 }
@@ -32,7 +30,6 @@ impl Summary {
             p50: at(0.50),
             p95: at(0.95),
             p99: at(0.99),
-            min: sorted[0],
             max: sorted[sorted.len() - 1],
         }
     }

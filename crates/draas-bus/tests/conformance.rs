@@ -1,6 +1,8 @@
 //! The bus conformance suite against the in-process bus, plus what only
 //! the in-process bus promises.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The runtime image, built the documented way (scripts/build-runtime-image.sh
 //! from the static binary, nothing pulled), runs under the real Docker Engine.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

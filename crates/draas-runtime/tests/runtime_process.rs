@@ -1,6 +1,8 @@
 //! End-to-end tests of the `draas-runtime` binary as a real process: real
 //! drasi-lib components, real HTTP, real signals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
@@ -376,4 +378,29 @@ fn validate_reports_and_sets_the_exit_code() {
         "{stdout}"
     );
     assert!(stdout.contains("line 2"), "{stdout}");
+}
+
+#[test]
+fn every_example_configuration_validates() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let output = Command::new(BIN)
+                .arg("validate")
+                .arg("-c")
+                .arg(&path)
+                .output()
+                .expect("run");
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stdout)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found {checked} examples");
 }

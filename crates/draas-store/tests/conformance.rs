@@ -1,6 +1,8 @@
 //! The shared state store conformance suite, against the embedded store on
 //! a file and in memory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use draas_store::EmbeddedStore;

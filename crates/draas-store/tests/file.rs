@@ -1,6 +1,8 @@
 //! Behaviour specific to the file: durability across reopening, creating
 //! missing directories, and the lock that keeps a second process out.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use draas_core::ports::{Precondition, Revision, StateStore, StoreError, Write};

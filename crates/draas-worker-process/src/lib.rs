@@ -526,19 +526,18 @@ impl Inner {
                 format!("cannot signal the server: {e}"),
             )
         };
-        if handle.signal(Signal::INT).map_err(signal_error)? {
-            if tokio::time::timeout(grace, handle.wait()).await.is_err() {
-                warn!(instance = %id, "no exit {grace:?} after SIGINT; sending SIGKILL");
-                handle.signal(Signal::KILL).map_err(signal_error)?;
-                if tokio::time::timeout(Duration::from_secs(10), handle.wait())
-                    .await
-                    .is_err()
-                {
-                    return Err(DriverError::new(
-                        ErrorCode::PlatformError,
-                        "the server survived SIGKILL for 10 s",
-                    ));
-                }
+        let signalled = handle.signal(Signal::INT).map_err(signal_error)?;
+        if signalled && tokio::time::timeout(grace, handle.wait()).await.is_err() {
+            warn!(instance = %id, "no exit {grace:?} after SIGINT; sending SIGKILL");
+            handle.signal(Signal::KILL).map_err(signal_error)?;
+            if tokio::time::timeout(Duration::from_secs(10), handle.wait())
+                .await
+                .is_err()
+            {
+                return Err(DriverError::new(
+                    ErrorCode::PlatformError,
+                    "the server survived SIGKILL for 10 s",
+                ));
             }
         }
         info!(instance = %id, "stopped");

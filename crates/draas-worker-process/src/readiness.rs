@@ -164,15 +164,16 @@ pub async fn watch_components(
                 .generation(generation),
             )
             .await;
-        } else if status == "Running" && degraded {
-            if api.component_state().await == Some(Components::Ready) {
-                degraded = false;
-                sink.observe(
-                    Observation::now(id.clone(), ActualState::Running, Some(Reason::Ready))
-                        .generation(generation),
-                )
-                .await;
-            }
+        } else if status == "Running"
+            && degraded
+            && api.component_state().await == Some(Components::Ready)
+        {
+            degraded = false;
+            sink.observe(
+                Observation::now(id.clone(), ActualState::Running, Some(Reason::Ready))
+                    .generation(generation),
+            )
+            .await;
         }
     }
 }

@@ -60,7 +60,7 @@ pub(crate) async fn run(
         let _ = bus
             .publish(&EventEnvelope::new(Event::WorkerHeartbeat(info)))
             .await;
-        if beats % PRUNE_EVERY == 0 {
+        if beats.is_multiple_of(PRUNE_EVERY) {
             prune_executed(store.as_ref()).await;
         }
         beats += 1;

@@ -1,6 +1,8 @@
 //! The Process platform end to end: the real `draas up` binary, real
 //! runtime processes, real signals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! Running the real `draas` binary in tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

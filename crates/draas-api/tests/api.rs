@@ -1,0 +1,864 @@
+//! API tests against the real router, in process: embedded store (in
+//! memory), in-process bus, Drasi's own validator, and (where a worker is
+//! needed) the real generic worker over a scripted fake driver. The real
+//! Process platform is tested end to end in the `draas` crate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use draas_api::{router, ControlPlane, ControlPlaneSettings};
+use draas_bus::InProcessBus;
+use draas_core::instance::{ActualState, InstanceId, PlatformHandle, PlatformType, RuntimeInfo};
+use draas_core::messages::{ErrorCode, LogsSpec, StartSpec, StopSpec};
+use draas_core::ports::{DriverError, MessageBus, PlatformDriver, Started, StateStore};
+use draas_store::EmbeddedStore;
+use draas_worker::{Worker, WorkerSettings};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+// === harness ===
+
+/// What the fake driver was asked to do, and what it should answer.
+#[derive(Default)]
+struct Script {
+    calls: Vec<String>,
+    fail_start: Option<ErrorCode>,
+}
+
+struct FakeDriver(Arc<Mutex<Script>>);
+
+#[async_trait]
+impl PlatformDriver for FakeDriver {
+    fn platform(&self) -> PlatformType {
+        PlatformType::Process
+    }
+    async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Result<Started, DriverError> {
+        let fail = {
+            let mut script = self.0.lock().unwrap();
+            script
+                .calls
+                .push(format!("start {id} g{}", spec.generation));
+            script.fail_start
+        };
+        if let Some(code) = fail {
+            return Err(DriverError::new(code, "scripted failure")
+                .with_state(ActualState::Failed, draas_core::instance::Reason::PortInUse));
+        }
+        Ok(Started {
+            runtime: RuntimeInfo {
+                worker_id: "fake".into(),
+                handle: Some(PlatformHandle::Process {
+                    pid: 1,
+                    start_time: 1,
+                }),
+                host: "test".into(),
+                port: spec.api_port,
+                endpoint: format!("http://127.0.0.1:{}", spec.api_port),
+                started_at: None,
+                last_exit_code: None,
+            },
+            state: ActualState::Running,
+            message: None,
+        })
+    }
+    async fn stop(&self, id: &InstanceId, _: &StopSpec) -> Result<(), DriverError> {
+        self.0.lock().unwrap().calls.push(format!("stop {id}"));
+        Ok(())
+    }
+    async fn delete(&self, id: &InstanceId, _: &StopSpec) -> Result<(), DriverError> {
+        self.0.lock().unwrap().calls.push(format!("delete {id}"));
+        Ok(())
+    }
+    async fn status(&self, _: &InstanceId) -> Result<Value, DriverError> {
+        Ok(json!({"fake": true}))
+    }
+    async fn logs(&self, _: &InstanceId, spec: &LogsSpec) -> Result<Vec<String>, DriverError> {
+        Ok((0..spec.tail).map(|i| format!("line {i}")).collect())
+    }
+    async fn recover(&self) -> Result<usize, DriverError> {
+        Ok(0)
+    }
+    async fn running(&self) -> usize {
+        0
+    }
+}
+
+struct Api {
+    router: Router,
+    bus: Arc<dyn MessageBus>,
+    script: Arc<Mutex<Script>>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The router over fresh in-memory backends, with a fake Process worker
+/// when `with_worker`.
+async fn api(with_worker: bool) -> Api {
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
+    let script = Arc::new(Mutex::new(Script::default()));
+    let shutdown = CancellationToken::new();
+    if with_worker {
+        let worker = Worker::new(
+            WorkerSettings {
+                worker_id: "fake".into(),
+                host: "test".into(),
+                heartbeat_interval: Duration::from_millis(200),
+                heartbeat_ttl: Duration::from_secs(5),
+                concurrency: 4,
+                capacity: None,
+            },
+            Arc::new(FakeDriver(script.clone())),
+            store.clone(),
+            bus.clone(),
+        );
+        tokio::spawn(worker.run(shutdown.clone()));
+        let probe = store.clone();
+        draas_testkit::wait_for("fake worker heartbeat", Duration::from_secs(5), || {
+            let probe = probe.clone();
+            async move {
+                probe
+                    .get("workers", "fake")
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+    let settings = ControlPlaneSettings {
+        command_timeout: Duration::from_secs(5),
+        port_range: 31000..=31099,
+        ..ControlPlaneSettings::default()
+    };
+    let cp = Arc::new(ControlPlane::new(
+        store,
+        bus.clone(),
+        Arc::new(draas_drasi::validate::DrasiValidator),
+        settings,
+    ));
+    Api {
+        router: router(cp),
+        bus,
+        script,
+        shutdown,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                headers
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap()),
+                Some("application/problem+json"),
+                "errors are problem+json: {status} {body}"
+            );
+            assert_eq!(body["status"], status.as_u16(), "{body}");
+            assert!(
+                body["code"].is_string() && body["detail"].is_string(),
+                "{body}"
+            );
+        }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(ct) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, ct);
+        }
+        self.send(builder.body(body.into()).unwrap()).await
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.request("GET", uri, None, Body::empty()).await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.request("POST", uri, Some("application/json"), body.to_string())
+            .await
+    }
+
+    async fn patch(&self, uri: &str, ops: &str, if_match: Option<&str>) -> Reply {
+        let mut builder = Request::builder()
+            .method("PATCH")
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json-patch+json");
+        if let Some(tag) = if_match {
+            builder = builder.header(header::IF_MATCH, tag);
+        }
+        self.send(builder.body(Body::from(ops.to_string())).unwrap())
+            .await
+    }
+
+    async fn create(&self, name: &str) -> String {
+        let reply = self
+            .post(
+                "/api/server/instances",
+                json!({"name": name, "platformType": "Process"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["instance"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// The whole observable state: every instance and configuration.
+    async fn snapshot(&self) -> Value {
+        let list = self.get("/api/server/instances").await.body;
+        let mut configs = Vec::new();
+        for item in list["items"].as_array().unwrap() {
+            let id = item["id"].as_str().unwrap();
+            configs.push(
+                self.get(&format!("/api/configuration/instances/{id}"))
+                    .await
+                    .body,
+            );
+        }
+        json!({"list": list, "configs": configs})
+    }
+}
+
+// === creating instances ===
+
+#[tokio::test]
+async fn create_returns_201_with_the_instance_and_its_server_configuration() {
+    let api = api(false).await;
+    let reply = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "orders", "description": "EU orders", "platformType": "AKS",
+                   "serverConfiguration": {"shutdownTimeoutSeconds": 5}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let instance = &reply.body["instance"];
+    let id = instance["id"].as_str().unwrap();
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        format!("/api/server/instances/{id}")
+    );
+    assert_eq!(instance["platformType"], "Kubernetes");
+    assert_eq!(instance["status"]["state"], "Created");
+    assert_eq!(instance["desiredState"], "Stopped");
+    assert_eq!(instance["generation"], 1);
+    assert_eq!(
+        reply.body["serverConfiguration"]["shutdownTimeoutSeconds"],
+        5
+    );
+    let port = instance["configuration"]["port"].as_u64().unwrap();
+    assert!(
+        (31000..=31099).contains(&port),
+        "allocated from the range: {port}"
+    );
+
+    let got = api.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(&got.body, instance);
+    let changes = api.get("/api/status/recent-changes").await.body;
+    assert_eq!(changes["changes"][0]["new"], "Created");
+    assert_eq!(changes["changes"][0]["cursor"], 1);
+}
+
+#[tokio::test]
+async fn bad_creations_get_a_clear_4xx_and_change_nothing() {
+    let api = api(false).await;
+    api.create("taken").await;
+    let before = api.snapshot().await;
+    let cases: Vec<(Request<Body>, StatusCode, &str, &str)> = vec![
+        (
+            json_request("{\"name\": \"x\", ", "application/json"),
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            "",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Process", "colour": "red"}"#,
+                "application/json",
+            ),
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "colour",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Mainframe"}"#,
+                "application/json",
+            ),
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "Mainframe",
+        ),
+        (
+            json_request(r#"{"name": "x", "platformType": "Process"}"#, "text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "",
+        ),
+        (
+            json_request(
+                r#"{"name": "../etc", "platformType": "Process"}"#,
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INSTANCE",
+            "/name",
+        ),
+        (
+            json_request(
+                r#"{"name": "Big Name", "platformType": "Process"}"#,
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INSTANCE",
+            "/name",
+        ),
+        (
+            json_request(
+                r#"{"name": "taken", "platformType": "Process"}"#,
+                "application/json",
+            ),
+            StatusCode::CONFLICT,
+            "NAME_TAKEN",
+            "taken",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Process", "serverConfiguration": {"executablePath": "bin/../sh"}}"#,
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INSTANCE",
+            "/serverConfiguration/executablePath",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Process", "configuration": {"queries": [{"id": "q", "query": "MATCH (n RETURN n"}]}}"#,
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "/configuration/queries/0/query",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Process", "configuration": {"sources": [{"kind": "mock", "id": "s", "interval": 5}]}}"#,
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "/configuration/sources/0/interval",
+        ),
+        (
+            Request::builder()
+                .method("POST")
+                .uri("/api/server/instances")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(format!(
+                    r#"{{"name": "x", "platformType": "Process", "description": "{}"}}"#,
+                    "a".repeat(2 * 1024 * 1024)
+                )))
+                .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            "",
+        ),
+    ];
+    for (request, status, code, mention) in cases {
+        let reply = api.send(request).await;
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str().unwrap()),
+            (status, code),
+            "{}",
+            reply.body
+        );
+        let text = reply.body.to_string();
+        assert!(text.contains(mention), "{mention:?} in {text}");
+    }
+    assert_eq!(api.snapshot().await, before, "nothing changed");
+}
+
+fn json_request(body: &str, content_type: &str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri("/api/server/instances")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn path_like_and_unknown_ids_are_refused() {
+    let api = api(false).await;
+    for (uri, status) in [
+        (
+            "/api/server/instances/..%2F..%2Fetc",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/server/instances/UPPER", StatusCode::BAD_REQUEST),
+        (
+            "/api/configuration/instances/a%00b",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/server/instances/i-0000", StatusCode::NOT_FOUND),
+        ("/api/status/i-0000/status", StatusCode::NOT_FOUND),
+        ("/api/server/instances?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/server/instances?colour=red", StatusCode::BAD_REQUEST),
+        ("/api/nothing-here", StatusCode::NOT_FOUND),
+    ] {
+        let reply = api.get(uri).await;
+        assert_eq!(reply.status, status, "{uri}: {}", reply.body);
+    }
+}
+
+// === configuration ===
+
+#[tokio::test]
+async fn configuration_patches_are_validated_whole_and_atomic() {
+    let api = api(false).await;
+    let id = api.create("patched").await;
+    let other = api.create("neighbour").await;
+    let path = format!("/api/configuration/instances/{id}");
+    let neighbour_port = api
+        .get(&format!("/api/configuration/instances/{other}"))
+        .await
+        .body["port"]
+        .clone();
+
+    let good = r#"[{"op": "add", "path": "/sources/-", "value": {"kind": "mock", "id": "s"}},
+                   {"op": "add", "path": "/queries/-", "value": {"id": "q", "autoStart": true, "queryLanguage": "Cypher",
+                     "query": "MATCH (n:Generic) RETURN n.value AS v", "sources": [{"sourceId": "s"}]}}]"#;
+    let reply = api.patch(&path, good, Some("\"1\"")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.headers[header::ETAG], "\"2\"");
+    assert_eq!(reply.body["queries"][0]["id"], "q");
+
+    let before = api.snapshot().await;
+    let cases = [
+        ("{", StatusCode::BAD_REQUEST, "INVALID_PATCH", ""),
+        (
+            r#"[{"op": "explode", "path": "/port"}]"#,
+            StatusCode::BAD_REQUEST,
+            "INVALID_PATCH",
+            "explode",
+        ),
+        (
+            r#"[{"op": "remove", "path": "/queries/7"}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PATCH_NOT_APPLICABLE",
+            "/queries/7",
+        ),
+        (
+            r#"[{"op": "test", "path": "/logLevel", "value": "debug"}]"#,
+            StatusCode::CONFLICT,
+            "PATCH_TEST_FAILED",
+            "/logLevel",
+        ),
+        (
+            r#"[{"op": "add", "path": "/colour", "value": 1}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "colour",
+        ),
+        (
+            r#"[{"op": "replace", "path": "/port", "value": "eighty"}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "/port",
+        ),
+        (
+            r#"[{"op": "replace", "path": "/port", "value": 0}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "/port",
+        ),
+        (
+            r#"[{"op": "replace", "path": "/queries/0/query", "value": "MATCH (n RETURN"}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "/queries/0/query",
+        ),
+        (
+            r#"[{"op": "replace", "path": "/queries/0/sources/0/sourceId", "value": "ghost"}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "ghost",
+        ),
+        (
+            r#"[{"op": "add", "path": "/sources/0/intervalMS", "value": 5}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "/sources/0/intervalMS",
+        ),
+        (
+            r#"[{"op": "add", "path": "/reactions/-", "value": {"kind": "log", "id": "q", "queries": ["q"]}}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "duplicate id",
+        ),
+        (
+            r#"[{"op": "add", "path": "/reactions/-", "value": {"kind": "teleport", "id": "t", "queries": ["q"]}}]"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_CONFIGURATION",
+            "teleport",
+        ),
+    ];
+    for (ops, status, code, mention) in cases {
+        let reply = api.patch(&path, ops, None).await;
+        assert_eq!(
+            (reply.status, reply.body["code"].as_str().unwrap()),
+            (status, code),
+            "{ops}: {}",
+            reply.body
+        );
+        assert!(
+            reply.body.to_string().contains(mention),
+            "{mention:?} in {}",
+            reply.body
+        );
+    }
+    // A port another instance holds.
+    let clash = format!(r#"[{{"op": "replace", "path": "/port", "value": {neighbour_port}}}]"#);
+    let reply = api.patch(&path, &clash, None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.body["code"], "PORT_CONFLICT");
+    assert_eq!(reply.body["errors"][0]["path"], "/port");
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("'neighbour'"),
+        "{}",
+        reply.body
+    );
+    // A stale If-Match, a wrong media type.
+    let reply = api
+        .patch(
+            &path,
+            r#"[{"op": "replace", "path": "/logLevel", "value": "debug"}]"#,
+            Some("\"1\""),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (StatusCode::PRECONDITION_FAILED, Some("STALE_GENERATION"))
+    );
+    let reply = api.request("PATCH", &path, Some("text/plain"), "[]").await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let reply = api.patch(&path, "[]", Some("yesterday")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    assert_eq!(api.snapshot().await, before, "nothing changed");
+    let reply = api.get(&path).await;
+    assert_eq!(reply.headers[header::ETAG], "\"2\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_lose_no_update_and_if_match_lets_exactly_one_win() {
+    let api = Arc::new(api(false).await);
+    let id = api.create("busy").await;
+    let path = format!("/api/configuration/instances/{id}");
+    let patches = (0..20).map(|i| {
+        let api = api.clone();
+        let path = path.clone();
+        async move {
+            let op = format!(r#"[{{"op": "add", "path": "/sources/-", "value": {{"kind": "mock", "id": "s{i}"}}}}]"#);
+            api.patch(&path, &op, None).await.status
+        }
+    });
+    let statuses = futures::future::join_all(patches).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let reply = api.get(&path).await;
+    assert_eq!(
+        reply.body["sources"].as_array().unwrap().len(),
+        20,
+        "every add kept"
+    );
+    assert_eq!(reply.headers[header::ETAG], "\"21\"");
+
+    let racers = (0..2).map(|i| {
+        let api = api.clone();
+        let path = path.clone();
+        async move {
+            let op = format!(
+                r#"[{{"op": "replace", "path": "/logLevel", "value": "{}"}}]"#,
+                ["debug", "warn"][i]
+            );
+            api.patch(&path, &op, Some("\"21\"")).await.status
+        }
+    });
+    let mut statuses = futures::future::join_all(racers).await;
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![StatusCode::OK, StatusCode::PRECONDITION_FAILED]
+    );
+}
+
+#[tokio::test]
+async fn server_configuration_has_get_and_patch_with_etags() {
+    let api = api(false).await;
+    let id = api.create("served").await;
+    let path = format!("/api/server/instances/{id}/server-configuration");
+    let reply = api.get(&path).await;
+    assert_eq!(reply.body["startTimeoutSeconds"], 20);
+    let reply = api
+        .patch(
+            &path,
+            r#"[{"op": "add", "path": "/environment", "value": {"DB_PASSWORD": "x"}}]"#,
+            Some("\"1\""),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.headers[header::ETAG], "\"2\"");
+    let reply = api
+        .patch(
+            &path,
+            r#"[{"op": "replace", "path": "/shutdownTimeoutSeconds", "value": 0}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.body["errors"][0]["path"], "/shutdownTimeoutSeconds");
+}
+
+// === lifecycle through a worker ===
+
+#[tokio::test]
+async fn start_stop_restart_and_delete_go_through_the_worker() {
+    let api = api(true).await;
+    let id = api.create("cycled").await;
+    let reply = api
+        .post(&format!("/api/server/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"]["state"], "Running");
+    assert_eq!(reply.body["desiredState"], "Running");
+    let reply = api
+        .post(&format!("/api/server/instances/{id}/restart"), json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = api
+        .post(&format!("/api/server/instances/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(reply.body["status"]["state"], "Stopped");
+    let reply = api
+        .get(&format!("/api/server/instances/{id}/logs?tail=3"))
+        .await;
+    assert_eq!(reply.body["lines"], json!(["line 0", "line 1", "line 2"]));
+    let reply = api
+        .request(
+            "DELETE",
+            &format!("/api/server/instances/{id}"),
+            None,
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let calls = api.script.lock().unwrap().calls.clone();
+    assert_eq!(
+        calls,
+        vec![
+            format!("start {id} g1"),
+            format!("stop {id}"),
+            format!("start {id} g1"),
+            format!("stop {id}"),
+            format!("delete {id}")
+        ]
+    );
+    // The name is free again.
+    api.create("cycled").await;
+}
+
+#[tokio::test]
+async fn worker_errors_map_to_http_statuses_and_missing_workers_fail_fast() {
+    let api = api(true).await;
+    let id = api.create("doomed").await;
+    api.script.lock().unwrap().fail_start = Some(ErrorCode::PortInUse);
+    let reply = api
+        .post(&format!("/api/server/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("PORT_IN_USE"))
+    );
+    let status = api.get(&format!("/api/status/{id}/status")).await.body;
+    assert_eq!(status["status"]["state"], "Failed");
+    assert_eq!(status["status"]["reason"], "PortInUse");
+
+    let docker = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "boxed", "platformType": "Docker"}),
+        )
+        .await
+        .body["instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = std::time::Instant::now();
+    let reply = api
+        .post(&format!("/api/server/instances/{docker}/start"), json!({}))
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("NO_LIVE_WORKER"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
+    let platforms = api.get("/api/server/platforms").await.body;
+    assert_eq!(platforms["platforms"][0]["available"], true);
+    assert_eq!(platforms["platforms"][0]["workers"][0]["workerId"], "fake");
+    assert_eq!(platforms["platforms"][1]["available"], false);
+}
+
+// === status ===
+
+#[tokio::test]
+async fn external_status_updates_are_checked_and_buffered() {
+    let api = api(false).await;
+    let id = api.create("watched").await;
+    let now = chrono::Utc::now();
+    let update = |state: &str, at: chrono::DateTime<chrono::Utc>| json!({"instanceId": id, "state": state, "source": "probe-1", "observedAt": at, "message": "seen by probe"});
+    let reply = api
+        .post("/api/status/updates", update("Running", now))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["source"], "external:probe-1");
+    let cursor = reply.body["cursor"].as_u64().unwrap();
+    let reply = api
+        .post(
+            "/api/status/updates",
+            update("Failed", now - chrono::Duration::seconds(10)),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("OUT_OF_ORDER"))
+    );
+    let mut unknown = update("Running", now);
+    unknown["instanceId"] = json!("i-nope");
+    let reply = api.post("/api/status/updates", unknown).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let mut bad = update("Running", now);
+    bad["source"] = json!("../../x");
+    assert_eq!(
+        api.post("/api/status/updates", bad).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let status = api.get(&format!("/api/status/{id}/status")).await.body;
+    assert_eq!(status["status"]["state"], "Running");
+    let page = api
+        .get(&format!("/api/status/recent-changes?since={}", cursor - 1))
+        .await
+        .body;
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["changes"][0]["new"], "Running");
+    assert_eq!(page["cursor"], cursor);
+    let empty = api
+        .get(&format!("/api/status/recent-changes?since={cursor}"))
+        .await
+        .body;
+    assert_eq!(empty["changes"], json!([]));
+    assert_eq!(empty["cursor"], cursor);
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_configuration_and_status_changes() {
+    let api = api(false).await;
+    let id = api.create("streamed").await;
+    let mut events = api
+        .bus
+        .subscribe(&draas_core::messages::EVENT_CHANNELS)
+        .await
+        .unwrap();
+    let response = api
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/api/events")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    let reply = api
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            r#"[{"op": "replace", "path": "/logLevel", "value": "warn"}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.contains("event: ConfigurationChanged"), "{text}");
+    assert!(
+        text.contains(&id) && text.contains("\"generation\":2"),
+        "{text}"
+    );
+    let bus_event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        bus_event.event,
+        draas_core::messages::Event::ConfigurationChanged { generation: 2, .. }
+    ));
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The test command. Sets up everything the tests need on a fresh Debian
+# machine, then runs the lint gates and every test of the workspace:
+#   - packages: pkg-config and libssl-dev (postgres source), redis-server
+#     (Redis-mode tests start their own on free loopback ports);
+#   - a running Docker engine (runtime image test);
+#   - cargo-nextest;
+# and keeps build output in a persistent target directory
+# ($CARGO_TARGET_DIR, default ~/.cache/draas/target).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/draas/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log() { printf '==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# --- system packages --------------------------------------------------------
+missing=()
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- Docker engine ----------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  log "starting the Docker engine"
+  as_root service docker start >/dev/null 2>&1 || (as_root dockerd >/tmp/dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { echo "the Docker engine is not running (see /tmp/dockerd.log)" >&2; exit 1; }
+fi
+
+# --- tools ------------------------------------------------------------------
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+# --- gates and tests --------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "tests"
+cargo nextest run --workspace --locked "$@"
