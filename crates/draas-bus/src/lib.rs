@@ -29,6 +29,8 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Events a slow subscriber may fall behind before it skips some.
 pub const EVENT_BUFFER: usize = 4096;
+/// Events kept for replay.
+pub const EVENTS_KEPT: usize = 10_000;
 
 /// A command waiting for a consumer, with the way back to its requester.
 struct Pending {
@@ -46,6 +48,8 @@ struct Channel {
 struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     events: broadcast::Sender<EventEnvelope>,
+    /// The newest events with their cursors, for replay.
+    kept: Mutex<(u64, std::collections::VecDeque<(u64, EventEnvelope)>)>,
 }
 
 /// The in-process bus. Cheap to clone; clones share everything.
@@ -68,6 +72,7 @@ impl InProcessBus {
             inner: Arc::new(Inner {
                 channels: Mutex::new(HashMap::new()),
                 events,
+                kept: Mutex::new((0, std::collections::VecDeque::new())),
             }),
         }
     }
@@ -168,9 +173,39 @@ impl MessageBus for InProcessBus {
     }
 
     async fn publish(&self, event: &EventEnvelope) -> Result<(), BusError> {
-        // No subscriber is not an error: events are also in the store.
+        {
+            let mut kept = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.0 += 1;
+            let cursor = kept.0;
+            kept.1.push_back((cursor, event.clone()));
+            if kept.1.len() > EVENTS_KEPT {
+                kept.1.pop_front();
+            }
+        }
+        // No subscriber is not an error: events are also kept.
         let _ = self.inner.events.send(event.clone());
         Ok(())
+    }
+
+    async fn replay_events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, EventEnvelope)>, BusError> {
+        let after: u64 = match after {
+            None => 0,
+            Some(a) => a.parse().map_err(|_| {
+                BusError::Backend(format!("not an event cursor of this bus: {a:?}"))
+            })?,
+        };
+        let kept = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(kept
+            .1
+            .iter()
+            .filter(|(cursor, _)| *cursor > after)
+            .take(limit)
+            .map(|(cursor, event)| (cursor.to_string(), event.clone()))
+            .collect())
     }
 
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {

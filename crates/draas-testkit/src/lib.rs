@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod process;
+pub mod redis_server;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -385,6 +385,7 @@ impl Inner {
     ) -> Result<Started, DriverError> {
         let api = ServerApi::new(&record.api_host, record.api_port);
         let mut healthy = false;
+        let mut polls = 0u32;
         let outcome = loop {
             if let Some(exit) = handle.exited.borrow().clone() {
                 let words = self.last_words(id, true);
@@ -418,7 +419,10 @@ impl Inner {
                 )
                 .with_state(ActualState::Failed, Reason::StartTimeout));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            // Servers usually start in milliseconds: look often at first.
+            let pause = if polls < 100 { 5 } else { 25 };
+            polls += 1;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         };
         match outcome {
             Ok((state, message)) => {

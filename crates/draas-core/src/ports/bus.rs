@@ -90,6 +90,32 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// A command the bus gave up on: unreadable, or delivered too often without
+/// being acknowledged (its consumers kept dying). Kept for operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// Position in the dead-letter stream.
+    #[serde(default)]
+    pub id: String,
+    /// Position the command had in its channel.
+    pub entry_id: String,
+    /// The channel it was sent on.
+    pub channel: String,
+    /// The command, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandEnvelope>,
+    /// The raw message, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    /// Why it was given up.
+    pub reason: String,
+    /// Deliveries made.
+    pub deliveries: u32,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 /// The commands of one channel, for one consumer.
 pub type CommandStream = Pin<Box<dyn Stream<Item = Result<Delivery, BusError>> + Send>>;
 
@@ -116,6 +142,23 @@ pub trait MessageBus: Send + Sync + 'static {
 
     /// Receives events of `channels` published from now on.
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError>;
+
+    /// Up to `limit` kept events published after cursor `after` (from the
+    /// oldest kept when `None`), with their cursors, oldest first.
+    async fn replay_events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, EventEnvelope)>, BusError>;
+
+    /// The newest `limit` dead letters of `channel`, newest first.
+    async fn dead_letters(
+        &self,
+        _channel: &str,
+        _limit: usize,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]
@@ -136,5 +179,15 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {
         (**self).subscribe(channels).await
+    }
+    async fn replay_events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, EventEnvelope)>, BusError> {
+        (**self).replay_events(after, limit).await
+    }
+    async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        (**self).dead_letters(channel, limit).await
     }
 }

@@ -7,7 +7,7 @@ pub mod platform;
 pub mod store;
 pub mod validator;
 
-pub use bus::{BusError, CommandStream, Delivery, EventStream, MessageBus, Responder};
+pub use bus::{BusError, CommandStream, DeadLetter, Delivery, EventStream, MessageBus, Responder};
 pub use platform::{DriverError, Observation, PlatformDriver, RuntimeUpdate, Started, StatusSink};
 pub use store::{
     JsonStore, LogPage, Precondition, Record, Revision, StateStore, StoreError, Versioned, Write,

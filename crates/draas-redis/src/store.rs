@@ -1,0 +1,326 @@
+//! [`StateStore`] over Redis: shared by control-plane replicas and workers.
+//!
+//! Layout (all under `{prefix}`, one hash slot):
+//! - `{p}:v:<collection>`: hash key → value;
+//! - `{p}:r:<collection>`: hash key → revision;
+//! - `{p}:revision`: the store-wide revision counter (a recreated key never
+//!   gets back a revision a reader may still hold);
+//! - `{p}:log:<name>`: list of a log's kept entries, oldest first;
+//!   `{p}:logseq:<name>`: its newest cursor.
+//!
+//! Writes with preconditions run as Lua scripts, so check-and-write is
+//! atomic on the server: no lost update between replicas. Reads of a value
+//! and its revision are one `MULTI`, so a reader never pairs a value with
+//! another write's revision.
+
+use async_trait::async_trait;
+use draas_core::ports::store::{
+    LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
+};
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script, Value};
+
+use crate::connection::{is_unavailable, RedisSettings};
+
+/// Checks every precondition of a batch (later writes see earlier ones),
+/// then applies all of it; or nothing, naming the first failing write.
+const APPLY: &str = r#"
+-- KEYS[1]: revision counter; write i: KEYS[2i] value hash, KEYS[2i+1] revision hash
+-- ARGV per write (5): op (put|del), field, precondition (none|absent|rev), revision, value
+local n = (#KEYS - 1) / 2
+local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seen = {}
+local results = {}
+local next_rev = counter
+for i = 1, n do
+  local rh = KEYS[2 * i + 1]
+  local b = (i - 1) * 5
+  local op, field, pre, expected = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local id = rh .. '\0' .. field
+  local current = seen[id]
+  if current == nil then
+    local r = redis.call('HGET', rh, field)
+    if r then current = tonumber(r) else current = false end
+  end
+  if pre == 'absent' and current ~= false then return {'conflict', i} end
+  if pre == 'rev' and (current == false or current ~= tonumber(expected)) then return {'conflict', i} end
+  if op == 'put' then
+    next_rev = next_rev + 1
+    seen[id] = next_rev
+    results[i] = next_rev
+  else
+    seen[id] = false
+    results[i] = 0
+  end
+end
+next_rev = counter
+for i = 1, n do
+  local vh, rh = KEYS[2 * i], KEYS[2 * i + 1]
+  local b = (i - 1) * 5
+  local op, field, value = ARGV[b + 1], ARGV[b + 2], ARGV[b + 5]
+  if op == 'put' then
+    next_rev = next_rev + 1
+    redis.call('HSET', vh, field, value)
+    redis.call('HSET', rh, field, next_rev)
+  else
+    redis.call('HDEL', vh, field)
+    redis.call('HDEL', rh, field)
+  end
+end
+redis.call('SET', KEYS[1], next_rev)
+local out = {'ok'}
+for i = 1, n do out[i + 1] = results[i] end
+return out
+"#;
+
+/// Appends to a capped log; returns the new cursor.
+const APPEND: &str = r#"
+local cursor = redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+local cap = tonumber(ARGV[2])
+if cap == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], -cap, -1) end
+return cursor
+"#;
+
+/// Reads a log page: {oldest, newest, entries...}; entry cursors follow on
+/// from max(after + 1, oldest).
+const READ_LOG: &str = r#"
+local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
+local len = redis.call('LLEN', KEYS[2])
+local oldest = 0
+if len > 0 then oldest = newest - len + 1 end
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local start = after + 1
+if start < oldest then start = oldest end
+if len == 0 or start > newest or limit == 0 then return {oldest, newest} end
+local from = start - oldest
+local items = redis.call('LRANGE', KEYS[2], from, from + limit - 1)
+local out = {oldest, newest}
+for i = 1, #items do out[i + 2] = items[i] end
+return out
+"#;
+
+/// The Redis state store. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    settings: RedisSettings,
+    connection: ConnectionManager,
+    apply: Script,
+    append: Script,
+    read_log: Script,
+}
+
+impl RedisStore {
+    /// Connects (retrying in the background when Redis goes away later).
+    pub async fn connect(settings: RedisSettings) -> Result<Self, StoreError> {
+        let connection = settings.manager().await.map_err(to_store_error)?;
+        Ok(Self {
+            settings,
+            connection,
+            apply: Script::new(APPLY),
+            append: Script::new(APPEND),
+            read_log: Script::new(READ_LOG),
+        })
+    }
+
+    fn values(&self, collection: &str) -> String {
+        self.settings.key(&format!("v:{collection}"))
+    }
+
+    fn revisions(&self, collection: &str) -> String {
+        self.settings.key(&format!("r:{collection}"))
+    }
+}
+
+fn to_store_error(e: RedisError) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn revision_of(
+    collection: &str,
+    key: &str,
+    raw: Option<String>,
+) -> Result<Option<Revision>, StoreError> {
+    raw.map(|r| {
+        r.parse::<u64>()
+            .map(Revision)
+            .map_err(|e| StoreError::Corrupt {
+                collection: collection.to_string(),
+                key: key.to_string(),
+                message: format!("revision {r:?}: {e}"),
+            })
+    })
+    .transpose()
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let mut connection = self.connection.clone();
+        let (value, revision): (Option<Vec<u8>>, Option<String>) = redis::pipe()
+            .atomic()
+            .hget(self.values(collection), key)
+            .hget(self.revisions(collection), key)
+            .query_async(&mut connection)
+            .await
+            .map_err(to_store_error)?;
+        match (value, revision_of(collection, key, revision)?) {
+            (Some(value), Some(revision)) => Ok(Some(Versioned { value, revision })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let mut connection = self.connection.clone();
+        let (values, revisions): (
+            std::collections::HashMap<String, Vec<u8>>,
+            std::collections::HashMap<String, String>,
+        ) = redis::pipe()
+            .atomic()
+            .hgetall(self.values(collection))
+            .hgetall(self.revisions(collection))
+            .query_async(&mut connection)
+            .await
+            .map_err(to_store_error)?;
+        let mut out = Vec::with_capacity(values.len());
+        for (key, value) in values {
+            if let Some(revision) = revision_of(collection, &key, revisions.get(&key).cloned())? {
+                out.push((key, Versioned { value, revision }));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.apply.prepare_invoke();
+        invocation.key(self.settings.key("revision"));
+        for write in &writes {
+            let (op, collection, key, precondition, value): (
+                &str,
+                &str,
+                &str,
+                &Precondition,
+                &[u8],
+            ) = match write {
+                Write::Put {
+                    collection,
+                    key,
+                    value,
+                    precondition,
+                } => ("put", collection, key, precondition, value),
+                Write::Delete {
+                    collection,
+                    key,
+                    precondition,
+                } => ("del", collection, key, precondition, &[]),
+            };
+            let (pre, expected) = match precondition {
+                Precondition::None => ("none", 0),
+                Precondition::Absent => ("absent", 0),
+                Precondition::Revision(r) => ("rev", r.0),
+            };
+            invocation
+                .key(self.values(collection))
+                .key(self.revisions(collection))
+                .arg(op)
+                .arg(key)
+                .arg(pre)
+                .arg(expected)
+                .arg(value);
+        }
+        let mut connection = self.connection.clone();
+        let reply: Vec<Value> = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(to_store_error)?;
+        let status = match reply.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).to_string(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            other => {
+                return Err(StoreError::Backend(format!(
+                    "unexpected script reply {other:?}"
+                )))
+            }
+        };
+        let number = |v: &Value| match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        };
+        if status == "conflict" {
+            let index = reply.get(1).and_then(number).unwrap_or(1) as usize;
+            let (collection, key) = match writes.get(index.saturating_sub(1)) {
+                Some(Write::Put {
+                    collection, key, ..
+                })
+                | Some(Write::Delete {
+                    collection, key, ..
+                }) => (collection.clone(), key.clone()),
+                None => (String::new(), String::new()),
+            };
+            return Err(StoreError::Conflict { collection, key });
+        }
+        Ok(writes
+            .iter()
+            .zip(reply.iter().skip(1))
+            .map(|(write, value)| match write {
+                Write::Put { .. } => number(value).map(|n| Revision(n as u64)),
+                Write::Delete { .. } => None,
+            })
+            .collect())
+    }
+
+    async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        self.append
+            .key(self.settings.key(&format!("logseq:{log}")))
+            .key(self.settings.key(&format!("log:{log}")))
+            .arg(value)
+            .arg(capacity)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(to_store_error)
+    }
+
+    async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
+        let mut connection = self.connection.clone();
+        let reply: Vec<Value> = self
+            .read_log
+            .key(self.settings.key(&format!("logseq:{log}")))
+            .key(self.settings.key(&format!("log:{log}")))
+            .arg(after)
+            .arg(limit)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(to_store_error)?;
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => *n as u64,
+            _ => 0,
+        };
+        let (oldest, newest) = (int(reply.first()), int(reply.get(1)));
+        let start = after.saturating_add(1).max(oldest);
+        let entries = reply
+            .iter()
+            .skip(2)
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::BulkString(bytes) => Ok((start + i as u64, bytes.clone())),
+                other => Err(StoreError::Backend(format!(
+                    "unexpected log entry {other:?}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LogPage {
+            entries,
+            oldest,
+            newest,
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! The store and bus conformance suites against a real `redis-server`,
+//! plus what only the Redis backends promise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use draas_core::ports::{MessageBus, StateStore};
+use draas_redis::{BusOptions, RedisBus, RedisSettings, RedisStore};
+use draas_testkit::redis_server::RedisServer;
+
+fn settings(server: &RedisServer) -> RedisSettings {
+    let mut settings = RedisSettings::new(server.url());
+    settings.prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let store: Arc<dyn StateStore> =
+        Arc::new(RedisStore::connect(settings(&server)).await.unwrap());
+    draas_testkit::conformance::store::run_all(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bus_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let bus: Arc<dyn MessageBus> = Arc::new(
+        RedisBus::connect(settings(&server), BusOptions::default())
+            .await
+            .unwrap(),
+    );
+    draas_testkit::conformance::bus::run_all(bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_redis_needs_the_password_in_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start_with(dir.path(), Some("s3cret-pass"));
+    let store = RedisStore::connect(settings(&server)).await.unwrap();
+    store
+        .put(
+            "c",
+            "k",
+            b"v".to_vec(),
+            draas_core::ports::Precondition::None,
+        )
+        .await
+        .unwrap();
+
+    let mut wrong = settings(&server);
+    wrong.url = format!("redis://:wrong@127.0.0.1:{}", server.port);
+    let err = RedisStore::connect(wrong).await.err().expect("refused");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "no password in errors: {err}"
+    );
+    let _ = Duration::ZERO;
+}
