@@ -15,6 +15,7 @@
 pub mod error;
 pub mod http;
 pub mod service;
+pub mod watchdog;
 
 pub use http::router;
 pub use service::{ControlPlane, ControlPlaneSettings};

@@ -120,7 +120,15 @@ impl PlatformType {
     /// Every platform.
     pub const ALL: [PlatformType; 3] = [Self::Process, Self::Docker, Self::Kubernetes];
 
-    /// The command channel of this platform (original names).
+    /// The private command channel of one worker of this platform.
+    /// Commands about an instance whose owning worker is alive go there:
+    /// only that worker can reach the server (its process, its files).
+    pub fn worker_channel(self, worker_id: &str) -> String {
+        format!("{}.worker.{worker_id}", self.command_channel())
+    }
+
+    /// The command channel of this platform (original names), shared by its
+    /// workers as competing consumers.
     pub fn command_channel(self) -> &'static str {
         match self {
             Self::Process => "instance.commands.process",

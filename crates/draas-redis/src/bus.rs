@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::connection::{is_unavailable, RedisSettings};
+use crate::connection::{is_unavailable, with_retry, RedisSettings};
 
 /// The consumer group of every command stream.
 const GROUP: &str = "workers";
@@ -238,16 +238,21 @@ impl MessageBus for RedisBus {
         let (tx, mut rx) = oneshot::channel();
         lock(&self.inner.pending).insert(id, tx);
         let mut connection = self.inner.connection.clone();
-        let added: Result<String, RedisError> = redis::cmd("XADD")
-            .arg(self.stream(channel))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.inner.options.commands_kept)
-            .arg("*")
-            .arg(FIELD)
-            .arg(body)
-            .query_async(&mut connection)
-            .await;
+        let stream = self.stream(channel);
+        let added: Result<String, RedisError> = with_retry(|| {
+            let mut connection = self.inner.connection.clone();
+            let mut command = redis::cmd("XADD");
+            command
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.inner.options.commands_kept)
+                .arg("*")
+                .arg(FIELD)
+                .arg(&body);
+            async move { command.query_async(&mut connection).await }
+        })
+        .await;
         if let Err(e) = added {
             lock(&self.inner.pending).remove(&id);
             return Err(unavailable(e));
@@ -312,25 +317,27 @@ impl MessageBus for RedisBus {
 
     async fn publish(&self, event: &EventEnvelope) -> Result<(), BusError> {
         let body = serde_json::to_vec(event).map_err(|e| BusError::Backend(e.to_string()))?;
-        let mut connection = self.inner.connection.clone();
-        redis::pipe()
-            .atomic()
-            .cmd("PUBLISH")
-            .arg(self.inner.settings.key(event.event.channel()))
-            .arg(&body)
-            .ignore()
-            .cmd("XADD")
-            .arg(self.inner.settings.key("events"))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.inner.options.events_kept)
-            .arg("*")
-            .arg(FIELD)
-            .arg(&body)
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(unavailable)
+        with_retry(|| {
+            let mut connection = self.inner.connection.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("PUBLISH")
+                .arg(self.inner.settings.key(event.event.channel()))
+                .arg(&body)
+                .ignore()
+                .cmd("XADD")
+                .arg(self.inner.settings.key("events"))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.inner.options.events_kept)
+                .arg("*")
+                .arg(FIELD)
+                .arg(&body)
+                .ignore();
+            async move { pipe.query_async::<()>(&mut connection).await }
+        })
+        .await
+        .map_err(unavailable)
     }
 
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {
@@ -697,21 +704,23 @@ async fn renew_lease(
 async fn send_reply(bus: &RedisBus, channel: &str, reply: &CommandReply) -> Result<(), BusError> {
     let body = serde_json::to_vec(reply).map_err(|e| BusError::Backend(e.to_string()))?;
     let key = bus.reply_key(channel, reply.command_id);
-    let mut connection = bus.inner.connection.clone();
-    redis::pipe()
-        .cmd("SET")
-        .arg(&key)
-        .arg(&body)
-        .arg("EX")
-        .arg(60)
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(&key)
-        .arg(&body)
-        .ignore()
-        .query_async::<()>(&mut connection)
-        .await
-        .map_err(unavailable)
+    with_retry(|| {
+        let mut connection = bus.inner.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(&body)
+            .arg("EX")
+            .arg(60)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&key)
+            .arg(&body)
+            .ignore();
+        async move { pipe.query_async::<()>(&mut connection).await }
+    })
+    .await
+    .map_err(unavailable)
 }
 
 struct RedisResponder {

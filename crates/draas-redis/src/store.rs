@@ -20,7 +20,7 @@ use draas_core::ports::store::{
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
-use crate::connection::{is_unavailable, RedisSettings};
+use crate::connection::{is_unavailable, with_retry, RedisSettings};
 
 /// Checks every precondition of a batch (later writes see earlier ones),
 /// then applies all of it; or nothing, naming the first failing write.
@@ -160,14 +160,16 @@ fn revision_of(
 #[async_trait]
 impl StateStore for RedisStore {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let mut connection = self.connection.clone();
-        let (value, revision): (Option<Vec<u8>>, Option<String>) = redis::pipe()
-            .atomic()
-            .hget(self.values(collection), key)
-            .hget(self.revisions(collection), key)
-            .query_async(&mut connection)
-            .await
-            .map_err(to_store_error)?;
+        let (value, revision): (Option<Vec<u8>>, Option<String>) = with_retry(|| {
+            let mut connection = self.connection.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hget(self.values(collection), key)
+                .hget(self.revisions(collection), key);
+            async move { pipe.query_async(&mut connection).await }
+        })
+        .await
+        .map_err(to_store_error)?;
         match (value, revision_of(collection, key, revision)?) {
             (Some(value), Some(revision)) => Ok(Some(Versioned { value, revision })),
             _ => Ok(None),
@@ -175,17 +177,20 @@ impl StateStore for RedisStore {
     }
 
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let mut connection = self.connection.clone();
-        let (values, revisions): (
+        type Maps = (
             std::collections::HashMap<String, Vec<u8>>,
             std::collections::HashMap<String, String>,
-        ) = redis::pipe()
-            .atomic()
-            .hgetall(self.values(collection))
-            .hgetall(self.revisions(collection))
-            .query_async(&mut connection)
-            .await
-            .map_err(to_store_error)?;
+        );
+        let (values, revisions): Maps = with_retry(|| {
+            let mut connection = self.connection.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hgetall(self.values(collection))
+                .hgetall(self.revisions(collection));
+            async move { pipe.query_async(&mut connection).await }
+        })
+        .await
+        .map_err(to_store_error)?;
         let mut out = Vec::with_capacity(values.len());
         for (key, value) in values {
             if let Some(revision) = revision_of(collection, &key, revisions.get(&key).cloned())? {
@@ -236,11 +241,13 @@ impl StateStore for RedisStore {
                 .arg(expected)
                 .arg(value);
         }
-        let mut connection = self.connection.clone();
-        let reply: Vec<Value> = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(to_store_error)?;
+        let reply: Vec<Value> = with_retry(|| {
+            let mut connection = self.connection.clone();
+            let invocation = &invocation;
+            async move { invocation.invoke_async(&mut connection).await }
+        })
+        .await
+        .map_err(to_store_error)?;
         let status = match reply.first() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).to_string(),
             Some(Value::SimpleString(s)) => s.clone(),
@@ -278,28 +285,33 @@ impl StateStore for RedisStore {
     }
 
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
-        let mut connection = self.connection.clone();
-        self.append
-            .key(self.settings.key(&format!("logseq:{log}")))
-            .key(self.settings.key(&format!("log:{log}")))
-            .arg(value)
-            .arg(capacity)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(to_store_error)
+        with_retry(|| {
+            let mut connection = self.connection.clone();
+            let mut invocation = self.append.prepare_invoke();
+            invocation
+                .key(self.settings.key(&format!("logseq:{log}")))
+                .key(self.settings.key(&format!("log:{log}")))
+                .arg(&value)
+                .arg(capacity);
+            async move { invocation.invoke_async(&mut connection).await }
+        })
+        .await
+        .map_err(to_store_error)
     }
 
     async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
-        let mut connection = self.connection.clone();
-        let reply: Vec<Value> = self
-            .read_log
-            .key(self.settings.key(&format!("logseq:{log}")))
-            .key(self.settings.key(&format!("log:{log}")))
-            .arg(after)
-            .arg(limit)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(to_store_error)?;
+        let reply: Vec<Value> = with_retry(|| {
+            let mut connection = self.connection.clone();
+            let mut invocation = self.read_log.prepare_invoke();
+            invocation
+                .key(self.settings.key(&format!("logseq:{log}")))
+                .key(self.settings.key(&format!("log:{log}")))
+                .arg(after)
+                .arg(limit);
+            async move { invocation.invoke_async(&mut connection).await }
+        })
+        .await
+        .map_err(to_store_error)?;
         let int = |v: Option<&Value>| match v {
             Some(Value::Int(n)) => *n as u64,
             _ => 0,

@@ -61,3 +61,28 @@ async fn a_password_protected_redis_needs_the_password_in_the_url() {
     );
     let _ = Duration::ZERO;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_auth_works_for_store_and_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start_tls(dir.path(), "tls-pass");
+    assert!(server.url().starts_with("rediss://"));
+    let mut settings = settings(&server);
+    settings.ca_pem = Some(std::fs::read(server.ca_path()).unwrap());
+    let store: Arc<dyn StateStore> = Arc::new(RedisStore::connect(settings.clone()).await.unwrap());
+    draas_testkit::conformance::store::put_get_roundtrip(store).await;
+    let bus: Arc<dyn MessageBus> = Arc::new(
+        RedisBus::connect(settings.clone(), BusOptions::default())
+            .await
+            .unwrap(),
+    );
+    draas_testkit::conformance::bus::request_gets_the_consumers_reply(bus).await;
+
+    // Without the CA the server's certificate is not trusted.
+    let mut untrusted = settings.clone();
+    untrusted.ca_pem = None;
+    assert!(
+        RedisStore::connect(untrusted).await.is_err(),
+        "an unknown CA is refused"
+    );
+}

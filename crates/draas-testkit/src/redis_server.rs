@@ -19,6 +19,7 @@ pub struct RedisServer {
     pub password: Option<String>,
     dir: PathBuf,
     starts: usize,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -35,23 +36,60 @@ impl RedisServer {
             password: password.map(str::to_string),
             dir: dir.to_path_buf(),
             starts: 0,
+            tls: false,
         };
         server.launch();
         server
     }
 
-    /// `redis://` URL, with the password when there is one.
+    /// Starts one that speaks only TLS, with a certificate for 127.0.0.1
+    /// and localhost signed by a CA of its own ([`ca_path`](Self::ca_path)),
+    /// and requires `password`.
+    pub fn start_tls(dir: &Path, password: &str) -> Self {
+        make_certificates(dir);
+        let mut server = Self {
+            process: None,
+            port: crate::free_port(),
+            password: Some(password.to_string()),
+            dir: dir.to_path_buf(),
+            starts: 0,
+            tls: true,
+        };
+        server.launch();
+        server
+    }
+
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `redis://` (or `rediss://`) URL, with the password when there is one.
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
     fn launch(&mut self) {
         let mut command = Command::new("redis-server");
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -96,6 +134,11 @@ impl RedisServer {
     }
 
     fn answers(&self) -> bool {
+        if self.tls {
+            // A TLS handshake is not worth a client here: the port
+            // accepting connections means the server is up.
+            return TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -124,4 +167,70 @@ impl RedisServer {
         self.kill();
         self.launch();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with
+/// the `openssl` command line.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (scripts/test.sh installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=draas-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write san.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }

@@ -285,6 +285,172 @@ fn startup_failure(words: &str) -> (ErrorCode, Reason) {
     }
 }
 
+// === impl Inner: adoption ===
+
+/// What [`Inner::adopt`] found.
+enum Adoption {
+    /// The process runs and is now managed here.
+    Adopted(ProcessRecord),
+    /// The record named a process that is gone (the record is removed).
+    Gone(ProcessRecord),
+    /// No record for the instance on this host.
+    NoRecord,
+}
+
+impl Inner {
+    /// Workers whose heartbeat has not expired.
+    async fn live_workers(&self) -> std::collections::HashSet<String> {
+        let now = Utc::now();
+        self.store
+            .list_json::<draas_core::messages::WorkerInfo>(keys::WORKERS)
+            .await
+            .map(|workers| {
+                workers
+                    .into_iter()
+                    .map(|(_, w)| w.value)
+                    .filter(|w| w.is_live(now))
+                    .map(|w| w.worker_id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes over the server of `id` from its record on this host, if this
+    /// worker owns it or its owner is gone. The record is rewritten with a
+    /// revision check, so two workers never both adopt one server.
+    async fn adopt(self: &Arc<Self>, id: &InstanceId) -> Result<Adoption, DriverError> {
+        let store_error = |e: draas_core::ports::StoreError| {
+            DriverError::new(
+                ErrorCode::PlatformError,
+                format!("cannot read the process record: {e}"),
+            )
+        };
+        let Some(found) = self
+            .store
+            .get_json::<ProcessRecord>(&self.records, id.as_str())
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(Adoption::NoRecord);
+        };
+        let mut record = found.value;
+        let me = &self.settings.worker_id;
+        if !record.worker_id.is_empty()
+            && &record.worker_id != me
+            && self.live_workers().await.contains(&record.worker_id)
+        {
+            return Err(DriverError::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "the server is run by worker {}, which is alive",
+                    record.worker_id
+                ),
+            ));
+        }
+        let Some(handle) = ProcessHandle::adopt(record.pid, record.start_time) else {
+            let _ = self
+                .store
+                .delete(
+                    &self.records,
+                    id.as_str(),
+                    Precondition::Revision(found.revision),
+                )
+                .await;
+            return Ok(Adoption::Gone(record));
+        };
+        record.worker_id = me.clone();
+        match self
+            .store
+            .put_json(
+                &self.records,
+                id.as_str(),
+                &record,
+                Precondition::Revision(found.revision),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(draas_core::ports::StoreError::Conflict { .. }) => {
+                return Err(DriverError::new(
+                    ErrorCode::InvalidState,
+                    "another worker is adopting the server right now",
+                ))
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        let phase = Arc::new(Mutex::new(Phase::Running));
+        let api = ServerApi::new(&record.api_host, record.api_port);
+        let watcher = tokio::spawn(readiness::watch_components(
+            api,
+            id.clone(),
+            record.generation,
+            self.sink.clone(),
+        ));
+        self.managed().insert(
+            id.clone(),
+            Managed {
+                record: record.clone(),
+                handle: handle.clone(),
+                phase: phase.clone(),
+                watcher: Some(watcher),
+            },
+        );
+        self.clone().monitor(id.clone(), handle, phase);
+        info!(instance = %id, pid = record.pid, "adopted running server");
+        Ok(Adoption::Adopted(record))
+    }
+
+    /// Makes sure `id` is managed here when a record of it exists (after
+    /// another worker died): commands then act on the real server.
+    async fn ensure_adopted(self: &Arc<Self>, id: &InstanceId) -> Result<(), DriverError> {
+        if self.managed().contains_key(id) {
+            return Ok(());
+        }
+        self.adopt(id).await.map(|_| ())
+    }
+
+    /// After adopting a server, checks it is healthy and records it as
+    /// running here (this clears `Unknown` left by the old worker's death).
+    async fn confirm_adopted(self: Arc<Self>, id: InstanceId, record: ProcessRecord) {
+        // Stamped before looking: a stop recorded meanwhile is newer and
+        // wins over this observation.
+        let observed_at = Utc::now();
+        let api = ServerApi::new(&record.api_host, record.api_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (state, reason, message) = loop {
+            if api.healthy().await {
+                match api.component_state().await {
+                    Some(Components::Ready) => break (ActualState::Running, Reason::Ready, None),
+                    Some(Components::Failed(why)) => {
+                        break (ActualState::Degraded, Reason::ComponentError, Some(why))
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() > deadline || !self.managed().contains_key(&id) {
+                warn!(instance = %id, "adopted server did not prove healthy; leaving its status as it is");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let still_running = self
+            .managed()
+            .get(&id)
+            .is_some_and(|m| *m.phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::Running);
+        if !still_running {
+            return;
+        }
+        let mut observation = Observation::now(id, state, Some(reason))
+            .generation(record.generation)
+            .runtime(RuntimeUpdate::Set(
+                self.runtime_info(&record, api.endpoint()),
+            ));
+        observation.message = message;
+        observation.observed_at = observed_at;
+        self.sink.observe(observation).await;
+    }
+}
+
 // === impl Inner: lifecycle ===
 
 impl Inner {
@@ -352,6 +518,7 @@ impl Inner {
             generation: spec.generation,
             started_at: Utc::now(),
             executable: executable.display().to_string(),
+            worker_id: self.settings.worker_id.clone(),
         };
         info!(instance = %id, pid, executable = %executable.display(), "launched");
         let phase = Arc::new(Mutex::new(Phase::Starting));
@@ -559,6 +726,7 @@ impl PlatformDriver for ProcessDriver {
     }
 
     async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Result<Started, DriverError> {
+        self.inner.ensure_adopted(id).await?;
         let current = {
             let managed = self.inner.managed();
             managed
@@ -587,6 +755,7 @@ impl PlatformDriver for ProcessDriver {
     }
 
     async fn stop(&self, id: &InstanceId, spec: &StopSpec) -> Result<(), DriverError> {
+        self.inner.ensure_adopted(id).await?;
         self.inner
             .stop(
                 id,
@@ -613,6 +782,7 @@ impl PlatformDriver for ProcessDriver {
     }
 
     async fn status(&self, id: &InstanceId) -> Result<serde_json::Value, DriverError> {
+        self.inner.ensure_adopted(id).await?;
         let current = self.inner.managed().get(id).map(|m| m.record.clone());
         let Some(record) = current else {
             return Ok(serde_json::json!({ "running": false }));
@@ -654,38 +824,18 @@ impl PlatformDriver for ProcessDriver {
                 )
             })?;
         let mut adopted = 0;
-        for (key, record) in records {
-            let record = record.value;
+        for (key, _) in records {
             let Ok(id) = key.parse::<InstanceId>() else {
                 warn!("ignoring a process record with an invalid key {key:?}");
                 continue;
             };
-            match ProcessHandle::adopt(record.pid, record.start_time) {
-                Some(handle) => {
-                    info!(instance = %id, pid = record.pid, "re-adopted running server");
-                    let phase = Arc::new(Mutex::new(Phase::Running));
-                    let api = ServerApi::new(&record.api_host, record.api_port);
-                    let watcher = tokio::spawn(readiness::watch_components(
-                        api,
-                        id.clone(),
-                        record.generation,
-                        self.inner.sink.clone(),
-                    ));
-                    self.inner.managed().insert(
-                        id.clone(),
-                        Managed {
-                            record: record.clone(),
-                            handle: handle.clone(),
-                            phase: phase.clone(),
-                            watcher: Some(watcher),
-                        },
-                    );
-                    self.inner.clone().monitor(id, handle, phase);
+            match self.inner.adopt(&id).await {
+                Ok(Adoption::Adopted(record)) => {
                     adopted += 1;
+                    tokio::spawn(self.inner.clone().confirm_adopted(id, record));
                 }
-                None => {
+                Ok(Adoption::Gone(record)) => {
                     warn!(instance = %id, pid = record.pid, "server gone while its worker was down");
-                    self.inner.forget(&id).await;
                     self.inner
                         .sink
                         .observe(
@@ -702,6 +852,8 @@ impl PlatformDriver for ProcessDriver {
                         )
                         .await;
                 }
+                // Another live worker's server, or no longer recorded.
+                Ok(Adoption::NoRecord) | Err(_) => {}
             }
         }
         self.spawn_log_rotation();
@@ -710,6 +862,19 @@ impl PlatformDriver for ProcessDriver {
 
     async fn running(&self) -> usize {
         self.inner.managed().len()
+    }
+
+    async fn reassert(&self) {
+        let running: Vec<(InstanceId, ProcessRecord)> = self
+            .inner
+            .managed()
+            .iter()
+            .filter(|(_, m)| *m.phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::Running)
+            .map(|(id, m)| (id.clone(), m.record.clone()))
+            .collect();
+        for (id, record) in running {
+            tokio::spawn(self.inner.clone().confirm_adopted(id, record));
+        }
     }
 }
 

@@ -24,6 +24,10 @@ pub struct ProcessRecord {
     pub started_at: DateTime<Utc>,
     /// The executable.
     pub executable: String,
+    /// The worker that runs it. Another worker on the host adopts it only
+    /// when this one stopped heartbeating.
+    #[serde(default)]
+    pub worker_id: String,
 }
 
 /// The start time of `pid`, or `None` when no such process exists.

@@ -302,9 +302,11 @@ impl Inner {
         .await;
         match self.driver.stop(id, spec).await {
             Ok(()) => {
+                // The runtime info stays (without a handle): it names the
+                // worker that holds the instance's files.
                 self.observe(
                     Observation::now(id.clone(), ActualState::Stopped, Some(Reason::Requested))
-                        .runtime(RuntimeUpdate::Clear),
+                        .runtime(RuntimeUpdate::Exited(None)),
                 )
                 .await;
                 self.ok(id, None).await

@@ -16,6 +16,8 @@ use tracing::warn;
 use crate::executor::{ExecutedCommand, EXECUTED_RETENTION};
 use crate::WorkerSettings;
 
+/// Heartbeats between re-assertions of the running servers' states.
+const REASSERT_EVERY: u64 = 10;
 /// Heartbeats between prunes of executed-command records.
 const PRUNE_EVERY: u64 = 120;
 
@@ -30,6 +32,7 @@ pub(crate) async fn run(
     let mut interval = tokio::time::interval(settings.heartbeat_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beats: u64 = 0;
+    let mut failing = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -46,7 +49,7 @@ pub(crate) async fn run(
             instances: u32::try_from(driver.running().await).unwrap_or(u32::MAX),
             capacity: settings.capacity,
         };
-        if let Err(e) = store
+        match store
             .put_json(
                 keys::WORKERS,
                 &settings.worker_id,
@@ -55,7 +58,20 @@ pub(crate) async fn run(
             )
             .await
         {
-            warn!("heartbeat not recorded: {e}");
+            Ok(_) => {
+                // After a gap (or now and then, to heal any drift) the
+                // control plane hears again what this worker runs.
+                if failing || (beats > 0 && beats.is_multiple_of(REASSERT_EVERY)) {
+                    driver.reassert().await;
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    warn!("heartbeat not recorded: {e}");
+                }
+                failing = true;
+            }
         }
         let _ = bus
             .publish(&EventEnvelope::new(Event::WorkerHeartbeat(info)))

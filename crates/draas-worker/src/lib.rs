@@ -125,9 +125,20 @@ impl Worker {
             shutdown.clone(),
         ));
 
-        let channel = self.driver.platform().command_channel();
-        let mut commands = self.bus.consume(channel, &self.settings.worker_id).await?;
-        info!(channel, "taking commands");
+        // The platform's shared channel (new and orphaned instances) and
+        // this worker's own (instances it runs).
+        let platform = self.driver.platform();
+        let shared = self
+            .bus
+            .consume(platform.command_channel(), &self.settings.worker_id)
+            .await?;
+        let private_channel = platform.worker_channel(&self.settings.worker_id);
+        let private = self
+            .bus
+            .consume(&private_channel, &self.settings.worker_id)
+            .await?;
+        let mut commands = futures::stream::select(shared, private);
+        info!(shared = platform.command_channel(), private = %private_channel, "taking commands");
         let executor = executor::Executor::new(
             self.settings.worker_id.clone(),
             self.driver.clone(),

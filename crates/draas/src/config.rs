@@ -22,6 +22,86 @@ pub enum Mode {
     /// Everything in one process: REST API, Process worker, in-process bus,
     /// embedded store (one file in the data directory).
     Up(UpArgs),
+    /// The control plane alone (distributed mode): REST API over a shared
+    /// Redis; run several for availability.
+    Serve(ServeArgs),
+    /// A platform worker alone (distributed mode), joined to the control
+    /// plane through Redis.
+    Worker(WorkerArgs),
+}
+
+/// `draas serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "DRAAS_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Seconds between checks for workers that stopped heartbeating.
+    #[arg(long, env = "DRAAS_WATCHDOG_SECONDS", default_value_t = 2)]
+    pub watchdog_seconds: u64,
+}
+
+/// `draas worker`.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The platform to serve (only `process` has a worker so far).
+    #[arg(long, env = "DRAAS_PLATFORM", default_value = "process")]
+    pub platform: draas_core::instance::PlatformType,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
+/// How to reach Redis.
+#[derive(Args, Clone)]
+pub struct RedisArgs {
+    /// Redis URL: `redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS. The password is never logged.
+    #[arg(long = "redis", env = "DRAAS_REDIS_URL")]
+    pub url: String,
+    /// PEM file of the CA that signed the Redis server's certificate, when
+    /// it is not in the system trust store.
+    #[arg(long = "redis-ca", env = "DRAAS_REDIS_CA")]
+    pub ca: Option<PathBuf>,
+    /// Prefix of every key and channel, so several installations can share
+    /// one Redis.
+    #[arg(
+        long = "redis-prefix",
+        env = "DRAAS_REDIS_PREFIX",
+        default_value = "draas"
+    )]
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("url", &draas_redis::redact(&self.url))
+            .field("ca", &self.ca)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisArgs {
+    /// The connection settings (reads the CA file).
+    pub fn settings(&self) -> anyhow::Result<draas_redis::RedisSettings> {
+        let mut settings = draas_redis::RedisSettings::new(self.url.clone());
+        settings.prefix = self.prefix.clone();
+        if let Some(path) = &self.ca {
+            settings.ca_pem = Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the Redis CA {}: {e}", path.display())
+            })?);
+        }
+        Ok(settings)
+    }
 }
 
 /// `draas up`.
@@ -154,9 +234,37 @@ mod tests {
             "/tmp/x",
         ])
         .unwrap();
-        let Mode::Up(args) = cli.mode;
+        let Mode::Up(args) = cli.mode else {
+            panic!("up")
+        };
         assert_eq!(args.listen.port(), 7000);
         assert_eq!(args.data.resolve(), PathBuf::from("/tmp/x"));
         assert!(Cli::try_parse_from(["draas", "up", "--listen", "nonsense"]).is_err());
+        let cli = Cli::try_parse_from([
+            "draas",
+            "worker",
+            "--platform",
+            "process",
+            "--redis",
+            "redis://:pw@h:1",
+        ])
+        .unwrap();
+        let Mode::Worker(args) = cli.mode else {
+            panic!("worker")
+        };
+        assert_eq!(args.platform, draas_core::instance::PlatformType::Process);
+        assert!(
+            !format!("{args:?}").contains("pw@"),
+            "no password in debug output"
+        );
+        assert!(Cli::try_parse_from([
+            "draas",
+            "worker",
+            "--platform",
+            "mainframe",
+            "--redis",
+            "redis://h"
+        ])
+        .is_err());
     }
 }

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.mode {
             Mode::Up(args) => wiring::up(args).await,
+            Mode::Serve(args) => wiring::serve(args).await,
+            Mode::Worker(args) => wiring::worker(args).await,
         }
     });
     match result {

@@ -21,7 +21,7 @@ use draas_worker_process::{ProcessDriver, ProcessSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ControlArgs, ProcessArgs, UpArgs};
+use crate::config::{ControlArgs, ProcessArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs};
 use crate::shutdown;
 
 /// How long the HTTP server may drain after shutdown began (open event
@@ -58,6 +58,90 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     info!("stopped; Drasi servers keep running and are re-adopted at the next start");
     Ok(())
+}
+
+/// `draas serve`: the control plane over Redis.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (store, bus) = connect_redis(&args.redis).await?;
+    let (shutdown, forced) = shutdown::install().context("cannot install signal handlers")?;
+    let control = Arc::new(ControlPlane::new(
+        store,
+        bus,
+        Arc::new(DrasiValidator),
+        control_settings(&args.control),
+    ));
+    let watchdog = tokio::spawn(draas_api::watchdog::run(
+        control.clone(),
+        Duration::from_secs(args.watchdog_seconds.max(1)),
+        shutdown.clone(),
+    ));
+    serve_api(args.listen, control, shutdown.clone(), forced).await?;
+    shutdown.cancel();
+    let _ = watchdog.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// `draas worker`: one platform worker over Redis.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.platform != draas_core::instance::PlatformType::Process {
+        anyhow::bail!(
+            "no worker for the {} platform in this build (only process)",
+            args.platform
+        );
+    }
+    let data_dir = args.data.resolve();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let (store, bus) = connect_redis(&args.redis).await?;
+    let (shutdown, forced) = shutdown::install().context("cannot install signal handlers")?;
+    let worker = process_worker(&data_dir, &args.process, store, bus)?;
+    info!(worker = worker.id(), "worker starting");
+    let run = worker.run(shutdown.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => result.context("worker failed")?,
+        () = async { shutdown.cancelled().await; forced.await } => {
+            warn!("forced stop");
+        }
+    }
+    info!("stopped; Drasi servers keep running and are re-adopted at the next start");
+    Ok(())
+}
+
+/// Connects the Redis store and bus, waiting (with a log line every few
+/// seconds) while Redis is not reachable yet.
+async fn connect_redis(
+    args: &RedisArgs,
+) -> anyhow::Result<(Arc<dyn StateStore>, Arc<dyn MessageBus>)> {
+    let settings = args.settings()?;
+    let url = draas_redis::redact(&settings.url);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let attempt = async {
+            let store = draas_redis::RedisStore::connect(settings.clone()).await?;
+            let bus = draas_redis::RedisBus::connect(
+                settings.clone(),
+                draas_redis::BusOptions::default(),
+            )
+            .await
+            .map_err(|e| draas_core::ports::StoreError::Unavailable(e.to_string()))?;
+            Ok::<_, draas_core::ports::StoreError>((store, bus))
+        };
+        match attempt.await {
+            Ok((store, bus)) => {
+                info!(redis = %url, prefix = %settings.prefix, "connected to Redis");
+                return Ok((Arc::new(store), Arc::new(bus)));
+            }
+            Err(e @ draas_core::ports::StoreError::Unavailable(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                warn!(redis = %url, "Redis not reachable yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => anyhow::bail!("cannot connect to Redis at {url}: {e}"),
+        }
+    }
 }
 
 fn control_settings(args: &ControlArgs) -> ControlPlaneSettings {

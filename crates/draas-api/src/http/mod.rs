@@ -51,6 +51,7 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         )
         .route("/api/server/instances/{id}/logs", get(logs))
         .route("/api/server/platforms", get(platforms))
+        .route("/api/server/dead-letters", get(dead_letters))
         .route(
             "/api/configuration/instances/{id}",
             get(get_configuration).patch(patch_configuration),
@@ -59,6 +60,7 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/status/recent-changes", get(recent_changes))
         .route("/api/status/{id}/status", get(instance_status))
         .route("/api/events", get(events))
+        .route("/api/events/history", get(event_history))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -201,6 +203,26 @@ async fn platforms(State(cp): Cp) -> ApiResult<Response> {
     Ok(Json(cp.platforms().await?).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeadLetterQuery {
+    platform_type: draas_core::instance::PlatformType,
+    limit: Option<usize>,
+}
+
+/// Commands the bus gave up on (unreadable, or delivered too often).
+async fn dead_letters(
+    State(cp): Cp,
+    ApiQuery(q): ApiQuery<DeadLetterQuery>,
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let letters = cp
+        .bus()
+        .dead_letters(q.platform_type.command_channel(), limit)
+        .await?;
+    Ok(Json(json!({ "platformType": q.platform_type, "deadLetters": letters })).into_response())
+}
+
 // === configuration ===
 
 async fn get_configuration(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
@@ -289,6 +311,29 @@ async fn events(State(cp): Cp) -> ApiResult<Sse<impl Stream<Item = Result<SseEve
             .data(data))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Kept events after a cursor (replay); `next` is the cursor to pass on.
+async fn event_history(State(cp): Cp, ApiQuery(q): ApiQuery<HistoryQuery>) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let events = cp
+        .bus()
+        .replay_events(q.after.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::bad_request("INVALID_CURSOR", e.to_string()))?;
+    let next = events.last().map(|(cursor, _)| cursor.clone()).or(q.after);
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|(cursor, event)| json!({ "cursor": cursor, "event": event }))
+        .collect();
+    Ok(Json(json!({ "events": events, "next": next })).into_response())
 }
 
 // === health ===

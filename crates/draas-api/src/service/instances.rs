@@ -244,7 +244,10 @@ impl ControlPlane {
     /// Stops the instance and waits for the worker's result.
     pub async fn stop(&self, id: &InstanceId) -> ApiResult<Instance> {
         let instance = self.set_desired(id, DesiredState::Stopped).await?;
-        if !instance.status.state.is_active() && instance.runtime.is_none() {
+        if matches!(
+            instance.status.state,
+            ActualState::Created | ActualState::Stopped | ActualState::Failed
+        ) {
             // Nothing runs: nothing to ask a worker.
             return Ok(instance);
         }

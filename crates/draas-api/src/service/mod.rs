@@ -85,6 +85,11 @@ impl ControlPlane {
         &self.bus
     }
 
+    /// The recorder of the control plane's own status changes.
+    pub fn recorder(&self) -> &StatusRecorder {
+        &self.recorder
+    }
+
     /// The store (for readiness checks).
     pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.store
@@ -152,16 +157,21 @@ impl ControlPlane {
         command: Command,
         timeout: Duration,
     ) -> ApiResult<Option<serde_json::Value>> {
-        if self
-            .live_workers(Some(instance.platform_type))
-            .await?
-            .is_empty()
-        {
+        let workers = self.live_workers(Some(instance.platform_type)).await?;
+        if workers.is_empty() {
             return Err(ApiError::no_worker(instance.platform_type));
         }
+        // The worker that runs (or last ran) the instance gets it while it
+        // lives; otherwise any worker of the platform, which adopts it.
+        let platform = instance.platform_type;
+        let channel = match instance.runtime.as_ref().map(|r| r.worker_id.as_str()) {
+            Some(owner) if workers.iter().any(|w| w.worker_id == owner) => {
+                platform.worker_channel(owner)
+            }
+            _ => platform.command_channel().to_string(),
+        };
         let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout);
-        let channel = instance.platform_type.command_channel();
-        let reply = self.bus.request(channel, envelope, timeout).await?;
+        let reply = self.bus.request(&channel, envelope, timeout).await?;
         match reply.outcome {
             Outcome::Ok { detail, .. } => Ok(detail),
             Outcome::Error { code, message } => Err(ApiError::from_worker(code, message)),

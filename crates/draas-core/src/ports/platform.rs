@@ -157,4 +157,9 @@ pub trait PlatformDriver: Send + Sync + 'static {
 
     /// How many servers the driver runs now.
     async fn running(&self) -> usize;
+
+    /// Reports again the state of every server it runs. Called after the
+    /// worker could not heartbeat for a while: the control plane may have
+    /// marked its instances `Unknown` meanwhile.
+    async fn reassert(&self) {}
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+pub mod cluster;
+
 use draas_testkit::process::TestProcess;
 use draas_testkit::{free_port, wait_for};
 use serde_json::{json, Value};
@@ -25,27 +27,51 @@ pub fn runtime_binary() -> PathBuf {
     path
 }
 
+/// A block of 100 ports for a test's instances, chosen at random so tests
+/// running at the same time rarely share ports (allocation also skips
+/// ports in use). Below 32768: Linux hands out ports above that to
+/// outgoing connections.
+pub fn port_range() -> String {
+    let block = 220 + (uuid::Uuid::new_v4().as_u128() % 100) as u32;
+    format!("{}-{}", block * 100, block * 100 + 99)
+}
+
+/// An HTTP client of one DRaaS API.
+#[derive(Clone)]
+pub struct Api {
+    pub port: u16,
+    pub client: reqwest::Client,
+}
+
 /// A `draas up` process with its own data directory and port.
 pub struct Draas {
     pub process: TestProcess,
+    pub api: Api,
     pub port: u16,
     pub data: PathBuf,
-    pub client: reqwest::Client,
     logs: PathBuf,
     run: usize,
+    range: String,
+}
+
+impl std::ops::Deref for Draas {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Draas {
     /// Starts `draas up` on a fresh data directory inside `dir`.
     pub async fn up(dir: &Path) -> Self {
         let data = dir.join("data");
-        Self::up_with(dir, data, free_port(), 0).await
+        Self::up_with(dir, data, free_port(), 0, port_range()).await
     }
 
     /// Starts `draas up` on an existing data directory (run `run` names
     /// its log files).
     pub async fn up_on(dir: &Path, data: PathBuf, run: usize) -> Self {
-        Self::up_with(dir, data, free_port(), run).await
+        Self::up_with(dir, data, free_port(), run, port_range()).await
     }
 
     /// Stops this process with SIGTERM (expecting a clean exit) and returns
@@ -66,7 +92,7 @@ impl Draas {
         data
     }
 
-    async fn up_with(dir: &Path, data: PathBuf, port: u16, run: usize) -> Self {
+    async fn up_with(dir: &Path, data: PathBuf, port: u16, run: usize, range: String) -> Self {
         let mut command = Command::new(DRAAS);
         command
             .arg("up")
@@ -76,19 +102,21 @@ impl Draas {
             .arg(&data)
             .arg("--runtime")
             .arg(runtime_binary())
-            .args(["--heartbeat-seconds", "1"])
+            .args(["--heartbeat-seconds", "1", "--port-range", &range])
             .env("RUST_LOG", "info,tower_http=debug");
         let process =
             TestProcess::spawn(command, &format!("draas-{run}"), dir).expect("spawn draas up");
         let mut draas = Self {
             process,
+            api: Api::new(port),
             port,
             data,
-            client: reqwest::Client::new(),
             logs: dir.to_path_buf(),
             run,
+            range,
         };
-        draas.wait_ready().await;
+        let api = draas.api.clone();
+        api.wait_for_worker(&mut draas.process).await;
         draas
     }
 
@@ -101,6 +129,7 @@ impl Draas {
             data,
             logs,
             run,
+            range,
             ..
         } = self;
         process.signal(nix::sys::signal::Signal::SIGTERM);
@@ -113,14 +142,24 @@ impl Draas {
             process.stderr()
         );
         drop(process);
-        Self::up_with(&logs, data, port, run + 1).await
+        Self::up_with(&logs, data, port, run + 1, range).await
+    }
+}
+
+impl Api {
+    /// A client of the API on 127.0.0.1:`port`.
+    pub fn new(port: u16) -> Self {
+        Self {
+            port,
+            client: reqwest::Client::new(),
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the API answers and a Process worker is live.
+    pub async fn wait_for_worker(&self, process: &mut TestProcess) {
         let url = self.url("/api/server/platforms");
         let client = self.client.clone();
-        let process = &mut self.process;
-        wait_for("draas up to serve", Duration::from_secs(30), || {
+        wait_for("a live Process worker", Duration::from_secs(30), || {
             assert!(process.is_running(), "draas exited: {}", process.stderr());
             let url = url.clone();
             let client = client.clone();

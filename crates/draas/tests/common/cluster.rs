@@ -1,0 +1,148 @@
+//! Distributed mode in tests: `draas serve` replicas and `draas worker`
+//! processes joined by a real redis-server.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use draas_testkit::process::TestProcess;
+use draas_testkit::redis_server::RedisServer;
+use draas_testkit::{free_port, wait_for};
+
+use super::{runtime_binary, Api, DRAAS};
+
+/// A `draas serve` process.
+pub struct Serve {
+    pub process: TestProcess,
+    pub api: Api,
+}
+
+impl std::ops::Deref for Serve {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Starts `draas serve` on `redis`, logging into `dir/<name>.*`.
+pub async fn serve(dir: &Path, name: &str, redis: &RedisServer, range: &str) -> Serve {
+    let port = free_port();
+    let mut command = Command::new(DRAAS);
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--redis",
+            &redis.url(),
+            "--port-range",
+            range,
+            "--watchdog-seconds",
+            "1",
+        ])
+        .env("RUST_LOG", "info,tower_http=debug");
+    let mut process = TestProcess::spawn(command, name, dir).expect("spawn draas serve");
+    let api = Api::new(port);
+    let url = api.url("/healthz");
+    wait_for("draas serve to answer", Duration::from_secs(30), || {
+        assert!(
+            process.is_running(),
+            "draas serve exited: {}",
+            process.stderr()
+        );
+        let url = url.clone();
+        async move { draas_testkit::get_json(&url).await.map(|_| ()) }
+    })
+    .await;
+    Serve { process, api }
+}
+
+/// A `draas worker --platform process` process.
+pub struct WorkerProcess {
+    pub process: TestProcess,
+    pub data: PathBuf,
+    pub name: String,
+    dir: PathBuf,
+    args: Vec<String>,
+    url: String,
+    runs: usize,
+}
+
+impl WorkerProcess {
+    /// Starts a worker with its data in `dir/<name>`; `extra` are more
+    /// `draas worker` arguments.
+    pub fn start(dir: &Path, name: &str, redis: &RedisServer, extra: &[&str]) -> Self {
+        let mut worker = Self {
+            process: spawn_worker(dir, name, &redis.url(), extra, 0),
+            data: dir.join(name),
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            url: redis.url(),
+            runs: 0,
+        };
+        worker.wait_for_id();
+        worker
+    }
+
+    fn wait_for_id(&mut self) {
+        let path = self.data.join("process-worker-id");
+        for _ in 0..500 {
+            if path.is_file() {
+                return;
+            }
+            assert!(
+                self.process.is_running(),
+                "worker exited: {}",
+                self.process.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("worker {} did not write its id", self.name);
+    }
+
+    /// The worker's id (stable across its restarts).
+    pub fn id(&self) -> String {
+        std::fs::read_to_string(self.data.join("process-worker-id"))
+            .expect("worker id")
+            .trim()
+            .to_string()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.process.signal(nix::sys::signal::Signal::SIGKILL);
+        self.process
+            .wait_timeout(Duration::from_secs(10))
+            .expect("worker dies");
+    }
+
+    /// Starts it again with the same data directory (so the same id).
+    pub fn restart(&mut self) {
+        if self.process.is_running() {
+            self.kill();
+        }
+        self.runs += 1;
+        let extra: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.process = spawn_worker(&self.dir, &self.name, &self.url, &extra, self.runs);
+    }
+}
+
+fn spawn_worker(dir: &Path, name: &str, url: &str, extra: &[&str], run: usize) -> TestProcess {
+    let mut command = Command::new(DRAAS);
+    command
+        .args([
+            "worker",
+            "--platform",
+            "process",
+            "--redis",
+            url,
+            "--heartbeat-seconds",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join(name))
+        .arg("--runtime")
+        .arg(runtime_binary())
+        .args(extra)
+        .env("RUST_LOG", "info");
+    TestProcess::spawn(command, &format!("{name}-{run}"), dir).expect("spawn draas worker")
+}

@@ -1,0 +1,495 @@
+//! Distributed mode end to end: `draas serve` replicas and `draas worker`
+//! processes joined by a real redis-server, real runtime processes, real
+//! faults (kill -9 of workers, servers and Redis).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::cluster::{serve, WorkerProcess};
+use common::{alive, counter_pipeline, port_range, Api, Reaper};
+use draas_testkit::redis_server::RedisServer;
+use draas_testkit::wait_for;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::json;
+
+fn redis(dir: &Path) -> RedisServer {
+    let redis_dir = dir.join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    RedisServer::start(&redis_dir)
+}
+
+/// Waits until `api` sees `n` live Process workers.
+async fn wait_workers(api: &Api, n: usize) {
+    wait_for(
+        &format!("{n} live workers"),
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = api.get("/api/server/platforms").await;
+            let live = body["platforms"][0]["workers"]
+                .as_array()
+                .map_or(0, Vec::len);
+            (live == n).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Processes whose working directory is `dir`.
+fn processes_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            (cwd == dir && alive(pid as u64)).then_some(pid)
+        })
+        .collect()
+}
+
+fn workdir(worker: &WorkerProcess, id: &str) -> PathBuf {
+    worker.data.join("process/instances").join(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_runs_across_separate_processes_and_two_api_replicas_share_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let redis = redis(dir.path());
+    let range = port_range();
+    let a = serve(dir.path(), "serve-a", &redis, &range).await;
+    let b = serve(dir.path(), "serve-b", &redis, &range).await;
+    let worker = WorkerProcess::start(dir.path(), "worker-1", &redis, &[]);
+    wait_workers(&a, 1).await;
+
+    // Created on one replica, seen and configured on the other.
+    let id = a.create("orders", None).await;
+    let (status, instance) = b.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(status, 200, "{instance}");
+    let (status, _, etag) = b
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            counter_pipeline(),
+            Some("\"1\""),
+        )
+        .await;
+    assert_eq!((status, etag.as_deref()), (200, Some("\"2\"")));
+
+    // Start through replica A; the worker process runs the server.
+    let (status, instance) = a
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["status"]["state"], "Running");
+    assert_eq!(instance["runtime"]["workerId"], worker.id());
+    let endpoint = instance["runtime"]["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!a.rows(&endpoint, "values").await.is_empty());
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().unwrap();
+    assert_eq!(processes_in(&workdir(&worker, &id)), vec![pid as i32]);
+
+    // Restart through B, stop through A.
+    let (status, instance) = b
+        .post(&format!("/api/server/instances/{id}/restart"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let new_pid = instance["runtime"]["handle"]["pid"].as_u64().unwrap();
+    assert!(new_pid != pid && !alive(pid));
+    let (status, live) = b
+        .get(&format!("/api/server/instances/{id}/runtime-status"))
+        .await;
+    assert_eq!(
+        (status, &live["live"]["healthy"]),
+        (200, &json!(true)),
+        "{live}"
+    );
+    let (status, instance) = a
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(
+        (status, &instance["status"]["state"]),
+        (200, &json!("Stopped"))
+    );
+    assert!(!alive(new_pid));
+
+    // A crash is seen by both replicas.
+    let (_, instance) = b
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let failed = a.wait_state(&id, "Failed", Duration::from_secs(2)).await;
+    assert_eq!(failed["status"]["reason"], "KilledBySignal");
+    assert_eq!(b.state(&id).await, "Failed");
+
+    // Logs come from the worker; delete removes everything.
+    let (status, logs) = a
+        .get(&format!("/api/server/instances/{id}/logs?tail=5"))
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    let (status, letters) = a.get("/api/server/dead-letters?platformType=Process").await;
+    assert_eq!((status, &letters["deadLetters"]), (200, &json!([])));
+    let (status, _) = b
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(a.get(&format!("/api/server/instances/{id}")).await.0, 404);
+    assert!(!workdir(&worker, &id).exists());
+
+    // The replayable event stream kept the story.
+    let (status, history) = a.get("/api/events/history?limit=1000").await;
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"]["event"]["type"].as_str())
+        .collect();
+    for kind in [
+        "ConfigurationChanged",
+        "InstanceStarted",
+        "InstanceStopped",
+        "InstanceFailed",
+        "InstanceDeleted",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_makes_its_instances_unknown_and_its_return_readopts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let redis = redis(dir.path());
+    let api = serve(dir.path(), "serve", &redis, &port_range()).await;
+    let mut worker = WorkerProcess::start(dir.path(), "worker", &redis, &[]);
+    wait_workers(&api, 1).await;
+    let id = api.create("watched", None).await;
+    let (_, instance) = api
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    let pid = instance["runtime"]["handle"]["pid"].as_u64().unwrap();
+
+    worker.kill();
+    let unknown = api
+        .wait_state(&id, "Unknown", Duration::from_secs(10))
+        .await;
+    assert_eq!(unknown["status"]["reason"], "WorkerUnavailable");
+    assert!(alive(pid), "the server itself still runs");
+    let started = Instant::now();
+    let (status, body) = api
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("NO_LIVE_WORKER")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
+
+    worker.restart();
+    let running = api
+        .wait_state(&id, "Running", Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        running["runtime"]["handle"]["pid"].as_u64(),
+        Some(pid),
+        "the same server, re-adopted"
+    );
+    let (status, instance) = api
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(
+        (status, &instance["status"]["state"]),
+        (200, &json!("Stopped")),
+        "{instance}"
+    );
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_execute_each_of_200_start_commands_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let redis = redis(dir.path());
+    // Below 32768, where Linux picks ports for outgoing connections.
+    let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12) as u32 * 1000;
+    let range = format!("{base}-{}", base + 999);
+    let api = serve(dir.path(), "serve", &redis, &range).await;
+    let w1 = WorkerProcess::start(dir.path(), "w1", &redis, &[]);
+    let w2 = WorkerProcess::start(dir.path(), "w2", &redis, &[]);
+    wait_workers(&api, 2).await;
+
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(api.create(&format!("i{i}"), None).await);
+    }
+    let starts = futures::stream::iter(ids.clone())
+        .map(|id| {
+            let api = api.api.clone();
+            async move {
+                let (status, instance) = api
+                    .post(&format!("/api/server/instances/{id}/start"), None)
+                    .await;
+                assert_eq!(status, 200, "{id}: {instance}");
+                assert_eq!(instance["status"]["state"], "Running", "{instance}");
+                (
+                    id,
+                    instance["runtime"]["workerId"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+            }
+        })
+        .buffer_unordered(40)
+        .collect::<Vec<_>>()
+        .await;
+
+    let (id1, id2) = (w1.id(), w2.id());
+    let by_w1 = starts.iter().filter(|(_, w)| *w == id1).count();
+    let by_w2 = starts.iter().filter(|(_, w)| *w == id2).count();
+    assert_eq!(
+        by_w1 + by_w2,
+        200,
+        "every command executed by one of the two"
+    );
+    assert!(by_w1 > 0 && by_w2 > 0, "both took part: {by_w1} / {by_w2}");
+    for (id, owner) in &starts {
+        let (mine, other) = if *owner == id1 {
+            (&w1, &w2)
+        } else {
+            (&w2, &w1)
+        };
+        assert_eq!(
+            processes_in(&workdir(mine, id)).len(),
+            1,
+            "{id}: exactly one server"
+        );
+        assert!(
+            !workdir(other, id).exists(),
+            "{id}: the other worker never executed it"
+        );
+    }
+
+    let stops = futures::stream::iter(ids)
+        .map(|id| {
+            let api = api.api.clone();
+            async move {
+                api.post(&format!("/api/server/instances/{id}/stop"), None)
+                    .await
+                    .0
+            }
+        })
+        .buffer_unordered(40)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(stops.iter().all(|s| *s == 200), "{stops:?}");
+    for (id, owner) in &starts {
+        let mine = if *owner == id1 { &w1 } else { &w2 };
+        assert!(processes_in(&workdir(mine, id)).is_empty(), "{id} stopped");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_worker_is_killed_midway_is_reclaimed_and_completed_by_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let redis = redis(dir.path());
+    // A slow server: three seconds pass before the runtime even starts.
+    let slow = dir.path().join("slow-runtime");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 3\nexec {} \"$@\"\n",
+            common::runtime_binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let allow = slow.display().to_string();
+    let api = serve(dir.path(), "serve", &redis, &port_range()).await;
+    let mut workers = vec![
+        WorkerProcess::start(dir.path(), "wa", &redis, &["--allow-executable", &allow]),
+        WorkerProcess::start(dir.path(), "wb", &redis, &["--allow-executable", &allow]),
+    ];
+    wait_workers(&api, 2).await;
+
+    let (status, created) = api
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "slow", "platformType": "Process",
+                        "serverConfiguration": {"executablePath": allow, "startTimeoutSeconds": 30}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let start = tokio::spawn({
+        let api = api.api.clone();
+        let id = id.clone();
+        async move {
+            api.post(&format!("/api/server/instances/{id}/start"), None)
+                .await
+        }
+    });
+
+    // Whichever worker took the command has launched the (still sleeping)
+    // server: kill that worker.
+    let (taker, dirs) = wait_for(
+        "a worker to launch the server",
+        Duration::from_secs(20),
+        || {
+            let dirs: Vec<PathBuf> = workers.iter().map(|w| workdir(w, &id)).collect();
+            async move {
+                let taker = dirs.iter().position(|d| !processes_in(d).is_empty())?;
+                Some((taker, dirs))
+            }
+        },
+    )
+    .await;
+    let launched = processes_in(&dirs[taker]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    workers[taker].kill();
+    let survivor = workers[1 - taker].id();
+
+    let (status, instance) = start.await.unwrap();
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["status"]["state"], "Running");
+    assert_eq!(
+        instance["runtime"]["workerId"],
+        survivor.as_str(),
+        "completed by the other worker"
+    );
+    assert_eq!(
+        instance["runtime"]["handle"]["pid"].as_u64(),
+        Some(launched[0] as u64),
+        "the server already launched was adopted, not launched twice"
+    );
+    assert_eq!(processes_in(&dirs[taker]).len(), 1, "one server");
+    assert!(processes_in(&dirs[1 - taker]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_survived_with_clear_503s_meanwhile_and_no_accepted_command_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let mut redis = redis(dir.path());
+    let api = serve(dir.path(), "serve", &redis, &port_range()).await;
+    let mut worker = WorkerProcess::start(dir.path(), "worker", &redis, &[]);
+    wait_workers(&api, 1).await;
+    let id = api.create("steady", None).await;
+    let (status, _) = api
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200);
+
+    // Redis down: clear 503s, nothing hangs.
+    redis.kill();
+    let started = Instant::now();
+    let (status, body) = api.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "STORE_UNAVAILABLE");
+    let (status, _) = api
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "during-outage", "platformType": "Process"})),
+        )
+        .await;
+    assert_eq!(status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "answered in {:?}",
+        started.elapsed()
+    );
+
+    // Back: everything reconnects by itself, state intact.
+    redis.restart();
+    wait_for("the API to reconnect", Duration::from_secs(30), || async {
+        let (status, body) = api.get(&format!("/api/server/instances/{id}")).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    // The worker beats again within its interval; its server never
+    // stopped being Running.
+    wait_workers(&api, 1).await;
+    api.wait_state(&id, "Running", Duration::from_secs(10))
+        .await;
+    let (status, instance) = api
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "commands flow again: {instance}");
+
+    // A command accepted just before the worker and Redis both go down is
+    // executed once they are back.
+    worker.kill();
+    let accepted = tokio::spawn({
+        let api = api.api.clone();
+        let id = id.clone();
+        async move {
+            api.post(&format!("/api/server/instances/{id}/start"), None)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.restart();
+    worker.restart();
+    let (status, instance) = accepted.await.unwrap();
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["status"]["state"], "Running");
+    assert_eq!(instance["runtime"]["workerId"], worker.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_replicas_patching_one_instance_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = redis(dir.path());
+    let range = port_range();
+    let a = serve(dir.path(), "serve-a", &redis, &range).await;
+    let b = serve(dir.path(), "serve-b", &redis, &range).await;
+    let id = a.create("contended", None).await;
+    let path = format!("/api/configuration/instances/{id}");
+
+    // Both replicas change generation 1 at once: exactly one wins.
+    let patch = |api: Api, level: &'static str| {
+        let path = path.clone();
+        async move {
+            let ops = json!([{"op": "replace", "path": "/logLevel", "value": level}]);
+            let (status, _, _) = api.patch(&path, ops, Some("\"1\"")).await;
+            (status, level)
+        }
+    };
+    let (ra, rb) = tokio::join!(patch(a.api.clone(), "debug"), patch(b.api.clone(), "warn"));
+    let mut statuses = vec![ra.0, rb.0];
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 412]);
+    let winner = if ra.0 == 200 { ra.1 } else { rb.1 };
+    let (_, config) = b.get(&path).await;
+    assert_eq!(config["logLevel"], winner);
+
+    // Without If-Match, concurrent changes through both replicas all land.
+    let adds = (0..20).map(|i| {
+        let api = if i % 2 == 0 { a.api.clone() } else { b.api.clone() };
+        let path = path.clone();
+        async move {
+            let ops = json!([{"op": "add", "path": "/sources/-", "value": {"kind": "mock", "id": format!("s{i}")}}]);
+            api.patch(&path, ops, None).await.0
+        }
+    });
+    let statuses: Vec<u16> = futures::future::join_all(adds).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let (_, config) = a.get(&path).await;
+    assert_eq!(config["sources"].as_array().unwrap().len(), 20);
+    let (_, instance) = a.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(instance["generation"], 22);
+}
