@@ -2,7 +2,8 @@
 # The test command. Sets up everything the tests need on a fresh Debian
 # machine, then runs the lint gates and every test of the workspace:
 #   - packages: pkg-config and libssl-dev (postgres source), redis-server
-#     (Redis-mode tests start their own on free loopback ports);
+#     (Redis-mode tests start their own on free loopback ports), openssl
+#     (certificates for the rediss:// test);
 #   - a running Docker engine (runtime image test);
 #   - cargo-nextest;
 # and keeps build output in a persistent target directory
@@ -25,6 +26,7 @@ missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -53,5 +55,13 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "dependency rules (docs/ARCHITECTURE.md)"
+for crate in draas-core draas-api draas-worker; do
+  if cargo tree -p "$crate" -e normal --prefix none --locked 2>/dev/null \
+      | grep -E '^(redis|redb|bollard|kube|drasi-lib|draas-(store|bus|redis|drasi|worker-process)) ' ; then
+    echo "$crate must not depend on a concrete backend (see docs/ARCHITECTURE.md)" >&2
+    exit 1
+  fi
+done
 log "tests"
 cargo nextest run --workspace --locked "$@"

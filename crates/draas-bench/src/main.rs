@@ -7,6 +7,7 @@
 //! cargo run --release -p draas-bench -- runtime-startup
 //! ```
 
+mod bus_roundtrip;
 mod control_plane;
 mod runtime_startup;
 mod stats;
@@ -32,6 +33,16 @@ enum Bench {
         /// Runs per configuration.
         #[arg(long, default_value_t = 20)]
         runs: usize,
+    },
+    /// Command round trip over the embedded and the Redis bus vs a raw
+    /// Redis PING; commands/s with one and two workers (needs redis-server).
+    Bus {
+        /// Sequential commands for the latency figures.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Commands for the throughput figures.
+        #[arg(long, default_value_t = 20_000)]
+        commands: usize,
     },
     /// Control plane + Process platform: create→Running, crash detection,
     /// GET throughput, memory per instance record.
@@ -76,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             };
             runtime_startup::run(&runtime, runs).await
         }
+        Bench::Bus { samples, commands } => bus_roundtrip::run(samples, commands).await,
         Bench::ControlPlane {
             draas,
             runtime,

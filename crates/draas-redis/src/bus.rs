@@ -430,6 +430,12 @@ struct ConsumerLoop {
 
 /// One stream entry: id and message body.
 type Entry = (String, Option<Vec<u8>>);
+/// A stream entry as Redis returns it: id and fields (none once deleted).
+type RawEntry = (String, Option<HashMap<String, Vec<u8>>>);
+/// `XREADGROUP`'s reply: entries per stream.
+type ReadReply = Option<Vec<(String, Vec<RawEntry>)>>;
+/// `XAUTOCLAIM`'s reply: next cursor, claimed entries, deleted ids.
+type ClaimReply = (String, Vec<RawEntry>, Vec<String>);
 
 impl ConsumerLoop {
     async fn ensure_group(&self) -> Result<(), BusError> {
@@ -512,8 +518,7 @@ impl ConsumerLoop {
                 .arg(self.bus.inner.options.block.as_millis() as u64);
         }
         command.arg("STREAMS").arg(&self.stream).arg(from);
-        let reply: Option<Vec<(String, Vec<(String, Option<HashMap<String, Vec<u8>>>)>)>> =
-            command.query_async(&mut self.reader).await?;
+        let reply: ReadReply = command.query_async(&mut self.reader).await?;
         Ok(reply
             .into_iter()
             .flatten()
@@ -524,11 +529,7 @@ impl ConsumerLoop {
 
     /// Takes over entries other consumers left idle too long.
     async fn claim_abandoned(&mut self, idle: Duration) -> Result<Vec<Entry>, RedisError> {
-        let reply: (
-            String,
-            Vec<(String, Option<HashMap<String, Vec<u8>>>)>,
-            Vec<String>,
-        ) = redis::cmd("XAUTOCLAIM")
+        let reply: ClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(&self.consumer)

@@ -106,6 +106,30 @@ pub fn is_unavailable(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
+/// Runs `op` again (up to three more times over about a second) when Redis
+/// could not be reached: a connection manager reconnects lazily, so the
+/// first command after an outage can fail although Redis is back.
+///
+/// Safe for DRaaS's operations: reads are idempotent, a repeated command
+/// `XADD` is deduplicated by workers (command ids), and a repeated
+/// compare-and-set fails its precondition instead of writing twice.
+pub async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    let mut pauses = [100u64, 250, 600].into_iter();
+    loop {
+        match op().await {
+            Err(e) if is_unavailable(&e) => match pauses.next() {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                None => return Err(e),
+            },
+            result => return result,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,29 +155,5 @@ mod tests {
             RedisSettings::new("redis://h").key("v:instances"),
             "{draas}:v:instances"
         );
-    }
-}
-
-/// Runs `op` again (up to three more times over about a second) when Redis
-/// could not be reached: a connection manager reconnects lazily, so the
-/// first command after an outage can fail although Redis is back.
-///
-/// Safe for DRaaS's operations: reads are idempotent, a repeated command
-/// `XADD` is deduplicated by workers (command ids), and a repeated
-/// compare-and-set fails its precondition instead of writing twice.
-pub async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, RedisError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, RedisError>>,
-{
-    let mut pauses = [100u64, 250, 600].into_iter();
-    loop {
-        match op().await {
-            Err(e) if is_unavailable(&e) => match pauses.next() {
-                Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                None => return Err(e),
-            },
-            result => return result,
-        }
     }
 }

@@ -86,3 +86,87 @@ async fn rediss_with_a_private_ca_and_auth_works_for_store_and_bus() {
         "an unknown CA is refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_consumers_keep_dying_goes_to_the_dead_letter_stream() {
+    use draas_core::messages::{Command, CommandEnvelope, Outcome};
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let options = BusOptions {
+        claim_after: Duration::from_millis(300),
+        max_deliveries: 3,
+        ..BusOptions::default()
+    };
+    let settings = settings(&server);
+    let requester = RedisBus::connect(settings.clone(), options.clone())
+        .await
+        .unwrap();
+    let command = CommandEnvelope::new(
+        "i-doomed".parse().unwrap(),
+        Command::Status,
+        Duration::from_secs(30),
+    );
+    let id = command.id;
+    let request = tokio::spawn({
+        let requester = requester.clone();
+        async move {
+            requester
+                .request(
+                    "instance.commands.process",
+                    command,
+                    Duration::from_secs(20),
+                )
+                .await
+        }
+    });
+
+    // Consumers that take the command and die without answering: each
+    // "crash" drops the delivery (no ack); the next consumer re-claims it.
+    let mut deliveries = Vec::new();
+    for attempt in 0..3 {
+        let bus = RedisBus::connect(settings.clone(), options.clone())
+            .await
+            .unwrap();
+        let mut stream = bus
+            .consume("instance.commands.process", &format!("doomed-{attempt}"))
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.envelope.id, id);
+        deliveries.push(delivery.delivery_count);
+        drop(delivery);
+        drop(stream);
+    }
+    assert_eq!(
+        deliveries,
+        vec![1, 2, 3],
+        "redelivered with a growing count"
+    );
+
+    // The next re-claim exceeds the bound: dead-lettered, requester told.
+    let bus = RedisBus::connect(settings.clone(), options.clone())
+        .await
+        .unwrap();
+    let _stream = bus
+        .consume("instance.commands.process", "survivor")
+        .await
+        .unwrap();
+    let reply = request.await.unwrap().unwrap();
+    match reply.outcome {
+        Outcome::Error { message, .. } => assert!(message.contains("dead-lettered"), "{message}"),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    let letters = requester
+        .dead_letters("instance.commands.process", 10)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].command.as_ref().map(|c| c.id), Some(id));
+    assert_eq!(letters[0].deliveries, 4);
+    assert!(!letters[0].id.is_empty());
+}

@@ -320,7 +320,7 @@ async fn a_command_whose_worker_is_killed_midway_is_reclaimed_and_completed_by_t
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let allow = slow.display().to_string();
     let api = serve(dir.path(), "serve", &redis, &port_range()).await;
-    let mut workers = vec![
+    let mut workers = [
         WorkerProcess::start(dir.path(), "wa", &redis, &["--allow-executable", &allow]),
         WorkerProcess::start(dir.path(), "wb", &redis, &["--allow-executable", &allow]),
     ];

@@ -18,6 +18,55 @@ pub async fn run_all(bus: Arc<dyn MessageBus>) {
     competing_consumers_execute_each_command_once(bus.clone(), 200).await;
     request_times_out_without_a_reply(bus.clone()).await;
     events_reach_subscribers_of_their_channel_in_order(bus.clone()).await;
+    published_events_can_be_replayed_from_a_cursor(bus.clone()).await;
+}
+
+/// Published events are kept and can be read again after a cursor.
+pub async fn published_events_can_be_replayed_from_a_cursor(bus: Arc<dyn MessageBus>) {
+    let id: InstanceId = format!("i-{}", uuid::Uuid::new_v4().simple())
+        .parse()
+        .expect("id");
+    let before = bus.replay_events(None, 100_000).await.expect("replay");
+    let start = before.last().map(|(cursor, _)| cursor.clone());
+    for generation in 1..=3 {
+        bus.publish(&EventEnvelope::new(Event::ConfigurationChanged {
+            instance_id: id.clone(),
+            generation,
+        }))
+        .await
+        .expect("publish");
+    }
+    let replayed = bus
+        .replay_events(start.as_deref(), 100)
+        .await
+        .expect("replay");
+    let generations: Vec<u64> = replayed
+        .iter()
+        .filter_map(|(_, e)| match &e.event {
+            Event::ConfigurationChanged {
+                instance_id,
+                generation,
+            } if instance_id == &id => Some(*generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        generations,
+        vec![1, 2, 3],
+        "replayed in order after the cursor"
+    );
+    let (first, _) = replayed.first().expect("first");
+    let rest = bus.replay_events(Some(first), 100).await.expect("replay");
+    assert_eq!(
+        rest.len(),
+        replayed.len() - 1,
+        "the cursor itself is excluded"
+    );
+    let limited = bus
+        .replay_events(start.as_deref(), 2)
+        .await
+        .expect("replay");
+    assert_eq!(limited.len(), 2, "limit applies");
 }
 
 fn unique(prefix: &str) -> String {
