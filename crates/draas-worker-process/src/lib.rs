@@ -154,6 +154,36 @@ impl Inner {
         self.managed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Starts following the server's component events (Degraded/Running).
+    fn watch_components(&self, id: &InstanceId, record: &ProcessRecord) -> JoinHandle<()> {
+        tokio::spawn(readiness::watch_components(
+            ServerApi::new(&record.api_host, record.api_port),
+            id.clone(),
+            record.generation,
+            self.sink.clone(),
+        ))
+    }
+
+    /// Registers a server as managed here.
+    fn register(
+        &self,
+        id: &InstanceId,
+        record: &ProcessRecord,
+        handle: &ProcessHandle,
+        phase: &Arc<Mutex<Phase>>,
+        watcher: Option<JoinHandle<()>>,
+    ) {
+        self.managed().insert(
+            id.clone(),
+            Managed {
+                record: record.clone(),
+                handle: handle.clone(),
+                phase: phase.clone(),
+                watcher,
+            },
+        );
+    }
+
     fn workdir(&self, id: &InstanceId) -> PathBuf {
         self.settings.root.join("instances").join(id.as_str())
     }
@@ -379,22 +409,8 @@ impl Inner {
             Err(e) => return Err(store_error(e)),
         }
         let phase = Arc::new(Mutex::new(Phase::Running));
-        let api = ServerApi::new(&record.api_host, record.api_port);
-        let watcher = tokio::spawn(readiness::watch_components(
-            api,
-            id.clone(),
-            record.generation,
-            self.sink.clone(),
-        ));
-        self.managed().insert(
-            id.clone(),
-            Managed {
-                record: record.clone(),
-                handle: handle.clone(),
-                phase: phase.clone(),
-                watcher: Some(watcher),
-            },
-        );
+        let watcher = self.watch_components(id, &record);
+        self.register(id, &record, &handle, &phase, Some(watcher));
         self.clone().monitor(id.clone(), handle, phase);
         info!(instance = %id, pid = record.pid, "adopted running server");
         Ok(Adoption::Adopted(record))
@@ -522,16 +538,13 @@ impl Inner {
         };
         info!(instance = %id, pid, executable = %executable.display(), "launched");
         let phase = Arc::new(Mutex::new(Phase::Starting));
-        self.managed().insert(
-            id.clone(),
-            Managed {
-                record: record.clone(),
-                handle: handle.clone(),
-                phase: phase.clone(),
-                watcher: None,
-            },
-        );
-        self.save_record(id, &record).await?;
+        self.register(id, &record, &handle, &phase, None);
+        if let Err(e) = self.save_record(id, &record).await {
+            // A server nobody could find again after a restart must not run.
+            let _ = handle.signal(Signal::KILL);
+            self.managed().remove(id);
+            return Err(e.with_state(ActualState::Failed, Reason::PlatformError));
+        }
         self.clone()
             .monitor(id.clone(), handle.clone(), phase.clone());
 
@@ -594,12 +607,7 @@ impl Inner {
         match outcome {
             Ok((state, message)) => {
                 *phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Running;
-                let watcher = tokio::spawn(readiness::watch_components(
-                    api.clone(),
-                    id.clone(),
-                    record.generation,
-                    self.sink.clone(),
-                ));
+                let watcher = self.watch_components(id, record);
                 if let Some(m) = self.managed().get_mut(id) {
                     m.watcher = Some(watcher);
                 }
