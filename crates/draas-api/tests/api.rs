@@ -32,6 +32,7 @@ use tower::ServiceExt;
 struct Script {
     calls: Vec<String>,
     fail_start: Option<ErrorCode>,
+    environment: std::collections::BTreeMap<String, String>,
 }
 
 struct FakeDriver(Arc<Mutex<Script>>);
@@ -47,6 +48,7 @@ impl PlatformDriver for FakeDriver {
             script
                 .calls
                 .push(format!("start {id} g{}", spec.generation));
+            script.environment = spec.server_configuration.environment.clone();
             script.fail_start
         };
         if let Some(code) = fail {
@@ -861,4 +863,65 @@ async fn the_event_stream_carries_configuration_and_status_changes() {
         bus_event.event,
         draas_core::messages::Event::ConfigurationChanged { generation: 2, .. }
     ));
+}
+
+#[tokio::test]
+async fn secrets_in_the_environment_reach_the_worker_but_never_a_response() {
+    let api = api(true).await;
+    let reply = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "secretive", "platformType": "Process",
+                   "serverConfiguration": {"environment": {"DB_PASSWORD": "hunter2"}}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["instance"]["id"].as_str().unwrap().to_string();
+    let responses = vec![
+        reply.body.to_string(),
+        api.get(&format!("/api/server/instances/{id}"))
+            .await
+            .body
+            .to_string(),
+        api.get("/api/server/instances").await.body.to_string(),
+        api.get(&format!("/api/server/instances/{id}/server-configuration"))
+            .await
+            .body
+            .to_string(),
+        api.patch(
+            &format!("/api/server/instances/{id}/server-configuration"),
+            r#"[{"op": "add", "path": "/environment/API_TOKEN", "value": "s3cr3t"}]"#,
+            None,
+        )
+        .await
+        .body
+        .to_string(),
+        api.post(&format!("/api/server/instances/{id}/start"), json!({}))
+            .await
+            .body
+            .to_string(),
+    ];
+    for text in &responses {
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "leaked: {text}"
+        );
+    }
+    assert!(
+        responses[3].contains(r#""DB_PASSWORD":"********""#),
+        "{}",
+        responses[3]
+    );
+    assert!(
+        responses[5].contains(r#""state":"Running""#),
+        "{}",
+        responses[5]
+    );
+    let seen = api.script.lock().unwrap().environment.clone();
+    assert_eq!(
+        seen.get("DB_PASSWORD").map(String::as_str),
+        Some("hunter2"),
+        "the worker gets the real value: {seen:?}"
+    );
+    assert_eq!(seen.get("API_TOKEN").map(String::as_str), Some("s3cr3t"));
 }

@@ -79,11 +79,52 @@ fn spawn_worker(
     tokio::spawn(worker.run(stop));
 }
 
+/// Waits until the Process command stream's group has `n` consumers.
+async fn wait_for_consumers(url: &str, n: usize) -> anyhow::Result<()> {
+    let mut connection = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let stream = draas_redis::RedisSettings::new(url).key(PlatformType::Process.command_channel());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("workers")
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        if consumers.len() >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("only {} consumers joined", consumers.len());
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 fn status_command(i: usize) -> CommandEnvelope {
     // Different instances, so the worker's per-instance queues do not
     // serialise the commands.
     let id: InstanceId = format!("i-bench-{}", i % 256).parse().expect("valid id");
     CommandEnvelope::new(id, Command::Status, Duration::from_secs(30))
+}
+
+/// Waits until a worker answers on `bus` (it consumes once it started).
+async fn until_answered(bus: &Arc<dyn MessageBus>) -> anyhow::Result<()> {
+    let channel = PlatformType::Process.command_channel();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match bus
+            .request(channel, status_command(0), Duration::from_millis(500))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => anyhow::bail!("no worker answers: {e}"),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
 }
 
 async fn latency(bus: &Arc<dyn MessageBus>, n: usize) -> anyhow::Result<Summary> {
@@ -127,7 +168,7 @@ pub async fn run(samples: usize, commands: usize) -> anyhow::Result<()> {
     )?);
     let bus: Arc<dyn MessageBus> = Arc::new(draas_bus::InProcessBus::new());
     spawn_worker("embedded", store, bus.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_answered(&bus).await?;
     latency(&bus, 200).await?; // warm-up
     let embedded = latency(&bus, samples).await?;
     let embedded_rate = throughput(&bus, commands, 64).await?;
@@ -184,13 +225,16 @@ pub async fn run(samples: usize, commands: usize) -> anyhow::Result<()> {
     let client_bus = connect_bus().await?;
     let one = CancellationToken::new();
     spawn_worker("redis-1", store.clone(), connect_bus().await?, one.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_answered(&client_bus).await?;
     latency(&client_bus, 200).await?;
     let redis_latency = latency(&client_bus, samples).await?;
     let redis_one = throughput(&client_bus, commands, 64).await?;
     let two = CancellationToken::new();
-    spawn_worker("redis-2", store.clone(), connect_bus().await?, two.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second_bus = connect_bus().await?;
+    // The second worker has joined once its consumer group membership
+    // shows; commands then spread over both.
+    spawn_worker("redis-2", store.clone(), second_bus, two.clone());
+    wait_for_consumers(&url, 2).await?;
     let redis_two = throughput(&client_bus, commands, 64).await?;
     one.cancel();
     two.cancel();

@@ -52,6 +52,37 @@ fn processes_in(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Entries of a Redis stream.
+async fn stream_length(redis: &RedisServer, key: &str) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// Waits until the Process worker persisted its record of `id`'s server.
+async fn wait_for_process_record(api: &Api, redis: &RedisServer, id: &str) {
+    use draas_core::ports::StateStore;
+    let (_, platforms) = api.get("/api/server/platforms").await;
+    let host = platforms["platforms"][0]["workers"][0]["host"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = draas_redis::RedisStore::connect(draas_redis::RedisSettings::new(redis.url()))
+        .await
+        .unwrap();
+    let records =
+        draas_core::keys::worker_records(draas_core::instance::PlatformType::Process, &host);
+    wait_for("the process record", Duration::from_secs(10), || {
+        let (store, records) = (store.clone(), records.clone());
+        async move { store.get(&records, id).await.ok().flatten().map(|_| ()) }
+    })
+    .await;
+}
+
 fn workdir(worker: &WorkerProcess, id: &str) -> PathBuf {
     worker.data.join("process/instances").join(id)
 }
@@ -359,7 +390,9 @@ async fn a_command_whose_worker_is_killed_midway_is_reclaimed_and_completed_by_t
     )
     .await;
     let launched = processes_in(&dirs[taker]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill it only once it has persisted the server's record (right after
+    // the launch), as a worker dying later in the start would have.
+    wait_for_process_record(&api, &redis, &id).await;
     workers[taker].kill();
     let survivor = workers[1 - taker].id();
 
@@ -433,6 +466,9 @@ async fn a_redis_restart_is_survived_with_clear_503s_meanwhile_and_no_accepted_c
     // A command accepted just before the worker and Redis both go down is
     // executed once they are back.
     worker.kill();
+    let stream = draas_redis::RedisSettings::new(redis.url())
+        .key(&draas_core::instance::PlatformType::Process.worker_channel(&worker.id()));
+    let queued_before = stream_length(&redis, &stream).await;
     let accepted = tokio::spawn({
         let api = api.api.clone();
         let id = id.clone();
@@ -441,7 +477,13 @@ async fn a_redis_restart_is_survived_with_clear_503s_meanwhile_and_no_accepted_c
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Accepted: the command is in the worker's stream.
+    wait_for(
+        "the command to be queued",
+        Duration::from_secs(10),
+        || async { (stream_length(&redis, &stream).await > queued_before).then_some(()) },
+    )
+    .await;
     redis.restart();
     worker.restart();
     let (status, instance) = accepted.await.unwrap();

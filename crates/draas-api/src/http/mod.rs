@@ -3,6 +3,7 @@
 //! the result; nothing else.
 
 mod extract;
+mod redact;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ async fn not_found() -> ApiError {
 // === instances ===
 
 async fn create(State(cp): Cp, ApiJson(request): ApiJson<CreateInstance>) -> ApiResult<Response> {
-    let instance = cp.create(request).await?;
+    let instance = redact::instance(cp.create(request).await?);
     let location = format!("/api/server/instances/{}", instance.id);
     let body =
         json!({ "instance": instance, "serverConfiguration": instance.server_configuration });
@@ -88,7 +89,9 @@ async fn create(State(cp): Cp, ApiJson(request): ApiJson<CreateInstance>) -> Api
 }
 
 async fn list(State(cp): Cp, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<Response> {
-    Ok(Json(cp.list(query).await?).into_response())
+    let mut list = cp.list(query).await?;
+    list.items = list.items.into_iter().map(redact::instance).collect();
+    Ok(Json(list).into_response())
 }
 
 #[derive(Deserialize)]
@@ -106,7 +109,7 @@ async fn get_instance(
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
     let Some(wanted) = q.wait else {
-        return Ok(Json(cp.load(&id).await?.value).into_response());
+        return Ok(Json(redact::instance(cp.load(&id).await?.value)).into_response());
     };
     let limit = Duration::from_secs(q.timeout.unwrap_or(30).min(300));
     // Subscribe before reading, so a change between the two is not missed.
@@ -115,7 +118,7 @@ async fn get_instance(
     loop {
         let instance = cp.load(&id).await?.value;
         if instance.status.state == wanted {
-            return Ok(Json(instance).into_response());
+            return Ok(Json(redact::instance(instance)).into_response());
         }
         let next = tokio::time::timeout_at(deadline, async {
             while let Some(event) = events.next().await {
@@ -160,15 +163,15 @@ async fn delete(
 }
 
 async fn start(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
-    Ok(Json(cp.start(&id).await?).into_response())
+    Ok(Json(redact::instance(cp.start(&id).await?)).into_response())
 }
 
 async fn stop(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
-    Ok(Json(cp.stop(&id).await?).into_response())
+    Ok(Json(redact::instance(cp.stop(&id).await?)).into_response())
 }
 
 async fn restart(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
-    Ok(Json(cp.restart(&id).await?).into_response())
+    Ok(Json(redact::instance(cp.restart(&id).await?)).into_response())
 }
 
 async fn runtime_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
@@ -219,7 +222,10 @@ async fn dead_letters(
     let letters = cp
         .bus()
         .dead_letters(q.platform_type.command_channel(), limit)
-        .await?;
+        .await?
+        .into_iter()
+        .map(redact::dead_letter)
+        .collect::<Vec<_>>();
     Ok(Json(json!({ "platformType": q.platform_type, "deadLetters": letters })).into_response())
 }
 
@@ -247,7 +253,11 @@ async fn get_server_configuration(
     InstancePath(id): InstancePath,
 ) -> ApiResult<Response> {
     let (config, generation) = cp.server_configuration(&id).await?;
-    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+    Ok((
+        [(header::ETAG, etag(generation))],
+        Json(redact::server_configuration(config)),
+    )
+        .into_response())
 }
 
 async fn patch_server_configuration(
@@ -259,7 +269,11 @@ async fn patch_server_configuration(
     require_json_patch(&headers)?;
     let expected = if_match(&headers)?;
     let (config, generation) = cp.patch_server_configuration(&id, &body, expected).await?;
-    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+    Ok((
+        [(header::ETAG, etag(generation))],
+        Json(redact::server_configuration(config)),
+    )
+        .into_response())
 }
 
 // === status ===
