@@ -32,6 +32,33 @@ pub const EVENT_BUFFER: usize = 4096;
 /// Events kept for replay.
 pub const EVENTS_KEPT: usize = 10_000;
 
+/// The events of `channels` from a local broadcast, as an [`EventStream`].
+/// A subscriber that falls behind skips what it missed (logged) rather than
+/// ending. Shared with the Redis bus, which fans its pub/sub messages out
+/// the same way.
+pub fn event_stream(
+    receiver: broadcast::Receiver<EventEnvelope>,
+    channels: &[&str],
+) -> EventStream {
+    let wanted: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => return Some((event, receiver)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("event subscriber fell behind; skipped {n} events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |event| {
+        let keep = wanted.iter().any(|c| c == event.event.channel());
+        async move { keep }
+    });
+    Box::pin(stream)
+}
+
 /// A command waiting for a consumer, with the way back to its requester.
 struct Pending {
     envelope: CommandEnvelope,
@@ -209,23 +236,6 @@ impl MessageBus for InProcessBus {
     }
 
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {
-        let wanted: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
-        let receiver = self.inner.events.subscribe();
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(event) => return Some((event, receiver)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("event subscriber fell behind; skipped {n} events");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .filter(move |event| {
-            let keep = wanted.iter().any(|c| c == event.event.channel());
-            async move { keep }
-        });
-        Ok(Box::pin(stream))
+        Ok(event_stream(self.inner.events.subscribe(), channels))
     }
 }

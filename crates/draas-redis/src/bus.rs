@@ -341,24 +341,10 @@ impl MessageBus for RedisBus {
     }
 
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {
-        let wanted: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
-        let receiver = self.inner.events.subscribe();
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(event) => return Some((event, receiver)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!("event subscriber skipped {n} events")
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .filter(move |event| {
-            let keep = wanted.iter().any(|c| c == event.event.channel());
-            async move { keep }
-        });
-        Ok(Box::pin(stream))
+        Ok(draas_bus::event_stream(
+            self.inner.events.subscribe(),
+            channels,
+        ))
     }
 
     async fn replay_events(

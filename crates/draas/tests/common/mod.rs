@@ -80,15 +80,7 @@ impl Draas {
         let Draas {
             mut process, data, ..
         } = self;
-        process.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = process
-            .wait_timeout(Duration::from_secs(30))
-            .expect("draas stops");
-        assert!(
-            status.success(),
-            "draas exited with {status}: {}",
-            process.stderr()
-        );
+        terminate(&mut process);
         data
     }
 
@@ -132,18 +124,23 @@ impl Draas {
             range,
             ..
         } = self;
-        process.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = process
-            .wait_timeout(Duration::from_secs(30))
-            .expect("draas stops");
-        assert!(
-            status.success(),
-            "draas exited with {status}: {}",
-            process.stderr()
-        );
+        terminate(&mut process);
         drop(process);
         Self::up_with(&logs, data, port, run + 1, range).await
     }
+}
+
+/// SIGTERM, and a clean exit within 30 s.
+fn terminate(process: &mut TestProcess) {
+    process.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("draas stops");
+    assert!(
+        status.success(),
+        "draas exited with {status}: {}",
+        process.stderr()
+    );
 }
 
 impl Api {
