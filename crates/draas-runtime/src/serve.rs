@@ -149,6 +149,10 @@ pub async fn run(
     Ok(())
 }
 
+/// How long the runtime waits, after stopping the components, for drasi-lib
+/// to have published every component's final status.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
 /// Stops every component (reactions → queries → sources) and releases the
 /// lib, within `limit`.
 async fn stop(lib: &drasi_lib::DrasiLib, limit: Duration) -> Result<(), String> {
@@ -158,6 +162,10 @@ async fn stop(lib: &drasi_lib::DrasiLib, limit: Duration) -> Result<(), String> 
                 warn!("some components reported errors while stopping: {e}");
             }
         }
+        // drasi-lib publishes status changes (and the events of
+        // `/api/v1/events`) from its graph-update loop, which `shutdown`
+        // aborts: without this wait, the last Stopped events are lost.
+        settle(lib).await;
         if let Err(e) = lib.shutdown().await {
             warn!("shutdown reported an error: {e}");
         }
@@ -165,4 +173,28 @@ async fn stop(lib: &drasi_lib::DrasiLib, limit: Duration) -> Result<(), String> 
     tokio::time::timeout(limit, work)
         .await
         .map_err(|_| format!("components did not stop within {} s", limit.as_secs()))
+}
+
+/// Waits (at most [`SETTLE_LIMIT`]) until every component's status is final
+/// (`Stopped` or `Error`): by then the graph-update loop has applied and
+/// published every status change.
+async fn settle(lib: &drasi_lib::DrasiLib) {
+    use drasi_lib::channels::ComponentStatus;
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    loop {
+        let (sources, queries, reactions) =
+            tokio::join!(lib.list_sources(), lib.list_queries(), lib.list_reactions());
+        let settled = [sources, queries, reactions]
+            .into_iter()
+            .flat_map(|listed| listed.unwrap_or_default())
+            .all(|(_, status)| matches!(status, ComponentStatus::Stopped | ComponentStatus::Error));
+        if settled {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!("some components had not reported Stopped after {SETTLE_LIMIT:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
