@@ -101,6 +101,7 @@ impl ApiError {
                 (StatusCode::GATEWAY_TIMEOUT, "WORKER_DEADLINE_EXCEEDED")
             }
             ErrorCode::Unsupported => (StatusCode::NOT_IMPLEMENTED, "UNSUPPORTED"),
+            ErrorCode::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
             ErrorCode::PlatformError | ErrorCode::Other => {
                 (StatusCode::BAD_GATEWAY, "PLATFORM_ERROR")
             }
@@ -143,6 +144,7 @@ impl From<BusError> for ApiError {
                 "BUS_UNAVAILABLE",
                 e.to_string(),
             ),
+            BusError::InvalidCursor(_) => Self::bad_request("INVALID_CURSOR", e.to_string()),
             BusError::Dropped | BusError::Backend(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "BUS_ERROR", e.to_string())
             }

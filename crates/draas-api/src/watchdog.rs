@@ -1,7 +1,10 @@
 //! Noticing dead workers: an instance whose worker stopped heartbeating is
-//! marked `Unknown` with reason `WorkerUnavailable`: nobody can say whether
-//! its server still runs. The worker's return (it re-adopts and confirms
-//! its servers) or another worker's adoption sets it right again.
+//! marked `Unknown` with reason `WorkerUnavailable` where its platform's
+//! policy says nobody else can see its server (Process, Docker: only a
+//! worker of the same host or engine can). The worker's return (it
+//! re-adopts and confirms its servers) or a peer's adoption sets it right
+//! again. On Kubernetes a silent worker changes nothing: the Deployment is
+//! still there, and any worker of the cluster watches it.
 //!
 //! Every control-plane replica may run this: recording is idempotent (an
 //! observation that changes nothing records nothing).
@@ -12,8 +15,10 @@ use std::time::Duration;
 use chrono::Utc;
 use draas_core::instance::{ActualState, Instance, Reason};
 use draas_core::keys;
+use draas_core::policy::SilentWorker;
 use draas_core::ports::store::JsonStore;
 use draas_core::ports::Observation;
+use draas_core::status::Recorded;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -75,7 +80,11 @@ impl ControlPlane {
             let Some(owner) = instance.runtime.as_ref().map(|r| r.worker_id.clone()) else {
                 continue;
             };
-            if !ON_A_WORKER.contains(&instance.status.state) || live.contains(&owner) {
+            if !ON_A_WORKER.contains(&instance.status.state)
+                || live.contains(&owner)
+                || instance.platform_type.policy().silent_worker
+                    == SilentWorker::LeavesInstancesAlone
+            {
                 continue;
             }
             let observation = Observation::now(
@@ -87,7 +96,10 @@ impl ControlPlane {
                 "worker {owner} stopped heartbeating (checked at {})",
                 Utc::now().to_rfc3339()
             ));
-            if let Ok(Some(_)) = self.recorder().record(observation).await {
+            if let Ok(Recorded {
+                change: Some(_), ..
+            }) = self.recorder().record(observation).await
+            {
                 marked += 1;
             }
         }

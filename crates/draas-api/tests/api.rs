@@ -5,20 +5,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use draas_api::{router, ControlPlane, ControlPlaneSettings};
 use draas_bus::InProcessBus;
-use draas_core::instance::{ActualState, InstanceId, PlatformHandle, PlatformType, RuntimeInfo};
-use draas_core::messages::{ErrorCode, LogsSpec, StartSpec, StopSpec};
-use draas_core::ports::{DriverError, MessageBus, PlatformDriver, Started, StateStore};
+use draas_core::instance::PlatformType;
+use draas_core::messages::ErrorCode;
+use draas_core::ports::{MessageBus, StateStore};
 use draas_store::EmbeddedStore;
-use draas_worker::{Worker, WorkerSettings};
+use draas_testkit::fake::FakeDriver;
+use draas_worker::{Worker, WorkerContext, WorkerSettings};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -27,77 +27,11 @@ use tower::ServiceExt;
 
 // === harness ===
 
-/// What the fake driver was asked to do, and what it should answer.
-#[derive(Default)]
-struct Script {
-    calls: Vec<String>,
-    fail_start: Option<ErrorCode>,
-    environment: std::collections::BTreeMap<String, String>,
-}
-
-struct FakeDriver(Arc<Mutex<Script>>);
-
-#[async_trait]
-impl PlatformDriver for FakeDriver {
-    fn platform(&self) -> PlatformType {
-        PlatformType::Process
-    }
-    async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Result<Started, DriverError> {
-        let fail = {
-            let mut script = self.0.lock().unwrap();
-            script
-                .calls
-                .push(format!("start {id} g{}", spec.generation));
-            script.environment = spec.server_configuration.environment.clone();
-            script.fail_start
-        };
-        if let Some(code) = fail {
-            return Err(DriverError::new(code, "scripted failure")
-                .with_state(ActualState::Failed, draas_core::instance::Reason::PortInUse));
-        }
-        Ok(Started {
-            runtime: RuntimeInfo {
-                worker_id: "fake".into(),
-                handle: Some(PlatformHandle::Process {
-                    pid: 1,
-                    start_time: 1,
-                }),
-                host: "test".into(),
-                port: spec.api_port,
-                endpoint: format!("http://127.0.0.1:{}", spec.api_port),
-                started_at: None,
-                last_exit_code: None,
-            },
-            state: ActualState::Running,
-            message: None,
-        })
-    }
-    async fn stop(&self, id: &InstanceId, _: &StopSpec) -> Result<(), DriverError> {
-        self.0.lock().unwrap().calls.push(format!("stop {id}"));
-        Ok(())
-    }
-    async fn delete(&self, id: &InstanceId, _: &StopSpec) -> Result<(), DriverError> {
-        self.0.lock().unwrap().calls.push(format!("delete {id}"));
-        Ok(())
-    }
-    async fn status(&self, _: &InstanceId) -> Result<Value, DriverError> {
-        Ok(json!({"fake": true}))
-    }
-    async fn logs(&self, _: &InstanceId, spec: &LogsSpec) -> Result<Vec<String>, DriverError> {
-        Ok((0..spec.tail).map(|i| format!("line {i}")).collect())
-    }
-    async fn recover(&self) -> Result<usize, DriverError> {
-        Ok(0)
-    }
-    async fn running(&self) -> usize {
-        0
-    }
-}
-
 struct Api {
     router: Router,
     bus: Arc<dyn MessageBus>,
-    script: Arc<Mutex<Script>>,
+    store: Arc<dyn StateStore>,
+    driver: FakeDriver,
     shutdown: CancellationToken,
 }
 
@@ -112,10 +46,10 @@ impl Drop for Api {
 async fn api(with_worker: bool) -> Api {
     let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::in_memory().unwrap());
     let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
-    let script = Arc::new(Mutex::new(Script::default()));
+    let driver = FakeDriver::new(PlatformType::Process, "fake");
     let shutdown = CancellationToken::new();
     if with_worker {
-        let worker = Worker::new(
+        let context = WorkerContext::new(
             WorkerSettings {
                 worker_id: "fake".into(),
                 host: "test".into(),
@@ -124,10 +58,10 @@ async fn api(with_worker: bool) -> Api {
                 concurrency: 4,
                 capacity: None,
             },
-            Arc::new(FakeDriver(script.clone())),
             store.clone(),
             bus.clone(),
         );
+        let worker = Worker::new(context, Arc::new(driver.clone()));
         tokio::spawn(worker.run(shutdown.clone()));
         let probe = store.clone();
         draas_testkit::wait_for("fake worker heartbeat", Duration::from_secs(5), || {
@@ -149,7 +83,7 @@ async fn api(with_worker: bool) -> Api {
         ..ControlPlaneSettings::default()
     };
     let cp = Arc::new(ControlPlane::new(
-        store,
+        store.clone(),
         bus.clone(),
         Arc::new(draas_drasi::validate::DrasiValidator),
         settings,
@@ -157,7 +91,8 @@ async fn api(with_worker: bool) -> Api {
     Api {
         router: router(cp),
         bus,
-        script,
+        store,
+        driver,
         shutdown,
     }
 }
@@ -285,10 +220,14 @@ async fn create_returns_201_with_the_instance_and_its_server_configuration() {
         reply.body["serverConfiguration"]["shutdownTimeoutSeconds"],
         5
     );
-    let port = instance["configuration"]["port"].as_u64().unwrap();
-    assert!(
-        (31000..=31099).contains(&port),
-        "allocated from the range: {port}"
+    assert_eq!(
+        reply.body["serverConfiguration"]["kubernetes"],
+        json!({}),
+        "its platform's section, ready to be patched"
+    );
+    assert_eq!(
+        instance["configuration"]["port"], 8080,
+        "a pod has its own ports: drasi-server's default, nothing reserved"
     );
 
     let got = api.get(&format!("/api/server/instances/{id}")).await;
@@ -297,6 +236,92 @@ async fn create_returns_201_with_the_instance_and_its_server_configuration() {
     let changes = api.get("/api/status/recent-changes").await.body;
     assert_eq!(changes["changes"][0]["new"], "Created");
     assert_eq!(changes["changes"][0]["cursor"], 1);
+
+    // Process servers share their host's ports: one is allocated from the
+    // range and reserved, so a second instance gets another.
+    let mut ports = Vec::new();
+    for name in ["p1", "p2"] {
+        let reply = api
+            .post(
+                "/api/server/instances",
+                json!({"name": name, "platformType": "Process"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        let port = reply.body["instance"]["configuration"]["port"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            (31000..=31099).contains(&port),
+            "allocated from the range: {port}"
+        );
+        ports.push(port);
+    }
+    assert_ne!(ports[0], ports[1]);
+    // Two Kubernetes instances may both use 8080.
+    let again = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "orders-2", "platformType": "Kubernetes", "configuration": {"port": 8080}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+}
+
+#[tokio::test]
+async fn the_original_create_body_defaults_to_the_process_platform_and_names_address_instances() {
+    let api = api(true).await;
+    // The original design's body: a name and a description, nothing else.
+    let reply = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "test1", "description": "from the original design"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["instance"]["platformType"], "Process");
+    let id = reply.body["instance"]["id"].as_str().unwrap().to_string();
+
+    // Wherever an id goes, the name does too.
+    let by_name = api.get("/api/server/instances/test1").await;
+    assert_eq!(by_name.status, StatusCode::OK, "{}", by_name.body);
+    assert_eq!(by_name.body["id"], id.as_str());
+    let started = api
+        .post("/api/server/instances/test1/start", json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    assert_eq!(started.body["status"]["state"], "Running");
+    let status = api.get("/api/status/test1/status").await;
+    assert_eq!(status.body["instanceId"], id.as_str());
+    let config = api.get("/api/configuration/instances/test1").await;
+    assert_eq!(config.status, StatusCode::OK);
+    let patched = api
+        .patch(
+            "/api/configuration/instances/test1",
+            r#"[{"op": "replace", "path": "/logLevel", "value": "debug"}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let stopped = api
+        .post("/api/server/instances/test1/stop", json!({}))
+        .await;
+    assert_eq!(stopped.body["status"]["state"], "Stopped");
+    assert_eq!(api.driver.count(&format!("start {id}")), 1);
+
+    // Unknown names are 404, malformed ones 400, before anything happens.
+    let missing = api.get("/api/server/instances/no-such-instance").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let malformed = api.get("/api/server/instances/Not_A_Name").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    let deleted = api
+        .request("DELETE", "/api/server/instances/test1", None, Body::empty())
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.get(&format!("/api/server/instances/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -364,12 +389,30 @@ async fn bad_creations_get_a_clear_4xx_and_change_nothing() {
         ),
         (
             json_request(
-                r#"{"name": "x", "platformType": "Process", "serverConfiguration": {"executablePath": "bin/../sh"}}"#,
+                r#"{"name": "x", "platformType": "Process", "serverConfiguration": {"process": {"executablePath": "bin/../sh"}}}"#,
                 "application/json",
             ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "INVALID_INSTANCE",
-            "/serverConfiguration/executablePath",
+            "/serverConfiguration/process/executablePath",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Process", "serverConfiguration": {"docker": {"image": "drasi:1"}}}"#,
+                "application/json",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_INSTANCE",
+            "/serverConfiguration/docker",
+        ),
+        (
+            json_request(
+                r#"{"name": "x", "platformType": "Process", "serverConfiguration": {"executablePath": "/bin/sh"}}"#,
+                "application/json",
+            ),
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "executablePath",
         ),
         (
             json_request(
@@ -703,7 +746,7 @@ async fn start_stop_restart_and_delete_go_through_the_worker() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
-    let calls = api.script.lock().unwrap().calls.clone();
+    let calls = api.driver.calls();
     assert_eq!(
         calls,
         vec![
@@ -711,6 +754,7 @@ async fn start_stop_restart_and_delete_go_through_the_worker() {
             format!("stop {id}"),
             format!("start {id} g1"),
             format!("stop {id}"),
+            format!("logs {id}"),
             format!("delete {id}")
         ]
     );
@@ -722,7 +766,7 @@ async fn start_stop_restart_and_delete_go_through_the_worker() {
 async fn worker_errors_map_to_http_statuses_and_missing_workers_fail_fast() {
     let api = api(true).await;
     let id = api.create("doomed").await;
-    api.script.lock().unwrap().fail_start = Some(ErrorCode::PortInUse);
+    api.driver.script.lock().unwrap().fail_start = Some(ErrorCode::PortInUse);
     let reply = api
         .post(&format!("/api/server/instances/{id}/start"), json!({}))
         .await;
@@ -860,7 +904,7 @@ async fn the_event_stream_carries_configuration_and_status_changes() {
         .unwrap()
         .unwrap();
     assert!(matches!(
-        bus_event.event,
+        bus_event.envelope.event,
         draas_core::messages::Event::ConfigurationChanged { generation: 2, .. }
     ));
 }
@@ -917,11 +961,342 @@ async fn secrets_in_the_environment_reach_the_worker_but_never_a_response() {
         "{}",
         responses[5]
     );
-    let seen = api.script.lock().unwrap().environment.clone();
+    let seen = api.driver.script.lock().unwrap().environment.clone();
     assert_eq!(
         seen.get("DB_PASSWORD").map(String::as_str),
         Some("hunter2"),
         "the worker gets the real value: {seen:?}"
     );
     assert_eq!(seen.get("API_TOKEN").map(String::as_str), Some("s3cr3t"));
+}
+
+#[tokio::test]
+async fn no_json_patch_operation_reads_a_secret_back_out() {
+    let api = api(false).await;
+    let reply = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "vault", "platformType": "Process",
+                   "serverConfiguration": {"environment": {"PW": "hunter2"}}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["instance"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/server/instances/{id}/server-configuration");
+    let before = api.snapshot().await;
+
+    // Each op that would read the secret: refused, naming the op member,
+    // and nothing changes (a later op does not sneak through either).
+    let attacks = [
+        (
+            r#"[{"op": "test", "path": "/environment/PW", "value": "hunter2"}]"#,
+            "/0/path",
+        ),
+        (
+            r#"[{"op": "test", "path": "/environment/PW", "value": "wrong"}]"#,
+            "/0/path",
+        ),
+        (
+            r#"[{"op": "test", "path": "/environment", "value": {"PW": "hunter2"}}]"#,
+            "/0/path",
+        ),
+        (r#"[{"op": "test", "path": "", "value": {}}]"#, "/0/path"),
+        (
+            r#"[{"op": "copy", "from": "/environment/PW", "path": "/process/executablePath"}]"#,
+            "/0/from",
+        ),
+        (
+            r#"[{"op": "copy", "from": "/environment/PW", "path": "/process/arguments/-"}]"#,
+            "/0/from",
+        ),
+        (
+            r#"[{"op": "move", "from": "/environment/PW", "path": "/process/arguments/0"}]"#,
+            "/0/from",
+        ),
+        (
+            r#"[{"op": "copy", "from": "/environment", "path": "/process/arguments"}]"#,
+            "/0/from",
+        ),
+        (
+            r#"[{"op": "copy", "from": "", "path": "/process/arguments/-"}]"#,
+            "/0/from",
+        ),
+        (
+            r#"[{"op": "add", "path": "/startTimeoutSeconds", "value": 30},
+             {"op": "move", "from": "/environment/PW", "path": "/shutdownTimeoutSeconds"}]"#,
+            "/1/from",
+        ),
+    ];
+    for (ops, member) in attacks {
+        let reply = api.patch(&path, ops, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{ops}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["code"], "SECRET_NOT_READABLE", "{ops}");
+        assert_eq!(
+            reply.body["errors"][0]["path"], member,
+            "{ops}: {}",
+            reply.body
+        );
+        assert!(
+            !reply.body.to_string().contains("hunter2"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(api.snapshot().await, before, "nothing changed");
+
+    // What may be done with a secret: add, replace, rename, remove.
+    for ops in [
+        r#"[{"op": "add", "path": "/environment/TOKEN", "value": "t0k3n"}]"#,
+        r#"[{"op": "replace", "path": "/environment/PW", "value": "new-pw"}]"#,
+        r#"[{"op": "move", "from": "/environment/TOKEN", "path": "/environment/API_TOKEN"}]"#,
+        r#"[{"op": "remove", "path": "/environment/API_TOKEN"}]"#,
+        r#"[{"op": "add", "path": "/process/arguments", "value": ["--verbose"]},
+            {"op": "test", "path": "/process/arguments/0", "value": "--verbose"}]"#,
+    ] {
+        let reply = api.patch(&path, ops, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{ops}: {}", reply.body);
+        let text = reply.body.to_string();
+        assert!(
+            !text.contains("new-pw") && !text.contains("t0k3n"),
+            "{text}"
+        );
+    }
+    let shown = api.get(&path).await.body;
+    assert_eq!(shown["environment"], json!({"PW": "********"}));
+    assert_eq!(shown["process"]["arguments"], json!(["--verbose"]));
+}
+
+/// Reads server-sent events from `body` until `n` have arrived: (id, event
+/// type, data) each.
+async fn sse_events(
+    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+    n: usize,
+) -> Vec<(String, String, Value)> {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream is open")
+            .expect("a chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            if let (Some(id), Some(kind), Some(data)) =
+                (field("id:"), field("event:"), field("data:"))
+            {
+                events.push((id, kind, serde_json::from_str(&data).expect("JSON data")));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn a_client_that_reconnects_with_last_event_id_misses_nothing_and_gets_nothing_twice() {
+    let api = api(false).await;
+    let id = api.create("resumed").await;
+    let path = format!("/api/configuration/instances/{id}");
+    let level = |generation: u64| {
+        let value = if generation.is_multiple_of(2) {
+            "warn"
+        } else {
+            "debug"
+        };
+        format!(r#"[{{"op": "replace", "path": "/logLevel", "value": "{value}"}}]"#)
+    };
+    let open = |last: Option<String>| {
+        let router = api.router.clone();
+        async move {
+            let mut request = Request::builder().uri("/api/events");
+            if let Some(last) = last {
+                request = request.header("last-event-id", last);
+            }
+            router
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let configuration_generation = |data: &Value| data["event"]["generation"].as_u64();
+
+    let first = open(None).await;
+    let mut body = first.into_body().into_data_stream();
+    assert_eq!(
+        api.patch(&path, &level(2), None).await.status,
+        StatusCode::OK
+    );
+    let seen = sse_events(&mut body, 1).await;
+    assert_eq!(seen[0].1, "ConfigurationChanged");
+    assert_eq!(configuration_generation(&seen[0].2), Some(2));
+    let last_id = seen[0].0.clone();
+    drop(body);
+
+    // Disconnected: two changes happen.
+    for generation in [3, 4] {
+        assert_eq!(
+            api.patch(&path, &level(generation), None).await.status,
+            StatusCode::OK
+        );
+    }
+    let resumed = open(Some(last_id.clone())).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let mut body = resumed.into_body().into_data_stream();
+    let missed = sse_events(&mut body, 2).await;
+    assert_eq!(
+        missed
+            .iter()
+            .map(|e| configuration_generation(&e.2))
+            .collect::<Vec<_>>(),
+        vec![Some(3), Some(4)],
+        "the missed events first, in order"
+    );
+    assert!(
+        missed.iter().all(|e| e.0 != last_id),
+        "each with its own cursor"
+    );
+    // Then live ones, none twice.
+    assert_eq!(
+        api.patch(&path, &level(5), None).await.status,
+        StatusCode::OK
+    );
+    let live = sse_events(&mut body, 1).await;
+    assert_eq!(configuration_generation(&live[0].2), Some(5));
+    assert!(!missed.iter().any(|e| e.0 == live[0].0));
+
+    let bad = api
+        .send(
+            Request::builder()
+                .uri("/api/events")
+                .header("last-event-id", "yesterday")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["code"], "INVALID_CURSOR");
+}
+
+#[tokio::test]
+async fn readiness_checks_the_store_and_the_bus() {
+    let api = api(false).await;
+    let ready = api.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(
+        ready.body,
+        json!({"status": "ready", "store": "ok", "bus": "ok"})
+    );
+}
+
+/// An instance record owned by worker `owner`, running.
+async fn running_instance(
+    store: &Arc<dyn StateStore>,
+    name: &str,
+    platform: PlatformType,
+    owner: &str,
+) -> String {
+    use draas_core::instance::*;
+    use draas_core::ports::store::{JsonStore, Precondition};
+    let id = InstanceId::generate();
+    let now = chrono::Utc::now();
+    let instance = Instance {
+        id: id.clone(),
+        name: name.into(),
+        description: String::new(),
+        platform_type: platform,
+        created_at: now,
+        updated_at: now,
+        desired_state: DesiredState::Running,
+        generation: 1,
+        server_configuration: ServerConfiguration::for_platform(platform),
+        configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+        status: InstanceStatus {
+            state: ActualState::Running,
+            ..InstanceStatus::created(now)
+        },
+        runtime: Some(RuntimeInfo {
+            worker_id: owner.into(),
+            scope: "host-a".into(),
+            handle: None,
+            host: "host-a".into(),
+            port: 8080,
+            endpoint: "http://host-a:8080".into(),
+            started_at: None,
+            last_exit_code: None,
+        }),
+    };
+    store
+        .put_json("instances", id.as_str(), &instance, Precondition::Absent)
+        .await
+        .unwrap();
+    id.to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watchdog_makes_a_silent_workers_instances_unknown_only_where_the_platform_says_so() {
+    use draas_core::ports::store::{JsonStore, Precondition};
+    let api = api(false).await;
+    // A worker whose last heartbeat is a minute old.
+    let silent = draas_core::messages::WorkerInfo {
+        worker_id: "silent".into(),
+        platform: PlatformType::Process,
+        host: "host-a".into(),
+        scope: "host-a".into(),
+        version: "test".into(),
+        started_at: chrono::Utc::now() - chrono::Duration::minutes(10),
+        last_heartbeat: chrono::Utc::now() - chrono::Duration::minutes(1),
+        ttl_seconds: 6,
+        instances: 2,
+        capacity: None,
+    };
+    api.store
+        .put_json("workers", "silent", &silent, Precondition::None)
+        .await
+        .unwrap();
+    let process = running_instance(&api.store, "proc", PlatformType::Process, "silent").await;
+    let docker = running_instance(&api.store, "cont", PlatformType::Docker, "silent").await;
+    let pod = running_instance(&api.store, "pod", PlatformType::Kubernetes, "silent").await;
+
+    let control = Arc::new(ControlPlane::new(
+        api.store.clone(),
+        api.bus.clone(),
+        Arc::new(draas_drasi::validate::DrasiValidator),
+        ControlPlaneSettings::default(),
+    ));
+    let stop = CancellationToken::new();
+    let watchdog = tokio::spawn(draas_api::watchdog::run(
+        control,
+        Duration::from_secs(2),
+        stop.clone(),
+    ));
+    // Paused time: this sleep lets the watchdog tick a few times at once.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    watchdog.await.unwrap();
+
+    let state = |id: String| {
+        let api = &api;
+        async move { api.get(&format!("/api/status/{id}/status")).await.body }
+    };
+    let process = state(process).await;
+    assert_eq!(process["status"]["state"], "Unknown", "{process}");
+    assert_eq!(process["status"]["reason"], "WorkerUnavailable");
+    assert_eq!(state(docker).await["status"]["state"], "Unknown");
+    let pod = state(pod).await;
+    assert_eq!(
+        pod["status"]["state"], "Running",
+        "a Deployment does not depend on its worker: {pod}"
+    );
 }

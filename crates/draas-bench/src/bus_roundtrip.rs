@@ -3,8 +3,8 @@
 //! Method: a `Status` command (the worker asks its driver, which answers at
 //! once, and replies; nothing is written) is sent with `MessageBus::request`
 //! and timed until the reply arrives, through the real generic worker
-//! (`draas-worker`: command loop, per-instance queue, reply). Latency is
-//! measured one command at a time; throughput with 64 requests in flight.
+//! (`draas-worker`: permits, command loop, reply). Latency is measured one
+//! command at a time; throughput with 64 requests in flight.
 //! - embedded: in-process bus, embedded store;
 //! - Redis: Redis bus and store on a local `redis-server` (AOF, fsync
 //!   everysec), one or two worker instances as competing consumers;
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use draas_core::instance::{InstanceId, PlatformType};
 use draas_core::messages::{Command, CommandEnvelope, LogsSpec, StartSpec, StopSpec};
-use draas_core::ports::{DriverError, MessageBus, PlatformDriver, Started, StateStore};
-use draas_worker::{Worker, WorkerSettings};
+use draas_core::ports::{DriverError, LiveStatus, MessageBus, PlatformDriver, Started, StateStore};
+use draas_worker::{Worker, WorkerContext, WorkerSettings};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,12 @@ impl PlatformDriver for NoopDriver {
     fn platform(&self) -> PlatformType {
         PlatformType::Process
     }
+    fn scope(&self) -> String {
+        "bench".into()
+    }
+    async fn running_generation(&self, _: &InstanceId) -> Option<u64> {
+        None
+    }
     async fn start(&self, _: &InstanceId, _: &StartSpec) -> Result<Started, DriverError> {
         Err(DriverError::new(
             draas_core::messages::ErrorCode::Unsupported,
@@ -43,8 +49,8 @@ impl PlatformDriver for NoopDriver {
     async fn delete(&self, _: &InstanceId, _: &StopSpec) -> Result<(), DriverError> {
         Ok(())
     }
-    async fn status(&self, _: &InstanceId) -> Result<serde_json::Value, DriverError> {
-        Ok(serde_json::json!({ "running": false }))
+    async fn status(&self, _: &InstanceId) -> Result<LiveStatus, DriverError> {
+        Ok(LiveStatus::not_running())
     }
     async fn logs(&self, _: &InstanceId, _: &LogsSpec) -> Result<Vec<String>, DriverError> {
         Ok(Vec::new())
@@ -63,7 +69,7 @@ fn spawn_worker(
     bus: Arc<dyn MessageBus>,
     stop: CancellationToken,
 ) {
-    let worker = Worker::new(
+    let context = WorkerContext::new(
         WorkerSettings {
             worker_id: name.to_string(),
             host: "bench".into(),
@@ -72,10 +78,10 @@ fn spawn_worker(
             concurrency: 64,
             capacity: None,
         },
-        Arc::new(NoopDriver),
         store,
         bus,
     );
+    let worker = Worker::new(context, Arc::new(NoopDriver));
     tokio::spawn(worker.run(stop));
 }
 

@@ -5,15 +5,17 @@
 //! as the Redis bus (see `draas_core::ports::bus`), no server needed:
 //!
 //! - each command channel is a multi-consumer queue: a command goes to
-//!   exactly one consumer of its channel (competing consumers);
+//!   exactly one consumer of its channel (competing consumers), and a
+//!   consumer takes one off the queue only once it holds a permit;
 //! - the reply travels on a one-shot channel; `request` gives up at its
 //!   timeout, and a delivery dropped without a reply fails the request at
 //!   once ([`BusError::Dropped`]) since in-process nothing can redeliver it;
 //! - a request on a channel nobody consumes fails fast with
 //!   [`BusError::NoConsumer`];
-//! - events fan out to every subscriber through one broadcast channel; a
-//!   subscriber that falls more than [`EVENT_BUFFER`] events behind skips
-//!   the ones it missed (they remain in the status buffer).
+//! - events fan out to every subscriber through one broadcast channel,
+//!   each with its cursor (a counter; the newest [`EVENTS_KEPT`] are kept for
+//!   replay); a subscriber that falls more than [`EVENT_BUFFER`] events
+//!   behind skips the ones it missed (they remain replayable).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use draas_core::messages::{CommandEnvelope, CommandReply, EventEnvelope};
 use draas_core::ports::bus::{
-    BusError, CommandStream, Delivery, EventStream, MessageBus, Responder,
+    BusError, CommandStream, Credits, Delivery, EventStream, MessageBus, PublishedEvent, Responder,
 };
 use futures::StreamExt;
 use tokio::sync::{broadcast, oneshot};
@@ -35,9 +37,9 @@ pub const EVENTS_KEPT: usize = 10_000;
 /// The events of `channels` from a local broadcast, as an [`EventStream`].
 /// A subscriber that falls behind skips what it missed (logged) rather than
 /// ending. Shared with the Redis bus, which fans its pub/sub messages out
-/// the same way.
+/// the same way (docs/ARCHITECTURE.md allows that one adapter dependency).
 pub fn event_stream(
-    receiver: broadcast::Receiver<EventEnvelope>,
+    receiver: broadcast::Receiver<PublishedEvent>,
     channels: &[&str],
 ) -> EventStream {
     let wanted: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
@@ -53,7 +55,7 @@ pub fn event_stream(
         }
     })
     .filter(move |event| {
-        let keep = wanted.iter().any(|c| c == event.event.channel());
+        let keep = wanted.iter().any(|c| c == event.envelope.event.channel());
         async move { keep }
     });
     Box::pin(stream)
@@ -74,7 +76,7 @@ struct Channel {
 
 struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
-    events: broadcast::Sender<EventEnvelope>,
+    events: broadcast::Sender<PublishedEvent>,
     /// The newest events with their cursors, for replay.
     kept: Mutex<(u64, std::collections::VecDeque<(u64, EventEnvelope)>)>,
 }
@@ -170,47 +172,77 @@ impl MessageBus for InProcessBus {
         }
     }
 
-    async fn consume(&self, channel: &str, _consumer: &str) -> Result<CommandStream, BusError> {
-        let receiver = {
-            let mut channels = self.channels();
-            let entry = channels.entry(channel.to_string()).or_insert_with(|| {
-                let (sender, receiver) = async_channel::unbounded();
-                Channel {
-                    sender,
-                    receiver,
-                    consumers: 0,
-                }
-            });
-            entry.consumers += 1;
-            entry.receiver.clone()
-        };
-        let guard = ConsumerGuard {
-            bus: self.clone(),
-            channel: channel.to_string(),
-        };
-        let stream = receiver.map(move |pending: Pending| {
-            let _attached = &guard;
-            Ok(Delivery::new(
-                pending.envelope,
-                1,
-                Box::new(OneshotResponder(pending.reply)),
-            ))
-        });
+    async fn consume(
+        &self,
+        channels: &[String],
+        _consumer: &str,
+        credits: Arc<dyn Credits>,
+    ) -> Result<CommandStream, BusError> {
+        if channels.is_empty() {
+            return Err(BusError::Backend(
+                "consume needs at least one channel".into(),
+            ));
+        }
+        let mut receivers = Vec::with_capacity(channels.len());
+        let mut guards = Vec::with_capacity(channels.len());
+        {
+            let mut map = self.channels();
+            for channel in channels {
+                let entry = map.entry(channel.clone()).or_insert_with(|| {
+                    let (sender, receiver) = async_channel::unbounded();
+                    Channel {
+                        sender,
+                        receiver,
+                        consumers: 0,
+                    }
+                });
+                entry.consumers += 1;
+                receivers.push(entry.receiver.clone());
+                guards.push(ConsumerGuard {
+                    bus: self.clone(),
+                    channel: channel.clone(),
+                });
+            }
+        }
+        // A command stays in its queue (for another consumer) until this
+        // one holds a permit; only then is one received, from whichever
+        // channel has one first. `recv` is cancel-safe: the losers of the
+        // race lose nothing.
+        let stream = futures::stream::unfold(
+            (receivers, credits, guards),
+            |(receivers, credits, guards)| async move {
+                let permit = credits.acquire().await;
+                let waits = receivers.iter().map(|r| Box::pin(r.recv()));
+                // A queue closes only with the bus itself.
+                let (received, _, _) = futures::future::select_all(waits).await;
+                let pending: Pending = received.ok()?;
+                let delivery = Delivery::new(
+                    pending.envelope,
+                    1,
+                    Box::new(OneshotResponder(pending.reply)),
+                    permit,
+                );
+                Some((Ok(delivery), (receivers, credits, guards)))
+            },
+        );
         Ok(Box::pin(stream))
     }
 
     async fn publish(&self, event: &EventEnvelope) -> Result<(), BusError> {
-        {
-            let mut kept = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
-            kept.0 += 1;
-            let cursor = kept.0;
-            kept.1.push_back((cursor, event.clone()));
-            if kept.1.len() > EVENTS_KEPT {
-                kept.1.pop_front();
-            }
+        // Cursor and broadcast under one lock, so subscribers see events in
+        // cursor order.
+        let mut kept = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.0 += 1;
+        let cursor = kept.0;
+        kept.1.push_back((cursor, event.clone()));
+        if kept.1.len() > EVENTS_KEPT {
+            kept.1.pop_front();
         }
         // No subscriber is not an error: events are also kept.
-        let _ = self.inner.events.send(event.clone());
+        let _ = self.inner.events.send(PublishedEvent {
+            cursor: cursor.to_string(),
+            envelope: event.clone(),
+        });
         Ok(())
     }
 
@@ -218,12 +250,12 @@ impl MessageBus for InProcessBus {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, EventEnvelope)>, BusError> {
+    ) -> Result<Vec<PublishedEvent>, BusError> {
         let after: u64 = match after {
             None => 0,
-            Some(a) => a.parse().map_err(|_| {
-                BusError::Backend(format!("not an event cursor of this bus: {a:?}"))
-            })?,
+            Some(a) => a
+                .parse()
+                .map_err(|_| BusError::InvalidCursor(a.to_string()))?,
         };
         let kept = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
         Ok(kept
@@ -231,7 +263,10 @@ impl MessageBus for InProcessBus {
             .iter()
             .filter(|(cursor, _)| *cursor > after)
             .take(limit)
-            .map(|(cursor, event)| (cursor.to_string(), event.clone()))
+            .map(|(cursor, event)| PublishedEvent {
+                cursor: cursor.to_string(),
+                envelope: event.clone(),
+            })
             .collect())
     }
 

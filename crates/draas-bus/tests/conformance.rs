@@ -40,7 +40,11 @@ async fn a_channel_nobody_consumes_fails_fast() {
 
     // Once its last consumer goes away, the channel fails fast again.
     let stream = bus
-        .consume("instance.commands.docker", "w")
+        .consume(
+            &["instance.commands.docker".to_string()],
+            "w",
+            draas_testkit::conformance::bus::credits(1),
+        )
         .await
         .expect("consume");
     drop(stream);
@@ -57,7 +61,14 @@ async fn a_channel_nobody_consumes_fails_fast() {
 #[tokio::test]
 async fn a_delivery_dropped_without_reply_fails_the_request_at_once() {
     let bus = InProcessBus::new();
-    let mut stream = bus.consume("c", "w").await.expect("consume");
+    let mut stream = bus
+        .consume(
+            &["c".to_string()],
+            "w",
+            draas_testkit::conformance::bus::credits(1),
+        )
+        .await
+        .expect("consume");
     let dropper = tokio::spawn(async move {
         let delivery = stream.next().await;
         drop(delivery);

@@ -124,7 +124,11 @@ impl PlatformType {
     /// Commands about an instance whose owning worker is alive go there:
     /// only that worker can reach the server (its process, its files).
     pub fn worker_channel(self, worker_id: &str) -> String {
-        format!("{}.worker.{worker_id}", self.command_channel())
+        format!(
+            "{}{}{worker_id}",
+            self.command_channel(),
+            crate::messages::WORKER_CHANNEL_INFIX
+        )
     }
 
     /// The command channel of this platform (original names), shared by its
@@ -219,6 +223,8 @@ pub enum Reason {
     ExitedWithCode,
     /// The server was killed by a signal it did not ask for.
     KilledBySignal,
+    /// The server was killed for running out of memory.
+    OomKilled,
     /// Readiness was not reached within the start timeout.
     StartTimeout,
     /// A port the server needs is taken.
@@ -311,12 +317,33 @@ pub enum PlatformHandle {
     },
 }
 
+impl fmt::Display for PlatformHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Process { pid, .. } => write!(f, "pid {pid}"),
+            Self::Container { container_id } => {
+                write!(
+                    f,
+                    "container {}",
+                    &container_id[..container_id.len().min(12)]
+                )
+            }
+            Self::Deployment { namespace, name } => write!(f, "deployment {namespace}/{name}"),
+        }
+    }
+}
+
 /// Where and how the server runs right now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeInfo {
     /// The worker that runs it.
     pub worker_id: String,
+    /// Which workers can reach the server besides its own: those of the
+    /// same scope (Process: the host; Docker: the engine; Kubernetes: the
+    /// cluster). See [`PlatformPolicy`](crate::policy::PlatformPolicy).
+    #[serde(default)]
+    pub scope: String,
     /// The platform's handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<PlatformHandle>,
@@ -337,31 +364,97 @@ pub struct RuntimeInfo {
 // === configuration ===
 
 /// How the platform runs the server (not what the server does: that is
-/// [`InstanceConfiguration`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// [`InstanceConfiguration`]). The settings every platform shares sit at the
+/// top; each platform's own options sit in its section, and only the
+/// section of the instance's platform may be set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerConfiguration {
-    /// Process platform: the executable to run. Unset means the bundled
-    /// runtime; another path (e.g. the official `drasi-server`) must be on the
-    /// worker's allow-list.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executable_path: Option<String>,
-    /// Extra command-line arguments after `--config <file>`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub arguments: Vec<String>,
     /// Environment variables of the server (plugin fields may reference
     /// them as `${NAME}`). The worker's own environment is not inherited.
+    /// They hold secrets: no response ever shows their values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
-    /// Docker/Kubernetes: the image (default: the bundled runtime image).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Grace period between SIGINT and SIGKILL when stopping.
+    /// Grace period between the stop signal (SIGINT) and SIGKILL.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: u32,
     /// How long the server may take to become ready.
     #[serde(default = "default_start_timeout")]
     pub start_timeout_seconds: u32,
+    /// Process platform options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessOptions>,
+    /// Docker platform options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerOptions>,
+    /// Kubernetes platform options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesOptions>,
+}
+
+/// How a Process worker runs the server.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessOptions {
+    /// The executable to run. Unset means the bundled runtime; another path
+    /// (e.g. the official `drasi-server`) must be on the worker's allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable_path: Option<String>,
+    /// Extra command-line arguments after `--config <file>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arguments: Vec<String>,
+}
+
+/// How a Docker worker runs the server.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DockerOptions {
+    /// The image (default: the bundled runtime image). Never pulled: it
+    /// must exist on the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// How a Kubernetes worker runs the server.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesOptions {
+    /// The image (default: the bundled runtime image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The namespace (default: the worker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Labels a node must carry to run the server.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Kubernetes resource requests and limits.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// What the scheduler reserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceAmounts>,
+    /// What the server may use at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// CPU and memory, as Kubernetes quantities (`500m`, `1`, `256Mi`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceAmounts {
+    /// CPU (`250m`, `1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory (`128Mi`, `1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
 }
 
 /// Default grace period before SIGKILL.
@@ -376,55 +469,232 @@ fn default_start_timeout() -> u32 {
     DEFAULT_START_TIMEOUT_SECONDS
 }
 
-impl Default for ServerConfiguration {
-    fn default() -> Self {
+impl ServerConfiguration {
+    /// The defaults for an instance of `platform`: its own section present
+    /// (so a JSON Patch can `add /process/arguments` at once), no other.
+    pub fn for_platform(platform: PlatformType) -> Self {
         Self {
-            executable_path: None,
-            arguments: Vec::new(),
-            environment: BTreeMap::new(),
-            image: None,
             shutdown_timeout_seconds: DEFAULT_SHUTDOWN_TIMEOUT_SECONDS,
             start_timeout_seconds: DEFAULT_START_TIMEOUT_SECONDS,
+            ..Self::default()
         }
+        .with_section_of(platform)
     }
-}
 
-impl ServerConfiguration {
-    /// Problems with the values, as (JSON Pointer, message).
-    pub fn issues(&self) -> Vec<(String, String)> {
+    /// The same, with `platform`'s section present.
+    pub fn with_section_of(mut self, platform: PlatformType) -> Self {
+        match platform {
+            PlatformType::Process => {
+                self.process.get_or_insert_with(ProcessOptions::default);
+            }
+            PlatformType::Docker => {
+                self.docker.get_or_insert_with(DockerOptions::default);
+            }
+            PlatformType::Kubernetes => {
+                self.kubernetes
+                    .get_or_insert_with(KubernetesOptions::default);
+            }
+        }
+        self
+    }
+
+    /// The Process options (defaults when the section is absent).
+    pub fn process(&self) -> ProcessOptions {
+        self.process.clone().unwrap_or_default()
+    }
+
+    /// The Docker options (defaults when the section is absent).
+    pub fn docker(&self) -> DockerOptions {
+        self.docker.clone().unwrap_or_default()
+    }
+
+    /// The Kubernetes options (defaults when the section is absent).
+    pub fn kubernetes(&self) -> KubernetesOptions {
+        self.kubernetes.clone().unwrap_or_default()
+    }
+
+    /// Problems with the values for an instance of `platform`, as (JSON
+    /// Pointer, message).
+    pub fn issues(&self, platform: PlatformType) -> Vec<(String, String)> {
         let mut issues = Vec::new();
+        let mut issue =
+            |path: &str, message: &str| issues.push((path.to_string(), message.to_string()));
         if self.shutdown_timeout_seconds == 0 || self.shutdown_timeout_seconds > 600 {
-            issues.push((
-                "/shutdownTimeoutSeconds".into(),
-                "must be between 1 and 600".into(),
-            ));
+            issue("/shutdownTimeoutSeconds", "must be between 1 and 600");
         }
         if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 600 {
-            issues.push((
-                "/startTimeoutSeconds".into(),
-                "must be between 1 and 600".into(),
-            ));
-        }
-        if let Some(path) = &self.executable_path {
-            if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
-                issues.push((
-                    "/executablePath".into(),
-                    "must be an absolute path without '..'".into(),
-                ));
-            }
+            issue("/startTimeoutSeconds", "must be between 1 and 600");
         }
         for name in self.environment.keys() {
             let valid = !name.is_empty()
+                && name.len() <= 256
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                issues.push((
-                    format!("/environment/{name}"),
-                    "environment variable names are letters, digits and '_', not starting with a digit".into(),
-                ));
+                issue(
+                    &format!("/environment/{}", escape_pointer(name)),
+                    "environment variable names are letters, digits and '_', not starting with a digit",
+                );
+            }
+        }
+        for (section, present, owner) in [
+            ("process", self.process.is_some(), PlatformType::Process),
+            ("docker", self.docker.is_some(), PlatformType::Docker),
+            (
+                "kubernetes",
+                self.kubernetes.is_some(),
+                PlatformType::Kubernetes,
+            ),
+        ] {
+            if present && owner != platform {
+                issue(
+                    &format!("/{section}"),
+                    &format!("options of the {owner} platform; this instance runs on {platform}"),
+                );
+            }
+        }
+        if let Some(process) = &self.process {
+            if let Some(path) = &process.executable_path {
+                if !path.starts_with('/')
+                    || path.split('/').any(|s| s == "..")
+                    || path.contains('\0')
+                {
+                    issue(
+                        "/process/executablePath",
+                        "must be an absolute path without '..'",
+                    );
+                }
+            }
+            if process.arguments.len() > 64 {
+                issue("/process/arguments", "at most 64 arguments");
+            }
+            for (i, argument) in process.arguments.iter().enumerate() {
+                if argument.len() > 4096 || argument.contains('\0') {
+                    issue(
+                        &format!("/process/arguments/{i}"),
+                        "at most 4096 bytes, no NUL",
+                    );
+                }
+            }
+        }
+        if let Some(docker) = &self.docker {
+            if let Some(image) = &docker.image {
+                if let Err(e) = validate_image(image) {
+                    issue("/docker/image", &e);
+                }
+            }
+        }
+        if let Some(kubernetes) = &self.kubernetes {
+            if let Some(image) = &kubernetes.image {
+                if let Err(e) = validate_image(image) {
+                    issue("/kubernetes/image", &e);
+                }
+            }
+            if let Some(namespace) = &kubernetes.namespace {
+                if validate_name(namespace).is_err() {
+                    issue("/kubernetes/namespace", "a namespace is 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit");
+                }
+            }
+            if let Some(resources) = &kubernetes.resources {
+                for (kind, amounts) in [
+                    ("requests", &resources.requests),
+                    ("limits", &resources.limits),
+                ] {
+                    let Some(amounts) = amounts else { continue };
+                    for (what, value) in [("cpu", &amounts.cpu), ("memory", &amounts.memory)] {
+                        if let Some(value) = value {
+                            if !is_quantity(value) {
+                                issue(
+                                    &format!("/kubernetes/resources/{kind}/{what}"),
+                                    "not a Kubernetes quantity (like 500m, 2, 256Mi, 1Gi)",
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            for (key, value) in &kubernetes.node_selector {
+                if !is_label_key(key) {
+                    issue(
+                        &format!("/kubernetes/nodeSelector/{}", escape_pointer(key)),
+                        "not a Kubernetes label key ([prefix/]name, name 1-63 of letters, digits, '-', '_', '.')",
+                    );
+                } else if !value.is_empty() && !is_label_name(value) {
+                    issue(
+                        &format!("/kubernetes/nodeSelector/{}", escape_pointer(key)),
+                        "not a Kubernetes label value (0-63 of letters, digits, '-', '_', '.', starting and ending alphanumeric)",
+                    );
+                }
             }
         }
         issues
+    }
+}
+
+/// `~` and `/` escaped for a JSON Pointer segment.
+fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Checks a container image reference: `[registry/]name[:tag][@digest]`
+/// in the characters references use; never an option (`-x`) or a path.
+pub fn validate_image(image: &str) -> Result<(), String> {
+    let ok = !image.is_empty()
+        && image.len() <= 255
+        && !image.starts_with(['-', '/', '.', ':', '@'])
+        && !image.contains("..")
+        && image.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("not an image reference (like draas-runtime:latest or registry.example/drasi/server:1.0)".into())
+    }
+}
+
+/// A Kubernetes quantity: a decimal number with an optional suffix.
+fn is_quantity(text: &str) -> bool {
+    const SUFFIXES: [&str; 14] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|s| text.strip_suffix(s))
+        .unwrap_or(text);
+    let mut parts = number.splitn(2, '.');
+    let whole = parts.next().unwrap_or_default();
+    let fraction = parts.next();
+    !number.is_empty()
+        && text.len() <= 32
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        && (!whole.is_empty() || fraction.is_some())
+}
+
+/// A label name or value: 1-63 of letters, digits, `-_.`, alphanumeric at
+/// both ends.
+fn is_label_name(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS subdomain.
+fn is_label_key(text: &str) -> bool {
+    match text.rsplit_once('/') {
+        None => is_label_name(text),
+        Some((prefix, name)) => {
+            is_label_name(name)
+                && !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.split('.').all(|part| validate_name(part).is_ok())
+        }
     }
 }
 
@@ -586,19 +856,79 @@ mod tests {
     #[test]
     fn server_configuration_rejects_unknown_fields_and_bad_values() {
         let err =
-            serde_json::from_str::<ServerConfiguration>(r#"{"executablePth": "/x"}"#).unwrap_err();
+            serde_json::from_str::<ServerConfiguration>(r#"{"process": {"executablePth": "/x"}}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("executablePth"));
-        let sc: ServerConfiguration =
-            serde_json::from_str(r#"{"executablePath": "../bin/sh", "shutdownTimeoutSeconds": 0, "environment": {"A B": "1"}}"#).unwrap();
-        let paths: Vec<String> = sc.issues().into_iter().map(|(p, _)| p).collect();
+        let legacy =
+            serde_json::from_str::<ServerConfiguration>(r#"{"executablePath": "/x"}"#).unwrap_err();
+        assert!(legacy.to_string().contains("executablePath"));
+        let sc: ServerConfiguration = serde_json::from_str(
+            r#"{"process": {"executablePath": "../bin/sh"}, "shutdownTimeoutSeconds": 0,
+                "environment": {"A B": "1"}, "docker": {"image": "-x"}}"#,
+        )
+        .unwrap();
+        let paths: Vec<String> = sc
+            .issues(PlatformType::Process)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         assert_eq!(
             paths,
             vec![
                 "/shutdownTimeoutSeconds",
-                "/executablePath",
-                "/environment/A B"
+                "/environment/A B",
+                "/docker",
+                "/process/executablePath",
+                "/docker/image",
             ]
         );
+    }
+
+    #[test]
+    fn each_platform_validates_its_own_options() {
+        let defaults = ServerConfiguration::for_platform(PlatformType::Kubernetes);
+        assert!(defaults.kubernetes.is_some() && defaults.process.is_none());
+        assert!(defaults.issues(PlatformType::Kubernetes).is_empty());
+        assert_eq!(
+            defaults.issues(PlatformType::Process)[0].0,
+            "/kubernetes",
+            "a section of another platform is refused"
+        );
+        let k8s: ServerConfiguration = serde_json::from_str(
+            r#"{"kubernetes": {"image": "drasi/server:1.2", "namespace": "Team_A",
+                "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"cpu": "x", "memory": "1.5Gi"}},
+                "nodeSelector": {"kubernetes.io/os": "linux", "bad key!": "v", "zone": "-eu"}}}"#,
+        )
+        .unwrap();
+        let paths: Vec<String> = k8s
+            .issues(PlatformType::Kubernetes)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/kubernetes/namespace",
+                "/kubernetes/resources/limits/cpu",
+                "/kubernetes/nodeSelector/bad key!",
+                "/kubernetes/nodeSelector/zone",
+            ]
+        );
+        for good in [
+            "draas-runtime:latest",
+            "registry.example:5000/drasi/server@sha256:abc",
+        ] {
+            assert!(validate_image(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-rm", "/etc/passwd", "a b", "x;rm", "../up"] {
+            assert!(validate_image(bad).is_err(), "{bad:?}");
+        }
+        for good in ["1", "0.5", "250m", "1Gi", "128Mi"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "m", "1.", "one", "1Xi", "-1"] {
+            assert!(!is_quantity(bad), "{bad:?}");
+        }
     }
 
     #[test]

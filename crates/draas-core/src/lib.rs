@@ -8,7 +8,9 @@
 //! - [`patch`]: JSON Patch applied atomically to typed documents;
 //! - [`messages`]: commands, replies and events on the bus, with channel names;
 //! - [`ports`]: the traits adapters implement (bus, store, platform driver);
+//! - [`policy`]: what generic code must not assume about a platform;
 //! - [`status`]: recording a status change (store, status buffer, events);
+//! - [`workers`]: which workers are alive;
 //! - [`keys`]: store collection names.
 //!
 //! ```text
@@ -22,5 +24,7 @@ pub mod instance;
 pub mod keys;
 pub mod messages;
 pub mod patch;
+pub mod policy;
 pub mod ports;
 pub mod status;
+pub mod workers;

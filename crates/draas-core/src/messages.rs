@@ -30,6 +30,20 @@ pub fn reply_channel(channel: &str, request: Uuid) -> String {
     format!("{channel}.response.{request}")
 }
 
+/// The platform channel a command channel belongs to: a worker's private
+/// channel (`instance.commands.process.worker.<id>`) belongs to its
+/// platform's (`instance.commands.process`). Dead letters of both are kept
+/// together under the platform's.
+pub fn platform_channel(channel: &str) -> &str {
+    channel
+        .find(WORKER_CHANNEL_INFIX)
+        .map_or(channel, |at| &channel[..at])
+}
+
+/// What separates a platform channel from a worker's id in the name of the
+/// worker's private channel.
+pub const WORKER_CHANNEL_INFIX: &str = ".worker.";
+
 // === commands ===
 
 /// A command with its delivery metadata.
@@ -213,6 +227,10 @@ pub enum ErrorCode {
     PlatformError,
     /// The command's deadline passed before it was executed.
     DeadlineExceeded,
+    /// The state store could not be read or written: the command was not
+    /// executed, or its result could not be recorded (the message says
+    /// which).
+    StoreUnavailable,
     /// The worker cannot execute this command.
     Unsupported,
     /// A code this build does not know.
@@ -351,6 +369,11 @@ pub struct WorkerInfo {
     pub platform: PlatformType,
     /// The machine it runs on.
     pub host: String,
+    /// Which servers it can reach: its host (Process), its engine
+    /// (Docker), its cluster (Kubernetes). Workers of one scope can take
+    /// over each other's servers.
+    #[serde(default)]
+    pub scope: String,
     /// DRaaS version of the worker.
     pub version: String,
     /// When it started.
@@ -400,6 +423,16 @@ mod tests {
         assert!(text.contains(r#""type":"Stop""#), "{text}");
         assert!(text.contains(r#""version":1"#), "{text}");
         assert_eq!(serde_json::from_str::<CommandEnvelope>(&text).unwrap(), env);
+    }
+
+    #[test]
+    fn private_channels_belong_to_their_platform() {
+        let private = PlatformType::Process.worker_channel("w-1");
+        assert_eq!(platform_channel(&private), "instance.commands.process");
+        assert_eq!(
+            platform_channel("instance.commands.docker"),
+            "instance.commands.docker"
+        );
     }
 
     #[test]

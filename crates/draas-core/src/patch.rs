@@ -36,6 +36,21 @@ pub enum PatchError {
         /// Why.
         message: String,
     },
+    /// An operation would read a secret: `test` it (which confirms a
+    /// guessed value) or `copy`/`move` it out of where secrets live (into a
+    /// field responses show).
+    #[error("operation {index} ({op}): {pointer} holds secrets, which can be replaced or removed but never read, tested, copied or moved out")]
+    SecretAccess {
+        /// Index of the operation.
+        index: usize,
+        /// The op name.
+        op: String,
+        /// JSON Pointer of the offending member of the operation
+        /// (`/<index>/path` or `/<index>/from`).
+        member: String,
+        /// The path or from that touches the secrets.
+        pointer: String,
+    },
     /// The patched document does not fit the schema.
     #[error("{path}: {message}")]
     Invalid {
@@ -54,8 +69,26 @@ pub fn apply_json_patch<T>(document: &T, body: &[u8]) -> Result<T, PatchError>
 where
     T: Serialize + DeserializeOwned,
 {
+    apply_json_patch_guarded(document, body, &[])
+}
+
+/// Like [`apply_json_patch`], for a document with secrets under the JSON
+/// Pointers `secrets` (e.g. `/environment`): a secret may be added,
+/// replaced or removed, and moved or copied to another secret, but no
+/// operation may read one: `test` on a secret (or on a parent of one)
+/// and `copy`/`move` from a secret (or a parent) to anywhere else are
+/// refused.
+pub fn apply_json_patch_guarded<T>(
+    document: &T,
+    body: &[u8],
+    secrets: &[&str],
+) -> Result<T, PatchError>
+where
+    T: Serialize + DeserializeOwned,
+{
     let patch: json_patch::Patch =
         serde_json::from_slice(body).map_err(|e| PatchError::Malformed(e.to_string()))?;
+    guard_secrets(&patch, secrets)?;
     if patch.0.len() > MAX_OPERATIONS {
         return Err(PatchError::Malformed(format!(
             "{} operations; at most {MAX_OPERATIONS} are accepted",
@@ -87,6 +120,56 @@ where
         }
     })?;
     from_value(value)
+}
+
+/// Whether `pointer` lies inside `root` (or is it).
+fn within(pointer: &str, root: &str) -> bool {
+    pointer == root
+        || pointer
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Whether reading `pointer` reads something under `root`: it is inside,
+/// or it is a parent of it (the whole document included).
+fn touches(pointer: &str, root: &str) -> bool {
+    within(pointer, root) || within(root, pointer) || pointer.is_empty()
+}
+
+fn guard_secrets(patch: &json_patch::Patch, secrets: &[&str]) -> Result<(), PatchError> {
+    use json_patch::PatchOperation::{Copy, Move, Test};
+    for (index, operation) in patch.0.iter().enumerate() {
+        let refused = |member: &str, pointer: &str| PatchError::SecretAccess {
+            index,
+            op: op_name(operation).to_string(),
+            member: format!("/{index}/{member}"),
+            pointer: pointer.to_string(),
+        };
+        for root in secrets {
+            match operation {
+                Test(test) => {
+                    let path = test.path.to_string();
+                    if touches(&path, root) {
+                        return Err(refused("path", &path));
+                    }
+                }
+                Copy(copy) => {
+                    let (from, path) = (copy.from.to_string(), copy.path.to_string());
+                    if touches(&from, root) && !(within(&from, root) && within(&path, root)) {
+                        return Err(refused("from", &from));
+                    }
+                }
+                Move(moved) => {
+                    let (from, path) = (moved.from.to_string(), moved.path.to_string());
+                    if touches(&from, root) && !(within(&from, root) && within(&path, root)) {
+                        return Err(refused("from", &from));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes `value` into `T`, reporting the JSON Pointer of a failure.
@@ -197,6 +280,67 @@ mod tests {
         assert!(
             matches!(&err, PatchError::Invalid { path, .. } if path.starts_with("/queries/0")),
             "{err:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn guarded(ops: serde_json::Value) -> Result<serde_json::Value, PatchError> {
+        let document =
+            json!({"environment": {"PW": "hunter2"}, "process": {"arguments": []}, "image": "x"});
+        apply_json_patch_guarded(&document, ops.to_string().as_bytes(), &["/environment"])
+    }
+
+    #[test]
+    fn no_operation_reads_a_secret_back_out() {
+        for ops in [
+            json!([{"op": "test", "path": "/environment/PW", "value": "hunter2"}]),
+            json!([{"op": "test", "path": "/environment", "value": {"PW": "hunter2"}}]),
+            json!([{"op": "test", "path": "", "value": {}}]),
+            json!([{"op": "copy", "from": "/environment/PW", "path": "/image"}]),
+            json!([{"op": "copy", "from": "/environment/PW", "path": "/process/arguments/-"}]),
+            json!([{"op": "move", "from": "/environment/PW", "path": "/image"}]),
+            json!([{"op": "copy", "from": "/environment", "path": "/process/extra"}]),
+            json!([{"op": "copy", "from": "", "path": "/process/extra"}]),
+            json!([{"op": "replace", "path": "/image", "value": "y"},
+                   {"op": "move", "from": "/environment/PW", "path": "/environment2"}]),
+        ] {
+            let error = guarded(ops.clone()).unwrap_err();
+            assert!(
+                matches!(error, PatchError::SecretAccess { .. }),
+                "{ops}: {error:?}"
+            );
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn secrets_can_still_be_written_renamed_and_removed() {
+        let renamed = guarded(
+            json!([{"op": "move", "from": "/environment/PW", "path": "/environment/PASSWORD"}]),
+        )
+        .unwrap();
+        assert_eq!(renamed["environment"], json!({"PASSWORD": "hunter2"}));
+        let replaced = guarded(
+            json!([{"op": "replace", "path": "/environment/PW", "value": "new"},
+                                      {"op": "add", "path": "/environment/X", "value": "1"},
+                                      {"op": "test", "path": "/image", "value": "x"},
+                                      {"op": "copy", "from": "/image", "path": "/image2"}]),
+        )
+        .unwrap();
+        assert_eq!(replaced["environment"], json!({"PW": "new", "X": "1"}));
+        let removed = guarded(json!([{"op": "remove", "path": "/environment"}])).unwrap();
+        assert!(removed.get("environment").is_none());
+        // "/environmentX" is not under "/environment".
+        let document = json!({"environment": {}, "environmentX": "open"});
+        let ops = json!([{"op": "test", "path": "/environmentX", "value": "open"}]);
+        assert!(
+            apply_json_patch_guarded(&document, ops.to_string().as_bytes(), &["/environment"])
+                .is_ok()
         );
     }
 }

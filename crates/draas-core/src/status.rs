@@ -19,7 +19,9 @@ use crate::instance::{ActualState, Instance, InstanceId};
 use crate::keys;
 use crate::messages::{Event, EventEnvelope, StatusChange};
 use crate::ports::platform::{Observation, RuntimeUpdate, StatusSink};
-use crate::ports::store::{encode, JsonStore, Precondition, StateStore, StoreError};
+use crate::ports::store::{
+    encode, read_modify_write, CasError, Change, Record, StateStore, StoreError,
+};
 use crate::ports::MessageBus;
 
 /// Attempts of the read-modify-write before giving up.
@@ -44,6 +46,23 @@ pub enum RecordError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RecordError {
+    /// Whether the observation was refused as outdated or about a removed
+    /// instance (nothing to repair), as opposed to a store failure.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, RecordError::Store(_))
+    }
+}
+
+/// What [`StatusRecorder::record`] did.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The change, or `None` when the observation changed nothing.
+    pub change: Option<StatusChange>,
+    /// The instance as it is now recorded.
+    pub instance: Instance,
 }
 
 /// Records observations; see the module docs.
@@ -77,73 +96,83 @@ impl StatusRecorder {
         }
     }
 
-    /// Records `observation`. Returns the change, or `None` when it changed
-    /// nothing.
-    pub async fn record(
-        &self,
-        observation: Observation,
-    ) -> Result<Option<StatusChange>, RecordError> {
+    /// Who signs the changes.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Records `observation`: the instance record, the status buffer, the
+    /// events.
+    pub async fn record(&self, observation: Observation) -> Result<Recorded, RecordError> {
         let id = observation.instance_id.clone();
-        let mut attempt = 0;
-        let (change, instance) = loop {
-            attempt += 1;
-            let Some(record) = self
-                .store
-                .get_json::<Instance>(keys::INSTANCES, id.as_str())
-                .await?
-            else {
-                return Err(RecordError::NotFound(id));
-            };
-            let mut instance = record.value;
-            if observation.observed_at < instance.status.updated_at {
-                return Err(RecordError::Stale {
-                    id,
-                    observed: observation.observed_at,
-                    recorded: instance.status.updated_at,
-                });
-            }
-            let old = instance.status.clone();
-            let old_runtime = instance.runtime.clone();
-            apply(&mut instance, &observation);
-            let changed = instance.status.state != old.state
-                || instance.status.reason != old.reason
-                || instance.status.message != old.message
-                || instance.status.observed_generation != old.observed_generation
-                || instance.runtime != old_runtime;
-            if !changed {
-                return Ok(None);
-            }
-            match self
-                .store
-                .put(
-                    keys::INSTANCES,
-                    id.as_str(),
-                    encode(&instance)?,
-                    Precondition::Revision(record.revision),
-                )
-                .await
-            {
-                Ok(_) => {
-                    let change = StatusChange {
-                        cursor: 0,
-                        instance_id: id.clone(),
-                        old: Some(old.state),
-                        new: instance.status.state,
-                        reason: instance.status.reason,
-                        message: instance.status.message.clone(),
-                        source: self.source.clone(),
-                        generation: instance.status.observed_generation,
-                        timestamp: observation.observed_at,
-                    };
-                    break (change, instance);
+        let source = self.source.clone();
+        let outcome = read_modify_write(
+            self.store.as_ref(),
+            keys::INSTANCES,
+            id.as_str(),
+            MAX_ATTEMPTS,
+            |current: Option<Record<Instance>>| {
+                let Some(record) = current else {
+                    return Err(RecordError::NotFound(id.clone()));
+                };
+                let mut instance = record.value;
+                if observation.observed_at < instance.status.updated_at {
+                    return Err(RecordError::Stale {
+                        id: id.clone(),
+                        observed: observation.observed_at,
+                        recorded: instance.status.updated_at,
+                    });
                 }
-                Err(StoreError::Conflict { .. }) if attempt < MAX_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            }
+                let old = instance.status.clone();
+                let old_runtime = instance.runtime.clone();
+                apply(&mut instance, &observation);
+                let changed = instance.status.state != old.state
+                    || instance.status.reason != old.reason
+                    || instance.status.message != old.message
+                    || instance.status.observed_generation != old.observed_generation
+                    || instance.runtime != old_runtime;
+                if !changed {
+                    return Ok(Change::Keep((None, instance)));
+                }
+                let change = StatusChange {
+                    cursor: 0,
+                    instance_id: id.clone(),
+                    old: Some(old.state),
+                    new: instance.status.state,
+                    reason: instance.status.reason,
+                    message: instance.status.message.clone(),
+                    source: source.clone(),
+                    generation: instance.status.observed_generation,
+                    timestamp: observation.observed_at,
+                };
+                Ok(Change::Put {
+                    value: instance.clone(),
+                    also: Vec::new(),
+                    output: (Some(change), instance),
+                })
+            },
+        )
+        .await;
+        let (change, instance) = match outcome {
+            Ok(done) => done,
+            Err(CasError::Rejected(e)) => return Err(e),
+            Err(CasError::Store(e)) => return Err(e.into()),
+            Err(CasError::Exhausted {
+                collection, key, ..
+            }) => return Err(StoreError::Conflict { collection, key }.into()),
+        };
+        let Some(change) = change else {
+            return Ok(Recorded {
+                change: None,
+                instance,
+            });
         };
         let change = self.log(change).await?;
         self.announce(&change, &instance).await;
-        Ok(Some(change))
+        Ok(Recorded {
+            change: Some(change),
+            instance,
+        })
     }
 
     /// Appends `change` to the status buffer and returns it with its cursor.

@@ -8,18 +8,26 @@
 //!
 //! - **Commands** are stream entries read by a consumer group per channel:
 //!   each goes to one consumer, which acknowledges it only after replying
-//!   (the worker records the command's effect before it replies). While a
+//!   (the worker records the command's effect before it replies). A
+//!   consumer reads only as many entries as it holds permits (its worker's
+//!   free capacity), so a busy worker leaves commands to its idle peers. It
+//!   reads all its channels (the platform's shared one and its private one)
+//!   in one `XREADGROUP`, at most `max(1, permits / channels)` entries of
+//!   each; an entry beyond the permits held (both channels answered at
+//!   once) waits for the next free permit, with its claim renewed. While a
 //!   consumer works on a command it renews its claim every
 //!   [`BusOptions::lease_renewal`]; an entry left idle for
 //!   [`BusOptions::claim_after`] (its consumer died) is re-claimed by
 //!   another consumer with `XAUTOCLAIM`. After [`BusOptions::max_deliveries`]
-//!   deliveries it goes to the dead-letter stream `{p}:<channel>.dead-letter`
-//!   and its requester gets an error reply.
+//!   deliveries it goes to the platform's dead-letter stream
+//!   `{p}:<platform channel>.dead-letter` (private channels included) and
+//!   its requester gets an error reply.
 //! - **Replies** are published on `{p}:<channel>.response.<id>` and also
 //!   stored under that key for a minute, so a requester whose subscription
 //!   was interrupted (Redis restart) still finds its reply.
-//! - **Events** are published on `{p}:<channel>` and appended to the capped
-//!   stream `{p}:events`, which can be replayed from a cursor.
+//! - **Events** are appended to the capped stream `{p}:events` and then
+//!   published on `{p}:<channel>` with their stream id as cursor, in one
+//!   script (so live subscribers and replays agree on cursors).
 //!
 //! Pub/sub runs on one RESP3 connection manager with automatic
 //! resubscription, so subscriptions survive Redis restarts.
@@ -30,15 +38,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use draas_core::messages::{
-    CommandEnvelope, CommandReply, ErrorCode, EventEnvelope, Outcome, EVENT_CHANNELS,
-    MESSAGE_VERSION,
+    platform_channel, CommandEnvelope, CommandReply, ErrorCode, EventEnvelope, Outcome,
+    EVENT_CHANNELS, MESSAGE_VERSION,
 };
 use draas_core::ports::bus::{
-    BusError, CommandStream, DeadLetter, Delivery, EventStream, MessageBus, Responder,
+    BusError, CommandStream, Credits, DeadLetter, Delivery, EventStream, MessageBus, Permit,
+    PublishedEvent, Responder,
 };
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, PushInfo, RedisError, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,6 +60,27 @@ use crate::connection::{is_unavailable, with_retry, RedisSettings};
 const GROUP: &str = "workers";
 /// Field of a stream entry holding the message.
 const FIELD: &str = "message";
+/// Most entries one read takes.
+const MAX_BATCH: usize = 16;
+
+/// Appends an event to the kept stream and publishes it with its stream id
+/// as cursor. A retried call (same token) publishes nothing twice.
+/// KEYS: events stream, token key. ARGV: kept, channel, event JSON.
+const PUBLISH: &str = r#"
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'message', ARGV[3])
+redis.call('PUBLISH', ARGV[2], '{"cursor":"' .. id .. '","event":' .. ARGV[3] .. '}')
+redis.call('SET', KEYS[2], id, 'EX', 60)
+return id
+"#;
+
+/// An event as it travels on pub/sub: with its cursor.
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    cursor: String,
+    event: EventEnvelope,
+}
 
 /// Tuning of the Redis bus.
 #[derive(Debug, Clone)]
@@ -88,7 +119,8 @@ struct Inner {
     options: BusOptions,
     connection: ConnectionManager,
     pending: Pending,
-    events: broadcast::Sender<EventEnvelope>,
+    events: broadcast::Sender<PublishedEvent>,
+    publish: redis::Script,
     shutdown: CancellationToken,
 }
 
@@ -149,6 +181,7 @@ impl RedisBus {
             connection,
             pending: Arc::new(Mutex::new(HashMap::new())),
             events,
+            publish: redis::Script::new(PUBLISH),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(route_pushes(
@@ -179,7 +212,7 @@ async fn route_pushes(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     _subscriber: ConnectionManager,
     pending: Pending,
-    events: broadcast::Sender<EventEnvelope>,
+    events: broadcast::Sender<PublishedEvent>,
     settings: RedisSettings,
     shutdown: CancellationToken,
 ) {
@@ -214,9 +247,12 @@ async fn route_pushes(
                 }
                 Err(e) => warn!("ignoring an unreadable reply: {e}"),
             },
-            Some((false, body)) => match serde_json::from_slice::<EventEnvelope>(&body) {
-                Ok(event) => {
-                    let _ = events.send(event);
+            Some((false, body)) => match serde_json::from_slice::<WireEvent>(&body) {
+                Ok(wire) => {
+                    let _ = events.send(PublishedEvent {
+                        cursor: wire.cursor,
+                        envelope: wire.event,
+                    });
                 }
                 Err(e) => warn!("ignoring an unreadable event: {e}"),
             },
@@ -281,8 +317,18 @@ impl MessageBus for RedisBus {
         }
     }
 
-    async fn consume(&self, channel: &str, consumer: &str) -> Result<CommandStream, BusError> {
-        let (tx, rx) = mpsc::channel::<Result<Delivery, BusError>>(16);
+    async fn consume(
+        &self,
+        channels: &[String],
+        consumer: &str,
+        credits: Arc<dyn Credits>,
+    ) -> Result<CommandStream, BusError> {
+        if channels.is_empty() {
+            return Err(BusError::Backend(
+                "consume needs at least one channel".into(),
+            ));
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Result<Delivery, BusError>>();
         // Blocking reads need a connection of their own: a blocked
         // connection serves nobody else meanwhile.
         let reader = {
@@ -298,13 +344,20 @@ impl MessageBus for RedisBus {
         };
         let consumer_loop = ConsumerLoop {
             bus: self.clone(),
-            channel: channel.to_string(),
-            stream: self.stream(channel),
+            channels: channels
+                .iter()
+                .map(|channel| Source {
+                    channel: channel.clone(),
+                    stream: self.stream(channel),
+                    own_pending_after: Some("0".to_string()),
+                })
+                .collect(),
             consumer: consumer.to_string(),
             reader,
+            credits,
             deliveries: tx,
         };
-        consumer_loop.ensure_group().await?;
+        consumer_loop.ensure_groups().await?;
         let stop = self.inner.shutdown.child_token();
         tokio::spawn(consumer_loop.run(stop.clone()));
         let guard = stop.drop_guard();
@@ -317,26 +370,20 @@ impl MessageBus for RedisBus {
 
     async fn publish(&self, event: &EventEnvelope) -> Result<(), BusError> {
         let body = serde_json::to_vec(event).map_err(|e| BusError::Backend(e.to_string()))?;
+        let token = self.inner.settings.key(&format!("once:{}", Uuid::new_v4()));
         with_retry(|| {
             let mut connection = self.inner.connection.clone();
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("PUBLISH")
-                .arg(self.inner.settings.key(event.event.channel()))
-                .arg(&body)
-                .ignore()
-                .cmd("XADD")
-                .arg(self.inner.settings.key("events"))
-                .arg("MAXLEN")
-                .arg("~")
+            let mut invocation = self.inner.publish.prepare_invoke();
+            invocation
+                .key(self.inner.settings.key("events"))
+                .key(&token)
                 .arg(self.inner.options.events_kept)
-                .arg("*")
-                .arg(FIELD)
-                .arg(&body)
-                .ignore();
-            async move { pipe.query_async::<()>(&mut connection).await }
+                .arg(self.inner.settings.key(event.event.channel()))
+                .arg(&body);
+            async move { invocation.invoke_async::<String>(&mut connection).await }
         })
         .await
+        .map(|_| ())
         .map_err(unavailable)
     }
 
@@ -351,7 +398,12 @@ impl MessageBus for RedisBus {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, EventEnvelope)>, BusError> {
+    ) -> Result<Vec<PublishedEvent>, BusError> {
+        if let Some(cursor) = after {
+            if !is_stream_id(cursor) {
+                return Err(BusError::InvalidCursor(cursor.to_string()));
+            }
+        }
         let mut connection = self.inner.connection.clone();
         let start = after.map_or("-".to_string(), |a| format!("({a}"));
         let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
@@ -365,9 +417,9 @@ impl MessageBus for RedisBus {
             .map_err(unavailable)?;
         Ok(entries
             .into_iter()
-            .filter_map(|(id, fields)| {
-                let event = serde_json::from_slice(fields.get(FIELD)?).ok()?;
-                Some((id, event))
+            .filter_map(|(cursor, fields)| {
+                let envelope = serde_json::from_slice(fields.get(FIELD)?).ok()?;
+                Some(PublishedEvent { cursor, envelope })
             })
             .collect())
     }
@@ -375,7 +427,7 @@ impl MessageBus for RedisBus {
     async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let mut connection = self.inner.connection.clone();
         let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XREVRANGE")
-            .arg(self.stream(&format!("{channel}.dead-letter")))
+            .arg(self.dead_letter_stream(channel))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -395,27 +447,69 @@ impl MessageBus for RedisBus {
             })
             .collect())
     }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let mut connection = self.inner.connection.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Whether `text` is a stream id (`<ms>-<seq>`).
+fn is_stream_id(text: &str) -> bool {
+    text.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+impl RedisBus {
+    /// Where dead letters of commands on `channel` are kept: one stream per
+    /// platform, for its shared and its workers' private channels alike.
+    fn dead_letter_stream(&self, channel: &str) -> String {
+        self.stream(&format!("{}.dead-letter", platform_channel(channel)))
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
+    mut rx: mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 // === consumer loop ===
 
-struct ConsumerLoop {
-    bus: RedisBus,
+/// One channel a consumer reads.
+struct Source {
     channel: String,
     stream: String,
-    consumer: String,
-    reader: ConnectionManager,
-    deliveries: mpsc::Sender<Result<Delivery, BusError>>,
+    /// Where the re-reading of this consumer's own pending entries (from
+    /// before a restart) stands; `None` once done.
+    own_pending_after: Option<String>,
 }
 
-/// One stream entry: id and message body.
-type Entry = (String, Option<Vec<u8>>);
+struct ConsumerLoop {
+    bus: RedisBus,
+    channels: Vec<Source>,
+    consumer: String,
+    reader: ConnectionManager,
+    credits: Arc<dyn Credits>,
+    deliveries: mpsc::UnboundedSender<Result<Delivery, BusError>>,
+}
+
+/// One stream entry: which source, its id, its message body.
+struct Entry {
+    source: usize,
+    id: String,
+    body: Option<Vec<u8>>,
+    /// Deliveries so far, when known without asking Redis.
+    count: Option<u32>,
+}
+
 /// A stream entry as Redis returns it: id and fields (none once deleted).
 type RawEntry = (String, Option<HashMap<String, Vec<u8>>>);
 /// `XREADGROUP`'s reply: entries per stream.
@@ -423,12 +517,23 @@ type ReadReply = Option<Vec<(String, Vec<RawEntry>)>>;
 /// `XAUTOCLAIM`'s reply: next cursor, claimed entries, deleted ids.
 type ClaimReply = (String, Vec<RawEntry>, Vec<String>);
 
+fn body_of(fields: Option<HashMap<String, Vec<u8>>>) -> Option<Vec<u8>> {
+    fields.and_then(|mut f| f.remove(FIELD))
+}
+
 impl ConsumerLoop {
-    async fn ensure_group(&self) -> Result<(), BusError> {
+    async fn ensure_groups(&self) -> Result<(), BusError> {
+        for source in &self.channels {
+            self.ensure_group(&source.stream).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_group(&self, stream: &str) -> Result<(), BusError> {
         let mut connection = self.bus.inner.connection.clone();
         let created: Result<(), RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&self.stream)
+            .arg(stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -444,39 +549,42 @@ impl ConsumerLoop {
     async fn run(mut self, stop: CancellationToken) {
         let options = self.bus.inner.options.clone();
         let mut backoff = Duration::from_millis(100);
-        // First, entries delivered to this consumer before it restarted.
-        let mut own_pending_done = false;
         let mut last_claim = tokio::time::Instant::now() - options.claim_after;
         while !stop.is_cancelled() && !self.deliveries.is_closed() {
-            let round: Result<(), RedisError> = async {
-                if !own_pending_done {
-                    let entries = self.read("0").await?;
-                    own_pending_done = entries.is_empty();
-                    for entry in entries {
-                        self.deliver(entry, None).await;
-                    }
-                    return Ok(());
+            // Nothing is read without a permit for it.
+            let first = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = self.credits.acquire() => permit,
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_BATCH {
+                match self.credits.try_acquire() {
+                    Some(permit) => permits.push(permit),
+                    None => break,
                 }
-                if last_claim.elapsed() >= options.claim_after / 2 {
-                    last_claim = tokio::time::Instant::now();
-                    for entry in self.claim_abandoned(options.claim_after).await? {
-                        self.deliver(entry, None).await;
-                    }
-                }
-                for entry in self.read(">").await? {
-                    self.deliver(entry, Some(1)).await;
-                }
-                Ok(())
             }
-            .await;
+            let round = self.next_entries(permits.len(), &mut last_claim).await;
             match round {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(entries) => {
+                    backoff = Duration::from_millis(100);
+                    for entry in entries {
+                        let permit = match permits.pop() {
+                            Some(permit) => permit,
+                            None => tokio::select! {
+                                () = stop.cancelled() => return,
+                                permit = self.credits.acquire() => permit,
+                            },
+                        };
+                        self.deliver(entry, permit).await;
+                    }
+                }
                 Err(e) => {
+                    drop(permits);
                     if e.code() == Some("NOGROUP") {
                         // Redis lost the group (restarted without persistence).
-                        let _ = self.ensure_group().await;
+                        let _ = self.ensure_groups().await;
                     } else {
-                        debug!("reading {} failed: {e}", self.stream);
+                        debug!(consumer = %self.consumer, "reading commands failed: {e}");
                     }
                     tokio::select! {
                         () = stop.cancelled() => break,
@@ -488,58 +596,150 @@ impl ConsumerLoop {
         }
     }
 
-    /// `XREADGROUP ... STREAMS <stream> <from>` (`>`: new entries, blocking;
-    /// `0`: this consumer's pending entries).
-    async fn read(&mut self, from: &str) -> Result<Vec<Entry>, RedisError> {
+    /// Up to about `wanted` entries: first this consumer's own pending ones
+    /// (from before a restart), then entries other consumers abandoned, then
+    /// new ones (blocking).
+    async fn next_entries(
+        &mut self,
+        wanted: usize,
+        last_claim: &mut tokio::time::Instant,
+    ) -> Result<Vec<Entry>, RedisError> {
+        for index in 0..self.channels.len() {
+            let Some(after) = self.channels[index].own_pending_after.clone() else {
+                continue;
+            };
+            let entries = self.read_own_pending(index, &after, wanted).await?;
+            match entries.last() {
+                Some(last) => {
+                    self.channels[index].own_pending_after = Some(last.id.clone());
+                    return Ok(entries);
+                }
+                None => self.channels[index].own_pending_after = None,
+            }
+        }
+        let claim_after = self.bus.inner.options.claim_after;
+        if last_claim.elapsed() >= claim_after / 2 {
+            *last_claim = tokio::time::Instant::now();
+            let mut claimed = Vec::new();
+            for index in 0..self.channels.len() {
+                if claimed.len() >= wanted {
+                    break;
+                }
+                claimed.extend(
+                    self.claim_abandoned(index, claim_after, wanted - claimed.len())
+                        .await?,
+                );
+            }
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
+        }
+        self.read_new(wanted).await
+    }
+
+    /// This consumer's pending entries after `after` (no blocking).
+    async fn read_own_pending(
+        &mut self,
+        index: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, RedisError> {
+        let reply: ReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&self.channels[index].stream)
+            .arg(after)
+            .query_async(&mut self.reader)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, entries)| entries)
+            .map(|(id, fields)| Entry {
+                source: index,
+                id,
+                body: body_of(fields),
+                count: None,
+            })
+            .collect())
+    }
+
+    /// New entries of every channel, waiting up to the block time.
+    async fn read_new(&mut self, wanted: usize) -> Result<Vec<Entry>, RedisError> {
+        let per_stream = (wanted / self.channels.len()).max(1);
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(16);
-        if from == ">" {
-            command
-                .arg("BLOCK")
-                .arg(self.bus.inner.options.block.as_millis() as u64);
+            .arg(per_stream)
+            .arg("BLOCK")
+            .arg(self.bus.inner.options.block.as_millis() as u64)
+            .arg("STREAMS");
+        for source in &self.channels {
+            command.arg(&source.stream);
         }
-        command.arg("STREAMS").arg(&self.stream).arg(from);
+        for _ in &self.channels {
+            command.arg(">");
+        }
         let reply: ReadReply = command.query_async(&mut self.reader).await?;
-        Ok(reply
-            .into_iter()
-            .flatten()
-            .flat_map(|(_, entries)| entries)
-            .map(|(id, fields)| (id, fields.and_then(|mut f| f.remove(FIELD))))
-            .collect())
+        let mut entries = Vec::new();
+        for (stream, raw) in reply.into_iter().flatten() {
+            let Some(source) = self.channels.iter().position(|s| s.stream == stream) else {
+                continue;
+            };
+            entries.extend(raw.into_iter().map(|(id, fields)| Entry {
+                source,
+                id,
+                body: body_of(fields),
+                count: Some(1),
+            }));
+        }
+        Ok(entries)
     }
 
-    /// Takes over entries other consumers left idle too long.
-    async fn claim_abandoned(&mut self, idle: Duration) -> Result<Vec<Entry>, RedisError> {
+    /// Takes over up to `count` entries other consumers left idle too long.
+    async fn claim_abandoned(
+        &mut self,
+        index: usize,
+        idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry>, RedisError> {
         let reply: ClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
+            .arg(&self.channels[index].stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(idle.as_millis() as u64)
             .arg("0-0")
             .arg("COUNT")
-            .arg(16)
+            .arg(count)
             .query_async(&mut self.reader)
             .await?;
         let claimed: Vec<Entry> = reply
             .1
             .into_iter()
-            .map(|(id, fields)| (id, fields.and_then(|mut f| f.remove(FIELD))))
+            .map(|(id, fields)| Entry {
+                source: index,
+                id,
+                body: body_of(fields),
+                count: None,
+            })
             .collect();
         if !claimed.is_empty() {
-            info!(stream = %self.stream, count = claimed.len(), "re-claimed commands of a silent consumer");
+            info!(stream = %self.channels[index].stream, count = claimed.len(), "re-claimed commands of a silent consumer");
         }
         Ok(claimed)
     }
 
     /// How many times `id` was delivered (from the group's pending list).
-    async fn delivery_count(&mut self, id: &str) -> u32 {
+    async fn delivery_count(&mut self, stream: &str, id: &str) -> u32 {
         let reply: Result<Vec<(String, String, u64, u64)>, RedisError> = redis::cmd("XPENDING")
-            .arg(&self.stream)
+            .arg(stream)
             .arg(GROUP)
             .arg(id)
             .arg(id)
@@ -552,21 +752,31 @@ impl ConsumerLoop {
         }
     }
 
-    async fn deliver(&mut self, (id, body): Entry, known_count: Option<u32>) {
-        let count = match known_count {
+    async fn deliver(&mut self, entry: Entry, permit: Permit) {
+        let channel = self.channels[entry.source].channel.clone();
+        let stream = self.channels[entry.source].stream.clone();
+        let count = match entry.count {
             Some(c) => c,
-            None => self.delivery_count(&id).await,
+            None => self.delivery_count(&stream, &entry.id).await,
         };
-        let Some(body) = body else {
+        let id = entry.id;
+        let Some(body) = entry.body else {
             // Trimmed or deleted while pending: nothing left to do.
-            self.ack(&id).await;
+            self.ack(&stream, &id).await;
             return;
         };
         let envelope = match serde_json::from_slice::<CommandEnvelope>(&body) {
             Ok(e) => e,
             Err(e) => {
                 warn!(entry = %id, "unreadable command; moved to the dead-letter stream: {e}");
-                self.dead_letter(&id, &body, None, &format!("unreadable: {e}"), count)
+                let letter = Letter {
+                    channel: &channel,
+                    stream: &stream,
+                    id: &id,
+                    body: &body,
+                    envelope: None,
+                };
+                self.dead_letter(letter, &format!("unreadable: {e}"), count)
                     .await;
                 return;
             }
@@ -574,53 +784,61 @@ impl ConsumerLoop {
         if count > self.bus.inner.options.max_deliveries {
             warn!(entry = %id, command = %envelope.id, count, "delivered too often; moved to the dead-letter stream");
             let reason = format!("delivered {count} times without being acknowledged");
-            self.dead_letter(&id, &body, Some(&envelope), &reason, count)
-                .await;
+            let letter = Letter {
+                channel: &channel,
+                stream: &stream,
+                id: &id,
+                body: &body,
+                envelope: Some(&envelope),
+            };
+            self.dead_letter(letter, &reason, count).await;
             return;
         }
         let lease = CancellationToken::new();
         tokio::spawn(renew_lease(
             self.bus.clone(),
-            self.stream.clone(),
+            stream.clone(),
             self.consumer.clone(),
             id.clone(),
             lease.clone(),
         ));
         let responder = RedisResponder {
             bus: self.bus.clone(),
-            channel: self.channel.clone(),
-            stream: self.stream.clone(),
+            channel,
+            stream,
             entry: id,
             lease: lease.drop_guard(),
         };
-        let _ = self
-            .deliveries
-            .send(Ok(Delivery::new(envelope, count, Box::new(responder))))
-            .await;
+        let _ = self.deliveries.send(Ok(Delivery::new(
+            envelope,
+            count,
+            Box::new(responder),
+            permit,
+        )));
     }
 
-    async fn ack(&self, id: &str) {
+    async fn ack(&self, stream: &str, id: &str) {
         let mut connection = self.bus.inner.connection.clone();
         let _: Result<(), RedisError> = redis::cmd("XACK")
-            .arg(&self.stream)
+            .arg(stream)
             .arg(GROUP)
             .arg(id)
             .query_async(&mut connection)
             .await;
     }
 
-    async fn dead_letter(
-        &self,
-        id: &str,
-        body: &[u8],
-        envelope: Option<&CommandEnvelope>,
-        reason: &str,
-        deliveries: u32,
-    ) {
-        let letter = DeadLetter {
+    async fn dead_letter(&self, letter: Letter<'_>, reason: &str, deliveries: u32) {
+        let Letter {
+            channel,
+            stream,
+            id,
+            body,
+            envelope,
+        } = letter;
+        let record = DeadLetter {
             id: String::new(),
             entry_id: id.to_string(),
-            channel: self.channel.clone(),
+            channel: channel.to_string(),
             command: envelope.cloned(),
             raw: envelope
                 .is_none()
@@ -631,13 +849,13 @@ impl ConsumerLoop {
         };
         let mut connection = self.bus.inner.connection.clone();
         let stored: Result<(), RedisError> = redis::cmd("XADD")
-            .arg(self.bus.stream(&format!("{}.dead-letter", self.channel)))
+            .arg(self.bus.dead_letter_stream(channel))
             .arg("MAXLEN")
             .arg("~")
             .arg(10_000)
             .arg("*")
             .arg(FIELD)
-            .arg(serde_json::to_vec(&letter).unwrap_or_default())
+            .arg(serde_json::to_vec(&record).unwrap_or_default())
             .query_async(&mut connection)
             .await;
         if let Err(e) = stored {
@@ -654,10 +872,19 @@ impl ConsumerLoop {
                     message: format!("the command was dead-lettered: {reason}"),
                 },
             };
-            let _ = send_reply(&self.bus, &self.channel, &reply).await;
+            let _ = send_reply(&self.bus, channel, &reply).await;
         }
-        self.ack(id).await;
+        self.ack(stream, id).await;
     }
+}
+
+/// An entry being moved to the dead-letter stream.
+struct Letter<'a> {
+    channel: &'a str,
+    stream: &'a str,
+    id: &'a str,
+    body: &'a [u8],
+    envelope: Option<&'a CommandEnvelope>,
 }
 
 /// Keeps claiming `entry` for `consumer` (resetting its idle time, without

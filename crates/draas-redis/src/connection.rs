@@ -111,8 +111,10 @@ pub fn is_unavailable(e: &RedisError) -> bool {
 /// first command after an outage can fail although Redis is back.
 ///
 /// Safe for DRaaS's operations: reads are idempotent, a repeated command
-/// `XADD` is deduplicated by workers (command ids), and a repeated
-/// compare-and-set fails its precondition instead of writing twice.
+/// `XADD` is deduplicated by workers (command ids), and every write script
+/// (store writes, log appends, event publications) carries a token under
+/// which its first outcome is kept, so a repeat returns that outcome
+/// instead of writing twice.
 pub async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, RedisError>
 where
     F: FnMut() -> Fut,

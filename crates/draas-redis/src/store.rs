@@ -9,7 +9,10 @@
 //!   `{p}:logseq:<name>`: its newest cursor.
 //!
 //! Writes with preconditions run as Lua scripts, so check-and-write is
-//! atomic on the server: no lost update between replicas. Reads of a value
+//! atomic on the server: no lost update between replicas. Each write call
+//! carries a token under which its outcome is kept for a minute
+//! (`{p}:once:<token>`), so the retry of a call whose reply was lost (Redis
+//! restarting) returns the first outcome instead of writing again. Reads of a value
 //! and its revision are one `MULTI`, so a reader never pairs a value with
 //! another write's revision.
 
@@ -24,16 +27,27 @@ use crate::connection::{is_unavailable, with_retry, RedisSettings};
 
 /// Checks every precondition of a batch (later writes see earlier ones),
 /// then applies all of it; or nothing, naming the first failing write.
+/// The outcome is kept for a minute under the call's token: a call
+/// repeated after a lost reply gets the same outcome and writes nothing
+/// again (a compare-and-set that had succeeded must not come back as a
+/// conflict, nor a create as "already exists").
 const APPLY: &str = r#"
--- KEYS[1]: revision counter; write i: KEYS[2i] value hash, KEYS[2i+1] revision hash
+-- KEYS[1]: revision counter; KEYS[2]: token; write i: KEYS[2i+1] value hash, KEYS[2i+2] revision hash
 -- ARGV per write (5): op (put|del), field, precondition (none|absent|rev), revision, value
-local n = (#KEYS - 1) / 2
+local done = redis.call('GET', KEYS[2])
+if done then return cjson.decode(done) end
+local n = (#KEYS - 2) / 2
 local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
 local seen = {}
 local results = {}
 local next_rev = counter
+local function conflict(i)
+  local out = {'conflict', i}
+  redis.call('SET', KEYS[2], cjson.encode(out), 'EX', 60)
+  return out
+end
 for i = 1, n do
-  local rh = KEYS[2 * i + 1]
+  local rh = KEYS[2 * i + 2]
   local b = (i - 1) * 5
   local op, field, pre, expected = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local id = rh .. '\0' .. field
@@ -42,8 +56,8 @@ for i = 1, n do
     local r = redis.call('HGET', rh, field)
     if r then current = tonumber(r) else current = false end
   end
-  if pre == 'absent' and current ~= false then return {'conflict', i} end
-  if pre == 'rev' and (current == false or current ~= tonumber(expected)) then return {'conflict', i} end
+  if pre == 'absent' and current ~= false then return conflict(i) end
+  if pre == 'rev' and (current == false or current ~= tonumber(expected)) then return conflict(i) end
   if op == 'put' then
     next_rev = next_rev + 1
     seen[id] = next_rev
@@ -55,7 +69,7 @@ for i = 1, n do
 end
 next_rev = counter
 for i = 1, n do
-  local vh, rh = KEYS[2 * i], KEYS[2 * i + 1]
+  local vh, rh = KEYS[2 * i + 1], KEYS[2 * i + 2]
   local b = (i - 1) * 5
   local op, field, value = ARGV[b + 1], ARGV[b + 2], ARGV[b + 5]
   if op == 'put' then
@@ -70,15 +84,21 @@ end
 redis.call('SET', KEYS[1], next_rev)
 local out = {'ok'}
 for i = 1, n do out[i + 1] = results[i] end
+redis.call('SET', KEYS[2], cjson.encode(out), 'EX', 60)
 return out
 "#;
 
-/// Appends to a capped log; returns the new cursor.
+/// Appends to a capped log; returns the new cursor. Like `APPLY`, a call
+/// repeated under the same token returns the first cursor and appends
+/// nothing (no duplicate entry in the status buffer).
 const APPEND: &str = r#"
+local done = redis.call('GET', KEYS[3])
+if done then return tonumber(done) end
 local cursor = redis.call('INCR', KEYS[1])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 local cap = tonumber(ARGV[2])
 if cap == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], -cap, -1) end
+redis.call('SET', KEYS[3], cursor, 'EX', 60)
 return cursor
 "#;
 
@@ -129,6 +149,38 @@ impl RedisStore {
 
     fn revisions(&self, collection: &str) -> String {
         self.settings.key(&format!("r:{collection}"))
+    }
+
+    /// A fresh token for one call: the key its outcome is kept under.
+    fn token(&self) -> String {
+        self.settings
+            .key(&format!("once:{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Appends under an explicit `token`: a second call with the same token
+    /// returns the first cursor and appends nothing. (Exposed so tests can
+    /// show what a retry after a lost reply does.)
+    pub async fn append_once(
+        &self,
+        token: &str,
+        log: &str,
+        value: &[u8],
+        capacity: usize,
+    ) -> Result<u64, StoreError> {
+        let token = self.settings.key(&format!("once:{token}"));
+        with_retry(|| {
+            let mut connection = self.connection.clone();
+            let mut invocation = self.append.prepare_invoke();
+            invocation
+                .key(self.settings.key(&format!("logseq:{log}")))
+                .key(self.settings.key(&format!("log:{log}")))
+                .key(&token)
+                .arg(value)
+                .arg(capacity);
+            async move { invocation.invoke_async(&mut connection).await }
+        })
+        .await
+        .map_err(to_store_error)
     }
 }
 
@@ -206,7 +258,9 @@ impl StateStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut invocation = self.apply.prepare_invoke();
-        invocation.key(self.settings.key("revision"));
+        invocation
+            .key(self.settings.key("revision"))
+            .key(self.token());
         for write in &writes {
             let (op, collection, key, precondition, value): (
                 &str,
@@ -285,18 +339,8 @@ impl StateStore for RedisStore {
     }
 
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
-        with_retry(|| {
-            let mut connection = self.connection.clone();
-            let mut invocation = self.append.prepare_invoke();
-            invocation
-                .key(self.settings.key(&format!("logseq:{log}")))
-                .key(self.settings.key(&format!("log:{log}")))
-                .arg(&value)
-                .arg(capacity);
-            async move { invocation.invoke_async(&mut connection).await }
-        })
-        .await
-        .map_err(to_store_error)
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.append_once(&token, log, &value, capacity).await
     }
 
     async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {

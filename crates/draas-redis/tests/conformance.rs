@@ -88,9 +88,13 @@ async fn rediss_with_a_private_ca_and_auth_works_for_store_and_bus() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_whose_consumers_keep_dying_goes_to_the_dead_letter_stream() {
+async fn a_command_whose_consumers_keep_dying_goes_to_its_platforms_dead_letters() {
+    use draas_core::instance::PlatformType;
     use draas_core::messages::{Command, CommandEnvelope, Outcome};
     use futures::StreamExt;
+    // Sent on a worker's private channel: its dead letter is listed with
+    // the platform's.
+    let channel = PlatformType::Process.worker_channel("w-doomed");
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path());
     let options = BusOptions {
@@ -110,13 +114,10 @@ async fn a_command_whose_consumers_keep_dying_goes_to_the_dead_letter_stream() {
     let id = command.id;
     let request = tokio::spawn({
         let requester = requester.clone();
+        let channel = channel.clone();
         async move {
             requester
-                .request(
-                    "instance.commands.process",
-                    command,
-                    Duration::from_secs(20),
-                )
+                .request(&channel, command, Duration::from_secs(20))
                 .await
         }
     });
@@ -129,7 +130,11 @@ async fn a_command_whose_consumers_keep_dying_goes_to_the_dead_letter_stream() {
             .await
             .unwrap();
         let mut stream = bus
-            .consume("instance.commands.process", &format!("doomed-{attempt}"))
+            .consume(
+                std::slice::from_ref(&channel),
+                &format!("doomed-{attempt}"),
+                draas_testkit::conformance::bus::credits(1),
+            )
             .await
             .unwrap();
         let delivery = tokio::time::timeout(Duration::from_secs(10), stream.next())
@@ -153,7 +158,11 @@ async fn a_command_whose_consumers_keep_dying_goes_to_the_dead_letter_stream() {
         .await
         .unwrap();
     let _stream = bus
-        .consume("instance.commands.process", "survivor")
+        .consume(
+            std::slice::from_ref(&channel),
+            "survivor",
+            draas_testkit::conformance::bus::credits(1),
+        )
         .await
         .unwrap();
     let reply = request.await.unwrap().unwrap();
@@ -166,7 +175,52 @@ async fn a_command_whose_consumers_keep_dying_goes_to_the_dead_letter_stream() {
         .await
         .unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0].channel, channel,
+        "it names the channel it was sent on"
+    );
     assert_eq!(letters[0].command.as_ref().map(|c| c.id), Some(id));
     assert_eq!(letters[0].deliveries, 4);
     assert!(!letters[0].id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_a_lost_reply_takes_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let store = RedisStore::connect(settings(&server)).await.unwrap();
+    // What `with_retry` does when the reply of an append was lost: the same
+    // call again, under the same token.
+    let first = store
+        .append_once("token-1", "status-changes", b"change", 100)
+        .await
+        .unwrap();
+    let again = store
+        .append_once("token-1", "status-changes", b"change", 100)
+        .await
+        .unwrap();
+    assert_eq!(first, again, "the retry gets the first cursor");
+    let page = store.read_log("status-changes", 0, 100).await.unwrap();
+    assert_eq!(page.entries.len(), 1, "one entry, not two: {page:?}");
+    let other = store
+        .append_once("token-2", "status-changes", b"next", 100)
+        .await
+        .unwrap();
+    assert_eq!(other, first + 1, "a new call appends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_answers_a_ping_and_fails_clearly_without_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = RedisServer::start(dir.path());
+    let bus = RedisBus::connect(settings(&server), BusOptions::default())
+        .await
+        .unwrap();
+    bus.ping().await.expect("ping");
+    server.kill();
+    let result = bus.ping().await;
+    assert!(
+        matches!(result, Err(draas_core::ports::BusError::Unavailable(_))),
+        "{result:?}"
+    );
 }

@@ -2,10 +2,13 @@
 //!
 //! Helpers for tests that drive real processes and servers: free loopback
 //! ports, waiting for a condition with a deadline (never a bare sleep),
-//! child processes that are killed when the test ends, pass or fail, and
-//! [`conformance`] suites that every implementation of a port must pass.
+//! child processes that are killed when the test ends, pass or fail,
+//! [`conformance`] suites that every implementation of a port must pass
+//! (stores, buses, platform drivers), and a scripted [`fake`] driver for
+//! the layers above drivers.
 
 pub mod conformance;
+pub mod fake;
 pub mod process;
 pub mod redis_server;
 
@@ -47,4 +50,63 @@ pub async fn get_json(url: &str) -> Option<(u16, serde_json::Value)> {
     let status = response.status().as_u16();
     let body = response.json().await.ok()?;
     Some((status, body))
+}
+
+/// A binary of the workspace, built next to the running test binary (the
+/// workspace test command builds every binary of the workspace).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<triple>/<profile>/deps/<test> → target/<triple>/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the target directory");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the workspace tests (cargo nextest run --workspace) or cargo build -p {name}",
+        path.display()
+    );
+    path
+}
+
+/// A small real Drasi configuration: a mock counter source and a query over
+/// it, the API on `127.0.0.1:<port>`.
+pub fn counter_configuration(port: u16) -> draas_core::instance::InstanceConfiguration {
+    serde_json::from_value(serde_json::json!({
+        "host": "127.0.0.1",
+        "port": port,
+        "sources": [{"kind": "mock", "id": "counter", "dataType": {"type": "counter"}, "intervalMs": 100}],
+        "queries": [{"id": "values", "autoStart": true, "queryLanguage": "Cypher",
+                     "query": "MATCH (c:Counter) RETURN c.value AS value", "sources": [{"sourceId": "counter"}]}],
+        "reactions": [{"kind": "log", "id": "console", "queries": ["values"]}]
+    }))
+    .expect("a valid configuration")
+}
+
+/// What a worker is given to start instance `id` with `configuration` at
+/// `generation` on `platform` (as the control plane renders it).
+pub fn start_spec(
+    id: &draas_core::instance::InstanceId,
+    configuration: &draas_core::instance::InstanceConfiguration,
+    platform: draas_core::instance::PlatformType,
+    generation: u64,
+) -> draas_core::messages::StartSpec {
+    let server = configuration.to_server_config(id);
+    let mut server_configuration =
+        draas_core::instance::ServerConfiguration::for_platform(platform);
+    server_configuration.shutdown_timeout_seconds = 5;
+    draas_core::messages::StartSpec {
+        name: id.to_string(),
+        generation,
+        configuration_yaml: draas_core::config::render_yaml(&server).expect("render"),
+        api_host: server.host.clone(),
+        api_port: server.port,
+        listening_ports: server
+            .listening_ports()
+            .into_iter()
+            .map(|p| p.port)
+            .collect(),
+        server_configuration,
+    }
 }

@@ -82,3 +82,26 @@ impl Drop for TestProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Kills, when dropped, every process whose working directory lies under
+/// `root`: Drasi servers outlive their workers by design, so a failing
+/// test must not leave them behind.
+pub struct Reaper(pub std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+                if cwd.starts_with(&self.0) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}

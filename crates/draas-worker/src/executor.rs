@@ -1,38 +1,49 @@
-//! Executing delivered commands: per-instance queues, deduplication,
-//! deadlines, status recording, replies.
+//! Executing delivered commands: claims (once only), deadlines, per-instance
+//! order, status recording, honest replies.
+//!
+//! - A **mutating** command (Start, Stop, Restart, Delete) is claimed first
+//!   (`claims`): a command already executed is answered with its stored
+//!   reply, whatever its deadline; one being executed elsewhere is waited
+//!   for; only a fresh claim executes, and only before its deadline.
+//! - Mutating commands of one instance run one at a time, in arrival order;
+//!   **read-only** commands (Status, Logs) never wait behind them.
+//! - A reply says `Ok` only if the command's effect was recorded: when the
+//!   status cannot be written, the reply is a `STORE_UNAVAILABLE` error
+//!   saying what happened to the server.
+//! - Every delivery carries the permit it was taken off the bus with; the
+//!   permit is given back with the reply.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use draas_core::instance::{ActualState, Instance, InstanceId, Reason};
 use draas_core::keys;
 use draas_core::messages::{
     Command, CommandEnvelope, CommandReply, ErrorCode, Outcome, StartSpec, StopSpec,
     MESSAGE_VERSION,
 };
-use draas_core::ports::store::{JsonStore, Precondition};
+use draas_core::ports::store::JsonStore;
 use draas_core::ports::{
     Delivery, DriverError, Observation, PlatformDriver, RuntimeUpdate, StateStore,
 };
-use draas_core::status::StatusRecorder;
-use serde::{Deserialize, Serialize};
+use draas_core::status::{RecordError, StatusRecorder};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
+use uuid::Uuid;
 
-/// A reply kept so that a redelivered command is answered, not re-executed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ExecutedCommand {
-    pub reply: CommandReply,
-    pub executed_at: DateTime<Utc>,
-}
+use crate::claims::{self, Claim, Claimant};
 
 /// How long executed-command records are kept (longer than any redelivery).
 pub(crate) const EXECUTED_RETENTION: Duration = Duration::from_secs(3600);
+/// How often a duplicate delivery looks for the reply of a command another
+/// worker is executing.
+const AWAIT_REPLY_EVERY: Duration = Duration::from_millis(200);
+/// Attempts to store a reply before giving up on recording it.
+const FINISH_ATTEMPTS: u32 = 3;
 
 pub(crate) struct Executor {
     inner: Arc<Inner>,
@@ -40,41 +51,48 @@ pub(crate) struct Executor {
 
 struct Inner {
     worker_id: String,
+    incarnation: Uuid,
     driver: Arc<dyn PlatformDriver>,
     store: Arc<dyn StateStore>,
     recorder: StatusRecorder,
-    /// One queue per instance with commands in flight; a queue's task ends
-    /// (and removes it) when the queue runs empty.
+    /// One queue per instance with mutating commands in flight; a queue's
+    /// task ends (and removes it) when the queue runs empty.
     queues: Mutex<HashMap<InstanceId, UnboundedSender<Delivery>>>,
+    /// Replies of the commands this run is executing now, for duplicate
+    /// deliveries of them to wait on.
+    in_flight: Mutex<HashMap<Uuid, watch::Receiver<Option<CommandReply>>>>,
     tracker: TaskTracker,
-    permits: Semaphore,
 }
 
 impl Executor {
-    pub(crate) fn new(
-        worker_id: String,
-        driver: Arc<dyn PlatformDriver>,
-        store: Arc<dyn StateStore>,
-        recorder: StatusRecorder,
-        concurrency: usize,
-    ) -> Self {
+    pub(crate) fn new(context: &crate::WorkerContext, driver: Arc<dyn PlatformDriver>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                worker_id,
+                worker_id: context.settings.worker_id.clone(),
+                incarnation: context.incarnation,
                 driver,
-                store,
-                recorder,
+                store: context.store.clone(),
+                recorder: context.recorder.clone(),
                 queues: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
-                permits: Semaphore::new(concurrency.max(1)),
             }),
         }
     }
 
-    /// Queues `delivery` behind the commands of the same instance.
+    /// Runs `delivery`: a read-only command at once, a mutating one behind
+    /// the commands of the same instance.
     pub(crate) fn dispatch(&self, delivery: Delivery) {
+        if !is_mutating(&delivery.envelope.command) {
+            let inner = self.inner.clone();
+            let span = span_of(&delivery.envelope);
+            self.inner
+                .tracker
+                .spawn(async move { inner.handle(delivery).await }.instrument(span));
+            return;
+        }
         let id = delivery.envelope.instance_id.clone();
-        let mut queues = self.inner.queues();
+        let mut queues = lock(&self.inner.queues);
         let delivery = match queues.get(&id) {
             Some(queue) => match queue.send(delivery) {
                 Ok(()) => return,
@@ -100,13 +118,36 @@ impl Executor {
     }
 }
 
-impl Inner {
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, UnboundedSender<Delivery>>> {
-        // Critical sections are single map operations; a poisoned lock
-        // still holds a consistent map.
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections are single map operations; a poisoned lock still
+    // holds a consistent map.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
+fn is_mutating(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Start(_) | Command::Stop(_) | Command::Restart(_) | Command::Delete(_)
+    )
+}
+
+fn span_of(envelope: &CommandEnvelope) -> tracing::Span {
+    tracing::info_span!(
+        "command",
+        id = %envelope.id,
+        kind = envelope.command.name(),
+        instance = %envelope.instance_id,
+    )
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Outcome {
+    Outcome::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Inner {
     async fn work_through(
         self: Arc<Self>,
         id: InstanceId,
@@ -118,7 +159,7 @@ impl Inner {
                 Err(TryRecvError::Empty) => {
                     // Remove the queue only if nothing arrived meanwhile;
                     // the map lock orders this against `dispatch`.
-                    let mut queues = self.queues();
+                    let mut queues = lock(&self.queues);
                     match receiver.try_recv() {
                         Ok(d) => d,
                         Err(_) => {
@@ -129,86 +170,151 @@ impl Inner {
                 }
                 Err(TryRecvError::Disconnected) => return,
             };
-            let span = tracing::info_span!(
-                "command",
-                id = %delivery.envelope.id,
-                kind = delivery.envelope.command.name(),
-                instance = %delivery.envelope.instance_id,
-            );
-            let Ok(_permit) = self.permits.acquire().await else {
-                return;
-            };
+            let span = span_of(&delivery.envelope);
             self.handle(delivery).instrument(span).await;
+        }
+    }
+
+    fn reply_to(&self, envelope: &CommandEnvelope, outcome: Outcome) -> CommandReply {
+        CommandReply {
+            version: MESSAGE_VERSION,
+            command_id: envelope.id,
+            worker_id: self.worker_id.clone(),
+            outcome,
         }
     }
 
     async fn handle(&self, delivery: Delivery) {
         let envelope = delivery.envelope.clone();
-        let mutating = matches!(
-            envelope.command,
-            Command::Start(_) | Command::Stop(_) | Command::Restart(_) | Command::Delete(_)
-        );
-        let outcome = if Utc::now() > envelope.deadline {
-            warn!("deadline passed before execution; skipped");
-            error(
-                ErrorCode::DeadlineExceeded,
-                "the command's deadline passed before a worker could execute it",
-            )
-        } else if let Some(previous) = self.already_executed(&envelope, mutating).await {
-            info!(
-                delivery = delivery.delivery_count,
-                "already executed; answering from the record"
-            );
-            if let Err(e) = delivery.reply(previous.reply).await {
-                warn!("reply failed: {e}");
-            }
-            return;
-        } else {
-            self.execute(&envelope).await
-        };
-        let reply = CommandReply {
-            version: MESSAGE_VERSION,
-            command_id: envelope.id,
-            worker_id: self.worker_id.clone(),
-            outcome,
-        };
-        if mutating {
-            let record = ExecutedCommand {
-                reply: reply.clone(),
-                executed_at: Utc::now(),
-            };
-            let key = envelope.id.to_string();
-            if let Err(e) = self
-                .store
-                .put_json(keys::EXECUTED_COMMANDS, &key, &record, Precondition::None)
+        let reply = if is_mutating(&envelope.command) {
+            self.handle_mutating(&envelope, delivery.delivery_count)
                 .await
-            {
-                warn!("could not record the executed command: {e}");
-            }
-        }
+        } else if Utc::now() > envelope.deadline {
+            self.reply_to(&envelope, past_deadline())
+        } else {
+            let outcome = self.execute(&envelope).await;
+            self.reply_to(&envelope, outcome)
+        };
         if let Err(e) = delivery.reply(reply).await {
             warn!("reply failed: {e}");
         }
     }
 
-    async fn already_executed(
+    async fn handle_mutating(&self, envelope: &CommandEnvelope, delivery: u32) -> CommandReply {
+        let me = Claimant {
+            worker_id: &self.worker_id,
+            incarnation: self.incarnation,
+        };
+        match claims::claim(self.store.as_ref(), envelope, &me).await {
+            Err(e) => {
+                warn!("cannot claim the command: {e}");
+                self.reply_to(
+                    envelope,
+                    error(
+                        ErrorCode::StoreUnavailable,
+                        format!("the command was not executed: it could not be recorded ({e})"),
+                    ),
+                )
+            }
+            Ok(Claim::Answered(reply)) => {
+                info!(delivery, "already executed; answering from the record");
+                reply
+            }
+            Ok(Claim::InProgress {
+                worker_id,
+                incarnation,
+            }) => {
+                info!(delivery, executor = %worker_id, "being executed; waiting for its reply");
+                self.await_reply(envelope, &worker_id, incarnation).await
+            }
+            Ok(Claim::Execute) => {
+                let (done, waiters) = watch::channel(None);
+                lock(&self.in_flight).insert(envelope.id, waiters);
+                let outcome = if Utc::now() > envelope.deadline {
+                    warn!("deadline passed before execution; skipped");
+                    past_deadline()
+                } else {
+                    self.execute(envelope).await
+                };
+                let reply = self.reply_to(envelope, outcome);
+                self.finish(envelope, &me, &reply).await;
+                let _ = done.send(Some(reply.clone()));
+                lock(&self.in_flight).remove(&envelope.id);
+                reply
+            }
+        }
+    }
+
+    /// Stores the reply, so a redelivery is answered from it.
+    async fn finish(&self, envelope: &CommandEnvelope, me: &Claimant<'_>, reply: &CommandReply) {
+        for attempt in 1..=FINISH_ATTEMPTS {
+            match claims::finish(self.store.as_ref(), envelope, me, reply).await {
+                Ok(()) => return,
+                Err(e) if attempt == FINISH_ATTEMPTS => {
+                    warn!("the reply could not be recorded (a redelivery will wait for its deadline): {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await,
+            }
+        }
+    }
+
+    /// Waits for the reply of a command someone else (or this run, for a
+    /// duplicate delivery) is executing; takes it over if its executor dies.
+    async fn await_reply(
         &self,
         envelope: &CommandEnvelope,
-        mutating: bool,
-    ) -> Option<ExecutedCommand> {
-        if !mutating {
-            return None;
-        }
-        match self
-            .store
-            .get_json::<ExecutedCommand>(keys::EXECUTED_COMMANDS, &envelope.id.to_string())
-            .await
-        {
-            Ok(record) => record.map(|r| r.value),
-            Err(e) => {
-                warn!("cannot check for an earlier execution: {e}");
-                None
+        worker_id: &str,
+        incarnation: Uuid,
+    ) -> CommandReply {
+        let deadline = tokio::time::Instant::now()
+            + (envelope.deadline - Utc::now())
+                .to_std()
+                .unwrap_or_default();
+        if worker_id == self.worker_id && incarnation == self.incarnation {
+            let waiter = lock(&self.in_flight).get(&envelope.id).cloned();
+            if let Some(mut waiter) = waiter {
+                if let Ok(Ok(reply)) =
+                    tokio::time::timeout_at(deadline, waiter.wait_for(Option::is_some)).await
+                {
+                    if let Some(reply) = reply.clone() {
+                        return reply;
+                    }
+                }
             }
+        }
+        loop {
+            match claims::stored_reply(self.store.as_ref(), envelope).await {
+                Ok(Some(record)) => {
+                    if let Some(reply) = record.reply {
+                        return reply;
+                    }
+                    let alive = draas_core::workers::is_live(
+                        self.store.as_ref(),
+                        &record.worker_id,
+                        Utc::now(),
+                    )
+                    .await
+                    .unwrap_or(true);
+                    if !alive && record.worker_id != self.worker_id {
+                        // Its executor died: claim it again (and execute).
+                        return Box::pin(self.handle_mutating(envelope, 0)).await;
+                    }
+                }
+                Ok(None) => return Box::pin(self.handle_mutating(envelope, 0)).await,
+                Err(e) => warn!("cannot read the command's record: {e}"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.reply_to(
+                    envelope,
+                    error(
+                        ErrorCode::DeadlineExceeded,
+                        format!(
+                            "worker {worker_id} was still executing the command at its deadline"
+                        ),
+                    ),
+                );
+            }
+            tokio::time::sleep(AWAIT_REPLY_EVERY).await;
         }
     }
 
@@ -227,19 +333,31 @@ impl Inner {
                 }
             }
             Command::Delete(spec) => {
-                self.observe(Observation::now(
-                    id.clone(),
-                    ActualState::Deleting,
-                    Some(Reason::Requested),
-                ))
-                .await;
+                if let Err(e) = self
+                    .record(Observation::now(
+                        id.clone(),
+                        ActualState::Deleting,
+                        Some(Reason::Requested),
+                    ))
+                    .await
+                {
+                    return not_recorded("the instance was not deleted", &e);
+                }
                 match self.driver.delete(id, spec).await {
-                    Ok(()) => self.ok(id, None).await,
+                    Ok(()) => Outcome::Ok {
+                        status: None,
+                        runtime: None,
+                        detail: None,
+                    },
                     Err(e) => self.failed(id, e).await,
                 }
             }
             Command::Status => match self.driver.status(id).await {
-                Ok(detail) => self.ok(id, Some(detail)).await,
+                Ok(live) => Outcome::Ok {
+                    status: None,
+                    runtime: None,
+                    detail: serde_json::to_value(live).ok(),
+                },
                 Err(e) => error(e.code, e.message),
             },
             Command::Logs(spec) => match self.driver.logs(id, spec).await {
@@ -261,19 +379,17 @@ impl Inner {
     }
 
     async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Outcome {
-        let already = self.instance(id).await.is_some_and(|i| {
-            matches!(i.status.state, ActualState::Running | ActualState::Degraded)
-                && i.status.observed_generation == spec.generation
-                && i.runtime
-                    .as_ref()
-                    .is_some_and(|r| r.worker_id == self.worker_id)
-        });
+        let already = self.driver.running_generation(id).await == Some(spec.generation);
         if !already {
-            self.observe(
-                Observation::now(id.clone(), ActualState::Starting, Some(Reason::Requested))
-                    .generation(spec.generation),
-            )
-            .await;
+            if let Err(e) = self
+                .record(
+                    Observation::now(id.clone(), ActualState::Starting, Some(Reason::Requested))
+                        .generation(spec.generation),
+                )
+                .await
+            {
+                return not_recorded("the server was not started", &e);
+            }
         }
         match self.driver.start(id, spec).await {
             Ok(started) => {
@@ -286,30 +402,40 @@ impl Inner {
                     .generation(spec.generation)
                     .runtime(RuntimeUpdate::Set(started.runtime));
                 observation.message = started.message;
-                self.observe(observation).await;
-                self.ok(id, None).await
+                match self.record(observation).await {
+                    Ok(instance) => ok(instance),
+                    Err(e) => not_recorded("the server runs", &e),
+                }
             }
             Err(e) => self.failed(id, e).await,
         }
     }
 
     async fn stop(&self, id: &InstanceId, spec: &StopSpec) -> Outcome {
-        self.observe(Observation::now(
-            id.clone(),
-            ActualState::Stopping,
-            Some(Reason::Requested),
-        ))
-        .await;
+        if let Err(e) = self
+            .record(Observation::now(
+                id.clone(),
+                ActualState::Stopping,
+                Some(Reason::Requested),
+            ))
+            .await
+        {
+            return not_recorded("the server was not stopped", &e);
+        }
         match self.driver.stop(id, spec).await {
             Ok(()) => {
                 // The runtime info stays (without a handle): it names the
                 // worker that holds the instance's files.
-                self.observe(
-                    Observation::now(id.clone(), ActualState::Stopped, Some(Reason::Requested))
-                        .runtime(RuntimeUpdate::Exited(None)),
-                )
-                .await;
-                self.ok(id, None).await
+                match self
+                    .record(
+                        Observation::now(id.clone(), ActualState::Stopped, Some(Reason::Requested))
+                            .runtime(RuntimeUpdate::Exited(None)),
+                    )
+                    .await
+                {
+                    Ok(instance) => ok(instance),
+                    Err(e) => not_recorded("the server was stopped", &e),
+                }
             }
             Err(e) => self.failed(id, e).await,
         }
@@ -319,43 +445,67 @@ impl Inner {
     async fn failed(&self, id: &InstanceId, e: DriverError) -> Outcome {
         warn!(code = ?e.code, "{}", e.message);
         if let Some((state, reason)) = e.state {
-            self.observe(
-                Observation::now(id.clone(), state, Some(reason))
-                    .message(e.message.clone())
-                    .runtime(RuntimeUpdate::Exited(None)),
-            )
-            .await;
+            let recorded = self
+                .record(
+                    Observation::now(id.clone(), state, Some(reason))
+                        .message(e.message.clone())
+                        .runtime(RuntimeUpdate::Exited(None)),
+                )
+                .await;
+            if let Err(store) = recorded {
+                return error(
+                    e.code,
+                    format!(
+                        "{} (and the instance's state, {state:?}, could not be recorded: {store})",
+                        e.message
+                    ),
+                );
+            }
         }
         error(e.code, e.message)
     }
 
-    async fn ok(&self, id: &InstanceId, detail: Option<serde_json::Value>) -> Outcome {
-        let instance = self.instance(id).await;
-        Outcome::Ok {
-            status: instance.as_ref().map(|i| i.status.clone()),
-            runtime: instance.and_then(|i| i.runtime).map(Box::new),
-            detail,
+    /// Records `observation`; returns the instance as now recorded (`None`
+    /// when it was deleted meanwhile). Only a store failure is an error: an
+    /// observation refused as older than the recorded status is not.
+    async fn record(
+        &self,
+        observation: Observation,
+    ) -> Result<Option<Instance>, draas_core::ports::StoreError> {
+        let id = observation.instance_id.clone();
+        match self.recorder.record(observation).await {
+            Ok(recorded) => Ok(Some(recorded.instance)),
+            Err(RecordError::NotFound(_)) => Ok(None),
+            Err(RecordError::Stale { .. }) => Ok(self
+                .store
+                .get_json::<Instance>(keys::INSTANCES, id.as_str())
+                .await?
+                .map(|r| r.value)),
+            Err(RecordError::Store(e)) => Err(e),
         }
-    }
-
-    async fn observe(&self, observation: Observation) {
-        use draas_core::ports::StatusSink;
-        self.recorder.observe(observation).await;
-    }
-
-    async fn instance(&self, id: &InstanceId) -> Option<Instance> {
-        self.store
-            .get_json::<Instance>(keys::INSTANCES, id.as_str())
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.value)
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> Outcome {
-    Outcome::Error {
-        code,
-        message: message.into(),
+fn past_deadline() -> Outcome {
+    error(
+        ErrorCode::DeadlineExceeded,
+        "the command's deadline passed before a worker could execute it",
+    )
+}
+
+fn ok(instance: Option<Instance>) -> Outcome {
+    Outcome::Ok {
+        status: instance.as_ref().map(|i| i.status.clone()),
+        runtime: instance.and_then(|i| i.runtime).map(Box::new),
+        detail: None,
     }
+}
+
+/// The reply when a status could not be written: says what happened to the
+/// server, and that its state is not recorded.
+fn not_recorded(what_happened: &str, e: &draas_core::ports::StoreError) -> Outcome {
+    error(
+        ErrorCode::StoreUnavailable,
+        format!("{what_happened}, but its state could not be recorded: {e}"),
+    )
 }

@@ -13,7 +13,8 @@ use draas_core::ports::{MessageBus, PlatformDriver};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::executor::{ExecutedCommand, EXECUTED_RETENTION};
+use crate::claims::CommandRecord;
+use crate::executor::EXECUTED_RETENTION;
 use crate::WorkerSettings;
 
 /// Heartbeats between re-assertions of the running servers' states.
@@ -42,6 +43,7 @@ pub(crate) async fn run(
             worker_id: settings.worker_id.clone(),
             platform: driver.platform(),
             host: settings.host.clone(),
+            scope: driver.scope(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at,
             last_heartbeat: Utc::now(),
@@ -102,14 +104,14 @@ pub async fn deregister(store: &dyn StateStore, worker_id: &str) {
 async fn prune_executed(store: &dyn StateStore) {
     let cutoff = Utc::now() - chrono::Duration::from_std(EXECUTED_RETENTION).unwrap_or_default();
     let Ok(records) = store
-        .list_json::<ExecutedCommand>(keys::EXECUTED_COMMANDS)
+        .list_json::<CommandRecord>(keys::EXECUTED_COMMANDS)
         .await
     else {
         return;
     };
     let old: Vec<Write> = records
         .into_iter()
-        .filter(|(_, r)| r.value.executed_at < cutoff)
+        .filter(|(_, r)| r.value.claimed_at < cutoff)
         .map(|(key, r)| Write::Delete {
             collection: keys::EXECUTED_COMMANDS.to_string(),
             key,

@@ -8,22 +8,36 @@
 //! ```text
 //!  bus ──command──▶ Worker ── dedup / deadline / per-instance lock
 //!                     │  ├──▶ StatusRecorder (Starting, Running, Stopped, ...)
-//!                     │  └──▶ PlatformDriver (spawn, docker, kube)
+//!                     │  └──▶ PlatformDriver = ManagedDriver<Platform>
 //!  bus ◀──reply────────┘        │ exits, component errors ──▶ StatusRecorder
 //! ```
 //!
+//! It also holds the generic half of every driver ([`driver`]): Drasi
+//! readiness and component watching ([`drasi`]), the registry of managed
+//! servers, server records and their takeover, crash reporting. A platform
+//! crate implements [`driver::Platform`] and nothing else.
+//!
 //! ## Guarantees
-//! - A command whose deadline passed is not executed (its requester has
-//!   given up); it is answered `DEADLINE_EXCEEDED`.
-//! - A command already executed (same id, e.g. redelivered after this
-//!   worker crashed before acknowledging it) is answered from the stored
-//!   reply and not executed again.
-//! - Commands for one instance run one at a time, in arrival order;
-//!   commands for different instances run concurrently (bounded).
+//! - A command is executed once: it is claimed in the store before it runs
+//!   (a claim that cannot be written means it is not run, and the reply
+//!   says so); a command already executed (same id, e.g. redelivered after
+//!   this worker crashed before acknowledging it) is answered from the
+//!   stored reply, even after its deadline.
+//! - A command whose deadline passed before it was claimed is not executed
+//!   (its requester has given up); it is answered `DEADLINE_EXCEEDED`.
+//! - A reply is `Ok` only if the effect was recorded.
+//! - Commands for one instance run one at a time, in arrival order; Status
+//!   and Logs never wait behind them; commands for different instances run
+//!   concurrently, bounded by the permits the worker takes them off the bus
+//!   with (so an idle peer gets the commands a busy worker cannot run).
 //! - On shutdown the worker stops taking commands, lets running ones finish
 //!   (bounded), and leaves the servers running: they are re-adopted when a
 //!   worker comes back.
 
+mod claims;
+mod context;
+pub mod drasi;
+pub mod driver;
 mod executor;
 mod heartbeat;
 
@@ -31,36 +45,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use draas_core::instance::PlatformType;
-use draas_core::ports::{MessageBus, PlatformDriver, StateStore};
-use draas_core::status::StatusRecorder;
+use draas_core::ports::PlatformDriver;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+pub use context::{SemaphoreCredits, WorkerContext, WorkerSettings};
 pub use heartbeat::deregister;
 
-/// Most commands executed at once by one worker.
+/// Most commands held at once by one worker.
 pub const DEFAULT_CONCURRENCY: usize = 32;
 /// How long a stopping worker waits for running commands.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Identity and tuning of a worker.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// Unique and stable across restarts of the same worker (it is also its
-    /// consumer name, so its unacknowledged commands come back to it).
-    pub worker_id: String,
-    /// The machine it runs on.
-    pub host: String,
-    /// Interval between heartbeats.
-    pub heartbeat_interval: Duration,
-    /// A worker counts as gone this long after its last heartbeat.
-    pub heartbeat_ttl: Duration,
-    /// Most commands executed at once.
-    pub concurrency: usize,
-    /// Most instances this worker will run, if limited.
-    pub capacity: Option<u32>,
-}
 
 /// Why a worker stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -71,33 +67,27 @@ pub enum WorkerError {
     /// The driver could not recover its instances.
     #[error("recovering instances failed: {0}")]
     Recover(draas_core::ports::DriverError),
+    /// The command stream ended (the bus went away).
+    #[error("the command stream ended")]
+    StreamEnded,
 }
 
 /// A platform worker; see the crate docs.
 pub struct Worker {
-    settings: WorkerSettings,
+    context: WorkerContext,
     driver: Arc<dyn PlatformDriver>,
-    store: Arc<dyn StateStore>,
-    bus: Arc<dyn MessageBus>,
-    recorder: StatusRecorder,
 }
 
 impl Worker {
-    /// A worker running `driver`'s platform.
-    pub fn new(
-        settings: WorkerSettings,
-        driver: Arc<dyn PlatformDriver>,
-        store: Arc<dyn StateStore>,
-        bus: Arc<dyn MessageBus>,
-    ) -> Self {
-        let recorder = StatusRecorder::new(store.clone(), bus.clone(), settings.worker_id.clone());
-        Self {
-            settings,
-            driver,
-            store,
-            bus,
-            recorder,
-        }
+    /// A worker running `driver`'s platform (a driver built for the same
+    /// `context`, so that it reports through the worker's recorder).
+    pub fn new(context: WorkerContext, driver: Arc<dyn PlatformDriver>) -> Self {
+        Self { context, driver }
+    }
+
+    /// The worker's id.
+    pub fn id(&self) -> &str {
+        &self.context.settings.worker_id
     }
 
     /// The platform served.
@@ -109,44 +99,42 @@ impl Worker {
     /// announces itself, and executes commands.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let platform = self.driver.platform();
-        let span = tracing::info_span!("worker", worker = %self.settings.worker_id, %platform);
+        let span =
+            tracing::info_span!("worker", worker = %self.context.settings.worker_id, %platform);
         self.run_inner(shutdown).instrument(span).await
     }
 
     async fn run_inner(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let adopted = self.driver.recover().await.map_err(WorkerError::Recover)?;
+        let Worker { context, driver } = self;
+        let settings = context.settings.clone();
+        let adopted = driver.recover().await.map_err(WorkerError::Recover)?;
         info!(adopted, "recovered running servers");
 
         let heartbeat = tokio::spawn(heartbeat::run(
-            self.settings.clone(),
-            self.driver.clone(),
-            self.store.clone(),
-            self.bus.clone(),
+            settings.clone(),
+            driver.clone(),
+            context.store.clone(),
+            context.bus.clone(),
             shutdown.clone(),
         ));
 
         // The platform's shared channel (new and orphaned instances) and
-        // this worker's own (instances it runs).
-        let platform = self.driver.platform();
-        let shared = self
+        // this worker's own (instances it runs), read together: a command
+        // is taken off either only when a permit is free.
+        let platform = driver.platform();
+        let channels = vec![
+            platform.command_channel().to_string(),
+            platform.worker_channel(&settings.worker_id),
+        ];
+        let credits = Arc::new(SemaphoreCredits::new(settings.concurrency));
+        let mut commands = context
             .bus
-            .consume(platform.command_channel(), &self.settings.worker_id)
+            .consume(&channels, &settings.worker_id, credits)
             .await?;
-        let private_channel = platform.worker_channel(&self.settings.worker_id);
-        let private = self
-            .bus
-            .consume(&private_channel, &self.settings.worker_id)
-            .await?;
-        let mut commands = futures::stream::select(shared, private);
-        info!(shared = platform.command_channel(), private = %private_channel, "taking commands");
-        let executor = executor::Executor::new(
-            self.settings.worker_id.clone(),
-            self.driver.clone(),
-            self.store.clone(),
-            self.recorder.clone(),
-            self.settings.concurrency,
-        );
+        info!(?channels, "taking commands");
+        let executor = executor::Executor::new(&context, driver.clone());
 
+        let mut outcome = Ok(());
         loop {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -160,6 +148,7 @@ impl Worker {
                 }
                 None => {
                     warn!("command stream ended");
+                    outcome = Err(WorkerError::StreamEnded);
                     break;
                 }
             }
@@ -172,6 +161,7 @@ impl Worker {
         }
         shutdown.cancel();
         let _ = heartbeat.await;
-        Ok(())
+        driver.detach().await;
+        outcome
     }
 }

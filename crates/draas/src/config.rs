@@ -163,6 +163,29 @@ pub struct ProcessArgs {
     /// Seconds between worker heartbeats.
     #[arg(long, env = "DRAAS_HEARTBEAT_SECONDS", default_value_t = 2)]
     pub heartbeat_seconds: u64,
+    /// The host name or address users reach this machine's servers on, put
+    /// in the endpoints of servers that bind every interface (`0.0.0.0`)
+    /// [default: this machine's name].
+    #[arg(long, env = "DRAAS_ADVERTISE_HOST", value_parser = parse_host)]
+    pub advertise_host: Option<String>,
+}
+
+/// A host name or IP address: what may stand between `http://` and `:port`.
+fn parse_host(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && (text.parse::<std::net::IpAddr>().is_ok()
+            || text.split('.').all(|label| {
+                draas_core::instance::validate_name(&label.to_ascii_lowercase()).is_ok()
+            }));
+    if ok {
+        Ok(match text.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{text}]"),
+            Err(_) => text.to_string(),
+        })
+    } else {
+        Err(format!("{text:?} is not a host name or IP address"))
+    }
 }
 
 impl ProcessArgs {
@@ -214,6 +237,19 @@ fn parse_range(text: &str) -> Result<RangeInclusive<u16>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertised_hosts_are_names_or_addresses() {
+        assert_eq!(
+            parse_host("drasi-1.example.com").unwrap(),
+            "drasi-1.example.com"
+        );
+        assert_eq!(parse_host("10.0.0.7").unwrap(), "10.0.0.7");
+        assert_eq!(parse_host("::1").unwrap(), "[::1]");
+        for bad in ["", "a b", "host/path", "x@y", "-x.com", "h:80"] {
+            assert!(parse_host(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn port_ranges_parse_and_bad_ones_are_refused() {

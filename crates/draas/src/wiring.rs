@@ -12,17 +12,15 @@ use draas_bus::InProcessBus;
 use draas_core::keys;
 use draas_core::messages::WorkerInfo;
 use draas_core::ports::store::JsonStore;
-use draas_core::ports::{MessageBus, PlatformDriver, StateStore, StatusSink};
-use draas_core::status::StatusRecorder;
+use draas_core::ports::{MessageBus, PlatformDriver, StateStore};
 use draas_drasi::validate::DrasiValidator;
 use draas_store::EmbeddedStore;
-use draas_worker::{Worker, WorkerSettings};
-use draas_worker_process::{ProcessDriver, ProcessSettings};
-use tokio_util::sync::CancellationToken;
+use draas_worker::{Worker, WorkerContext, WorkerSettings};
+use draas_worker_process::ProcessSettings;
 use tracing::{info, warn};
 
 use crate::config::{ControlArgs, ProcessArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs};
-use crate::shutdown;
+use crate::shutdown::{self, Shutdown};
 
 /// How long the HTTP server may drain after shutdown began (open event
 /// streams never end on their own).
@@ -35,11 +33,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?);
     let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
-    let (shutdown, forced) = shutdown::install().context("cannot install signal handlers")?;
+    let shutdown = shutdown::install().context("cannot install signal handlers")?;
 
     let worker = process_worker(&data_dir, &args.process, store.clone(), bus.clone())?;
     let worker_id = worker.id().to_string();
-    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let mut worker_task = tokio::spawn(worker.run(shutdown.graceful.clone()));
     wait_for_worker(store.as_ref(), &worker_id).await?;
 
     let control = Arc::new(ControlPlane::new(
@@ -48,13 +46,33 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::new(DrasiValidator),
         control_settings(&args.control),
     ));
-    serve_api(args.listen, control, shutdown.clone(), forced).await?;
-
-    info!("waiting for the worker to finish running commands");
-    match worker_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!("worker stopped with an error: {e}"),
-        Err(e) => warn!("worker task failed: {e}"),
+    // The API and the worker live and die together: a worker that stops on
+    // its own takes the API down with it (and `draas up` exits non-zero)
+    // rather than leaving an API that answers 503 forever.
+    let api = serve_api(args.listen, control, shutdown.clone());
+    tokio::pin!(api);
+    let worker_result = tokio::select! {
+        served = &mut api => {
+            served?;
+            info!("waiting for the worker to finish running commands");
+            tokio::select! {
+                joined = &mut worker_task => Some(joined),
+                () = shutdown.forced.cancelled() => {
+                    warn!("not waiting for the worker's commands (forced)");
+                    None
+                }
+            }
+        }
+        joined = &mut worker_task => {
+            shutdown.graceful.cancel();
+            let _ = api.await;
+            Some(joined)
+        }
+    };
+    match worker_result {
+        Some(Ok(Ok(()))) | None => {}
+        Some(Ok(Err(e))) => anyhow::bail!("the Process worker stopped: {e}"),
+        Some(Err(e)) => anyhow::bail!("the Process worker failed: {e}"),
     }
     info!("stopped; Drasi servers keep running and are re-adopted at the next start");
     Ok(())
@@ -63,7 +81,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// `draas serve`: the control plane over Redis.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (store, bus) = connect_redis(&args.redis).await?;
-    let (shutdown, forced) = shutdown::install().context("cannot install signal handlers")?;
+    let shutdown = shutdown::install().context("cannot install signal handlers")?;
     let control = Arc::new(ControlPlane::new(
         store,
         bus,
@@ -73,10 +91,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let watchdog = tokio::spawn(draas_api::watchdog::run(
         control.clone(),
         Duration::from_secs(args.watchdog_seconds.max(1)),
-        shutdown.clone(),
+        shutdown.graceful.clone(),
     ));
-    serve_api(args.listen, control, shutdown.clone(), forced).await?;
-    shutdown.cancel();
+    serve_api(args.listen, control, shutdown.clone()).await?;
+    shutdown.graceful.cancel();
     let _ = watchdog.await;
     info!("stopped");
     Ok(())
@@ -94,14 +112,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let (store, bus) = connect_redis(&args.redis).await?;
-    let (shutdown, forced) = shutdown::install().context("cannot install signal handlers")?;
+    let shutdown = shutdown::install().context("cannot install signal handlers")?;
     let worker = process_worker(&data_dir, &args.process, store, bus)?;
     info!(worker = worker.id(), "worker starting");
-    let run = worker.run(shutdown.clone());
+    let run = worker.run(shutdown.graceful.clone());
     tokio::pin!(run);
     tokio::select! {
         result = &mut run => result.context("worker failed")?,
-        () = async { shutdown.cancelled().await; forced.await } => {
+        () = shutdown.forced.cancelled() => {
             warn!("forced stop");
         }
     }
@@ -158,7 +176,7 @@ fn process_worker(
     args: &ProcessArgs,
     store: Arc<dyn StateStore>,
     bus: Arc<dyn MessageBus>,
-) -> anyhow::Result<NamedWorker> {
+) -> anyhow::Result<Worker> {
     let host = hostname();
     let worker_id = worker_id(data_dir, "process", &host)?;
     let runtime = args.runtime()?;
@@ -168,51 +186,27 @@ fn process_worker(
             runtime.display()
         );
     }
-    let recorder = StatusRecorder::new(store.clone(), bus.clone(), worker_id.clone());
-    let sink: Arc<dyn StatusSink> = Arc::new(recorder);
-    let mut settings = ProcessSettings::new(
-        data_dir.join("process"),
-        runtime,
-        worker_id.clone(),
-        host.clone(),
-    );
-    settings.allowed_executables = args.allow_executables.clone();
-    let driver: Arc<dyn PlatformDriver> =
-        Arc::new(ProcessDriver::new(settings, store.clone(), sink));
     let heartbeat = Duration::from_secs(args.heartbeat_seconds.max(1));
-    let worker = Worker::new(
+    let context = WorkerContext::new(
         WorkerSettings {
-            worker_id: worker_id.clone(),
-            host,
+            worker_id,
+            host: host.clone(),
             heartbeat_interval: heartbeat,
             heartbeat_ttl: heartbeat * 3,
             concurrency: draas_worker::DEFAULT_CONCURRENCY,
             capacity: None,
         },
-        driver,
         store,
         bus,
     );
-    Ok(NamedWorker {
-        id: worker_id,
-        worker,
-    })
-}
-
-/// A worker and its id.
-struct NamedWorker {
-    id: String,
-    worker: Worker,
-}
-
-impl NamedWorker {
-    fn id(&self) -> &str {
-        &self.id
+    let mut settings = ProcessSettings::new(data_dir.join("process"), runtime, host);
+    settings.allowed_executables = args.allow_executables.clone();
+    if let Some(advertised) = &args.advertise_host {
+        settings.advertise_host = advertised.clone();
     }
-
-    async fn run(self, shutdown: CancellationToken) -> Result<(), draas_worker::WorkerError> {
-        self.worker.run(shutdown).await
-    }
+    let driver: Arc<dyn PlatformDriver> =
+        Arc::new(draas_worker_process::driver(settings, &context));
+    Ok(Worker::new(context, driver))
 }
 
 /// The worker's id: stable across restarts (its unacknowledged commands
@@ -273,19 +267,19 @@ async fn wait_for_worker(store: &dyn StateStore, worker_id: &str) -> anyhow::Res
     }
 }
 
-/// Serves the API until `shutdown`, then drains briefly.
+/// Serves the API until shutdown, then drains briefly (open event streams
+/// never end on their own); a second signal ends the drain at once.
 async fn serve_api(
     listen: std::net::SocketAddr,
     control: Arc<ControlPlane>,
-    shutdown: CancellationToken,
-    forced: impl std::future::Future<Output = ()>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     info!("DRaaS API listening on http://{}", listener.local_addr()?);
     let app = router(control).layer(tower_http::trace::TraceLayer::new_for_http());
-    let stop = shutdown.clone();
+    let stop = shutdown.graceful.clone();
     let mut server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -296,11 +290,11 @@ async fn serve_api(
             result.context("API server task failed")?.context("API server failed")?;
             return Ok(());
         }
-        () = shutdown.cancelled() => {}
+        () = shutdown.graceful.cancelled() => {}
     }
     tokio::select! {
         _ = tokio::time::timeout(HTTP_DRAIN, &mut server) => {}
-        () = forced => {}
+        () = shutdown.forced.cancelled() => {}
     }
     server.abort();
     Ok(())

@@ -361,7 +361,7 @@ async fn a_command_whose_worker_is_killed_midway_is_reclaimed_and_completed_by_t
         .post(
             "/api/server/instances",
             Some(json!({"name": "slow", "platformType": "Process",
-                        "serverConfiguration": {"executablePath": allow, "startTimeoutSeconds": 30}})),
+                        "serverConfiguration": {"process": {"executablePath": allow}, "startTimeoutSeconds": 30}})),
         )
         .await;
     assert_eq!(status, 201, "{created}");

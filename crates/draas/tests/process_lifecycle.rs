@@ -254,7 +254,7 @@ async fn a_server_gone_while_draas_was_down_is_reported_failed_and_a_reused_pid_
         .await;
     assert_eq!(status, 200, "{instance}");
     let pid = instance["runtime"]["handle"]["pid"].as_u64().expect("pid");
-    let host = instance["runtime"]["host"]
+    let host = instance["runtime"]["scope"]
         .as_str()
         .expect("host")
         .to_string();
@@ -286,7 +286,7 @@ async fn a_server_gone_while_draas_was_down_is_reported_failed_and_a_reused_pid_
             .expect("read")
             .expect("record")
             .value;
-        record["pid"] = json!(decoy.id());
+        record["platform"]["pid"] = json!(decoy.id());
         store
             .put_json(&records, &id, &record, Precondition::None)
             .await
@@ -347,7 +347,7 @@ async fn start_failures_are_reported_with_their_reason() {
 
     // An executable not on the worker's allow-list.
     let (status, body) = draas
-        .post("/api/server/instances", Some(json!({"name": "sneaky", "platformType": "Process", "serverConfiguration": {"executablePath": "/bin/sh"}})))
+        .post("/api/server/instances", Some(json!({"name": "sneaky", "platformType": "Process", "serverConfiguration": {"process": {"executablePath": "/bin/sh"}}})))
         .await;
     assert_eq!(status, 201, "{body}");
     let sneaky = body["instance"]["id"].as_str().expect("id").to_string();

@@ -5,10 +5,13 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use draas_core::instance::InstanceId;
+use std::sync::Arc;
+
+use draas_core::instance::{validate_name, InstanceId};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::service::ControlPlane;
 
 /// A JSON body; rejections become 400/415 problems naming what was wrong.
 pub struct ApiJson<T>(pub T);
@@ -67,20 +70,32 @@ where
     }
 }
 
-/// The `{id}` of an instance route, validated (400 for path-like or
-/// otherwise malformed ids, before any lookup).
+/// The `{id}` of an instance route: an instance id, or an instance's name
+/// as the original design addresses instances. Malformed values (path-like,
+/// too long) are 400 before any lookup; unknown ones 404.
 pub struct InstancePath(pub InstanceId);
 
-impl<S: Send + Sync> FromRequestParts<S> for InstancePath {
+impl FromRequestParts<Arc<ControlPlane>> for InstancePath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ControlPlane>,
+    ) -> Result<Self, Self::Rejection> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request("INVALID_INSTANCE_ID", e.body_text()))?;
-        raw.parse::<InstanceId>()
-            .map(Self)
-            .map_err(|e| ApiError::bad_request("INVALID_INSTANCE_ID", e.0))
+        let as_id = raw.parse::<InstanceId>();
+        if as_id.is_err() && validate_name(&raw).is_err() {
+            return Err(ApiError::bad_request(
+                "INVALID_INSTANCE_ID",
+                format!(
+                    "'{}' is neither an instance id nor an instance name (1-63 characters of a-z, 0-9 and '-')",
+                    raw.escape_debug()
+                ),
+            ));
+        }
+        state.resolve(&raw).await.map(Self)
     }
 }
 

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use draas_core::instance::ActualState;
 use draas_core::messages::{Event, LogStream, EVENT_CHANNELS};
+use draas_core::ports::BusError;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -121,8 +122,9 @@ async fn get_instance(
             return Ok(Json(redact::instance(instance)).into_response());
         }
         let next = tokio::time::timeout_at(deadline, async {
-            while let Some(event) = events.next().await {
-                if matches!(&event.event, Event::InstanceStatusChanged(c) if c.instance_id == id) {
+            while let Some(published) = events.next().await {
+                if matches!(&published.envelope.event, Event::InstanceStatusChanged(c) if c.instance_id == id)
+                {
                     return true;
                 }
             }
@@ -310,18 +312,69 @@ async fn recent_changes(State(cp): Cp, ApiQuery(q): ApiQuery<ChangesQuery>) -> A
     Ok(Json(cp.recent_changes(q.since, q.limit.unwrap_or(1000)).await?).into_response())
 }
 
-/// Server-sent events of every bus event: `event: <type>`, `data: <json>`.
-async fn events(State(cp): Cp) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let events = cp.bus().subscribe(&EVENT_CHANNELS).await?;
-    let stream = events.map(|envelope| {
-        let kind = serde_json::to_value(&envelope.event)
+/// Events replayed per page when a client resumes.
+const RESUME_PAGE: usize = 1000;
+/// Most events replayed to a resuming client (the bus keeps 10,000).
+const RESUME_LIMIT: usize = 20_000;
+
+/// Server-sent events of every bus event: `event: <type>`, `id: <cursor>`,
+/// `data: <json>`. The `id` is the event's cursor in the kept history, so a
+/// client that reconnects with `Last-Event-ID` first gets every kept event
+/// it missed, then the live ones, none twice.
+async fn events(
+    State(cp): Cp,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    // Subscribe before replaying, so nothing published in between is lost;
+    // what both deliver is sent once (by event id).
+    let live = cp.bus().subscribe(&EVENT_CHANNELS).await?;
+    let last_seen = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().to_string())
+                .map_err(|_| ApiError::bad_request("INVALID_CURSOR", "Last-Event-ID is not ASCII"))
+        })
+        .transpose()?
+        .filter(|s| !s.is_empty());
+    let mut missed = Vec::new();
+    if let Some(mut after) = last_seen {
+        loop {
+            let page = cp
+                .bus()
+                .replay_events(Some(&after), RESUME_PAGE)
+                .await
+                .map_err(|e| match e {
+                    BusError::InvalidCursor(_) => {
+                        ApiError::bad_request("INVALID_CURSOR", format!("Last-Event-ID: {e}"))
+                    }
+                    other => other.into(),
+                })?;
+            let full = page.len() == RESUME_PAGE;
+            if let Some(last) = page.last() {
+                after = last.cursor.clone();
+            }
+            missed.extend(page);
+            if !full || missed.len() >= RESUME_LIMIT {
+                break;
+            }
+        }
+    }
+    let replayed: std::collections::HashSet<uuid::Uuid> =
+        missed.iter().map(|e| e.envelope.id).collect();
+    let live = live.filter(move |e| {
+        let fresh = !replayed.contains(&e.envelope.id);
+        async move { fresh }
+    });
+    let stream = futures::stream::iter(missed).chain(live).map(|published| {
+        let kind = serde_json::to_value(&published.envelope.event)
             .ok()
             .and_then(|v| v.get("type").and_then(|t| t.as_str().map(str::to_string)))
             .unwrap_or_else(|| "Unknown".into());
-        let data = serde_json::to_string(&envelope).unwrap_or_default();
+        let data = serde_json::to_string(&published.envelope).unwrap_or_default();
         Ok(SseEvent::default()
             .event(kind)
-            .id(envelope.id.to_string())
+            .id(published.cursor)
             .data(data))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -341,11 +394,14 @@ async fn event_history(State(cp): Cp, ApiQuery(q): ApiQuery<HistoryQuery>) -> Ap
         .bus()
         .replay_events(q.after.as_deref(), limit)
         .await
-        .map_err(|e| ApiError::bad_request("INVALID_CURSOR", e.to_string()))?;
-    let next = events.last().map(|(cursor, _)| cursor.clone()).or(q.after);
+        .map_err(|e| match e {
+            BusError::InvalidCursor(_) => ApiError::bad_request("INVALID_CURSOR", e.to_string()),
+            other => other.into(),
+        })?;
+    let next = events.last().map(|e| e.cursor.clone()).or(q.after);
     let events: Vec<_> = events
         .into_iter()
-        .map(|(cursor, event)| json!({ "cursor": cursor, "event": event }))
+        .map(|e| json!({ "cursor": e.cursor, "event": e.envelope }))
         .collect();
     Ok(Json(json!({ "events": events, "next": next })).into_response())
 }
@@ -356,7 +412,9 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
+/// Ready when both the store and the bus answer.
 async fn readyz(State(cp): Cp) -> ApiResult<Response> {
     cp.store().get("health", "probe").await?;
-    Ok(Json(json!({ "status": "ready" })).into_response())
+    cp.bus().ping().await?;
+    Ok(Json(json!({ "status": "ready", "store": "ok", "bus": "ok" })).into_response())
 }

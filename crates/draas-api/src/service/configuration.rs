@@ -7,11 +7,13 @@
 //! `generation`, which is also the documents' ETag.
 
 use axum::http::StatusCode;
-use draas_core::instance::{Instance, InstanceConfiguration, InstanceId, ServerConfiguration};
+use draas_core::instance::{
+    Instance, InstanceConfiguration, InstanceId, PlatformType, ServerConfiguration,
+};
 use draas_core::keys;
 use draas_core::messages::{Event, EventEnvelope};
-use draas_core::patch::{apply_json_patch, PatchError};
-use draas_core::ports::store::{encode, Precondition, Write};
+use draas_core::patch::{apply_json_patch, apply_json_patch_guarded, PatchError};
+use draas_core::ports::store::{read_modify_write, CasError, Change, Record};
 use draas_core::ports::StoreError;
 
 use super::ports::{ports_of, reservation_writes};
@@ -108,92 +110,101 @@ impl ControlPlane {
         if_match: Option<u64>,
         target: Target,
     ) -> ApiResult<Instance> {
-        for _ in 0..super::MAX_ATTEMPTS {
-            let record = self.load(id).await?;
-            let mut instance = record.value;
-            if let Some(expected) = if_match {
-                if expected != instance.generation {
-                    return Err(ApiError::new(
-                        StatusCode::PRECONDITION_FAILED,
-                        "STALE_GENERATION",
-                        format!(
-                            "If-Match names generation {expected}, but the instance is at generation {}; \
-                             GET it again and reapply your change",
-                            instance.generation
-                        ),
-                    ));
-                }
-            }
-            let old_ports = ports_of(&instance.configuration, id);
-            match target {
-                Target::Configuration => {
-                    let patched =
-                        apply_json_patch(&instance.configuration, patch).map_err(patch_error)?;
-                    self.check_configuration(id, &patched, "")?;
-                    instance.configuration = patched;
-                }
-                Target::Server => {
-                    let patched = apply_json_patch(&instance.server_configuration, patch)
-                        .map_err(patch_error)?;
-                    let errors: Vec<FieldError> = patched
-                        .issues()
-                        .into_iter()
-                        .map(|(path, message)| FieldError { path, message })
-                        .collect();
-                    if !errors.is_empty() {
-                        return Err(ApiError::invalid(
-                            "INVALID_SERVER_CONFIGURATION",
-                            "the server configuration is not valid",
-                            errors,
+        // The configuration of the last attempt, to name a taken port in it.
+        let mut attempted: Option<(PlatformType, InstanceConfiguration)> = None;
+        let outcome = read_modify_write(
+            self.store.as_ref(),
+            keys::INSTANCES,
+            id.as_str(),
+            super::MAX_ATTEMPTS,
+            |current: Option<Record<Instance>>| {
+                let mut instance = current
+                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
+                    .value;
+                // Checked on every attempt: a retry after a concurrent
+                // change must not apply a patch meant for the old document.
+                if let Some(expected) = if_match {
+                    if expected != instance.generation {
+                        return Err(ApiError::new(
+                            StatusCode::PRECONDITION_FAILED,
+                            "STALE_GENERATION",
+                            format!(
+                                "If-Match names generation {expected}, but the instance is at generation {}; \
+                                 GET it again and reapply your change",
+                                instance.generation
+                            ),
                         ));
                     }
-                    instance.server_configuration = patched;
                 }
+                let old_ports = ports_of(&instance.configuration, id);
+                match target {
+                    Target::Configuration => {
+                        let patched = apply_json_patch(&instance.configuration, patch)
+                            .map_err(patch_error)?;
+                        self.check_configuration(id, &patched, "")?;
+                        instance.configuration = patched;
+                    }
+                    Target::Server => {
+                        let patched = apply_json_patch_guarded(
+                            &instance.server_configuration,
+                            patch,
+                            &SECRETS,
+                        )
+                        .map_err(patch_error)?;
+                        let errors: Vec<FieldError> = patched
+                            .issues(instance.platform_type)
+                            .into_iter()
+                            .map(|(path, message)| FieldError { path, message })
+                            .collect();
+                        if !errors.is_empty() {
+                            return Err(ApiError::invalid(
+                                "INVALID_SERVER_CONFIGURATION",
+                                "the server configuration is not valid",
+                                errors,
+                            ));
+                        }
+                        instance.server_configuration = patched;
+                    }
+                }
+                instance.generation += 1;
+                instance.updated_at = chrono::Utc::now();
+                let new_ports = ports_of(&instance.configuration, id);
+                attempted = Some((instance.platform_type, instance.configuration.clone()));
+                let also =
+                    reservation_writes(instance.platform_type, id, &old_ports, &new_ports);
+                Ok(Change::Put {
+                    value: instance.clone(),
+                    also,
+                    output: instance,
+                })
+            },
+        )
+        .await;
+        let instance = match outcome {
+            Ok(instance) => instance,
+            // A port another instance holds.
+            Err(CasError::Store(StoreError::Conflict { collection, key }))
+                if collection != keys::INSTANCES =>
+            {
+                let port: u16 = key.parse().unwrap_or_default();
+                let Some((platform, configuration)) = attempted else {
+                    return Err(ApiError::conflict("CONCURRENT_UPDATE", "retry"));
+                };
+                return Err(self.port_taken(platform, &configuration, port).await);
             }
-            instance.generation += 1;
-            instance.updated_at = chrono::Utc::now();
-            let new_ports = ports_of(&instance.configuration, id);
-            let mut writes = vec![Write::Put {
-                collection: keys::INSTANCES.into(),
-                key: id.to_string(),
-                value: encode(&instance)?,
-                precondition: Precondition::Revision(record.revision),
-            }];
-            writes.extend(reservation_writes(
-                instance.platform_type,
-                id,
-                &old_ports,
-                &new_ports,
-            ));
-            match self.store.apply(writes).await {
-                Ok(_) => {
-                    let event = Event::ConfigurationChanged {
-                        instance_id: id.clone(),
-                        generation: instance.generation,
-                    };
-                    let _ = self.bus.publish(&EventEnvelope::new(event)).await;
-                    return Ok(instance);
-                }
-                // The record changed under us (a status write, another
-                // patch): re-read and re-apply; If-Match is checked again.
-                Err(StoreError::Conflict { collection, .. }) if collection == keys::INSTANCES => {
-                    continue
-                }
-                Err(StoreError::Conflict { key, .. }) => {
-                    let port: u16 = key.parse().unwrap_or_default();
-                    return Err(self
-                        .port_taken(instance.platform_type, &instance.configuration, port)
-                        .await);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::conflict(
-            "CONCURRENT_UPDATE",
-            format!("instance {id} kept changing; retry"),
-        ))
+            Err(e) => return Err(super::cas_error(id, e)),
+        };
+        let event = Event::ConfigurationChanged {
+            instance_id: id.clone(),
+            generation: instance.generation,
+        };
+        let _ = self.bus.publish(&EventEnvelope::new(event)).await;
+        Ok(instance)
     }
 }
+
+/// Where the server configuration keeps secrets.
+const SECRETS: [&str; 1] = ["/environment"];
 
 fn patch_error(e: PatchError) -> ApiError {
     match &e {
@@ -211,6 +222,16 @@ fn patch_error(e: PatchError) -> ApiError {
             vec![FieldError {
                 path: path.clone(),
                 message: message.clone(),
+            }],
+        ),
+        PatchError::SecretAccess { member, .. } => ApiError::invalid(
+            "SECRET_NOT_READABLE",
+            e.to_string(),
+            vec![FieldError {
+                path: member.clone(),
+                message:
+                    "secrets can be replaced or removed, never read, tested, copied or moved out"
+                        .into(),
             }],
         ),
         PatchError::Invalid { path, message } => ApiError::invalid(

@@ -14,12 +14,14 @@ use draas_core::keys;
 use draas_core::messages::{
     Command, Event, EventEnvelope, LogStream, LogsSpec, StartSpec, StatusChange, StopSpec,
 };
-use draas_core::ports::store::{encode, JsonStore, Precondition, Write};
+use draas_core::ports::store::{
+    encode, read_modify_write, Change, JsonStore, Precondition, Record, Write,
+};
 use draas_core::ports::StoreError;
 use serde::{Deserialize, Serialize};
 
 use super::ports::{ports_of, reservation_writes};
-use super::ControlPlane;
+use super::{ControlPlane, Reply};
 use crate::error::{ApiError, ApiResult, FieldError};
 
 /// `POST /api/server/instances`.
@@ -31,7 +33,9 @@ pub struct CreateInstance {
     /// Free text.
     #[serde(default)]
     pub description: String,
-    /// `Process`, `Docker` or `Kubernetes` (`AKS` accepted).
+    /// `Process` (the default, as in the original design), `Docker` or
+    /// `Kubernetes` (`AKS` accepted).
+    #[serde(default = "default_platform")]
     pub platform_type: PlatformType,
     /// How to run it; defaults apply when absent.
     #[serde(default)]
@@ -39,6 +43,10 @@ pub struct CreateInstance {
     /// What it does; an empty server on an allocated port when absent.
     #[serde(default)]
     pub configuration: Option<InstanceConfiguration>,
+}
+
+fn default_platform() -> PlatformType {
+    PlatformType::Process
 }
 
 /// `GET /api/server/instances` query.
@@ -91,10 +99,14 @@ impl ControlPlane {
                 message: format!("at most {MAX_DESCRIPTION} bytes"),
             });
         }
-        let server_configuration = request.server_configuration.unwrap_or_default();
+        let platform = request.platform_type;
+        let server_configuration = request.server_configuration.map_or_else(
+            || ServerConfiguration::for_platform(platform),
+            |given| given.with_section_of(platform),
+        );
         errors.extend(
             server_configuration
-                .issues()
+                .issues(platform)
                 .into_iter()
                 .map(|(path, message)| FieldError {
                     path: format!("/serverConfiguration{path}"),
@@ -109,16 +121,21 @@ impl ControlPlane {
             ));
         }
 
-        let platform = request.platform_type;
         let id = InstanceId::generate();
+        let policy = platform.policy();
         let mut configuration = request
             .configuration
             .unwrap_or_else(|| InstanceConfiguration::empty("", 0));
         if configuration.host.is_empty() {
             configuration.host = match platform {
                 PlatformType::Process => self.settings.process_host.clone(),
-                _ => "0.0.0.0".to_string(),
+                _ => policy.default_api_host.to_string(),
             };
+        }
+        if configuration.port == 0 {
+            if let Some(port) = policy.default_api_port {
+                configuration.port = port;
+            }
         }
         let allocate = configuration.port == 0;
         let mut tried = BTreeSet::new();
@@ -237,8 +254,22 @@ impl ControlPlane {
         let instance = self.set_desired(id, DesiredState::Running).await?;
         let spec = self.start_spec(&instance)?;
         let timeout = self.start_timeout(&instance);
-        self.send(&instance, Command::Start(spec), timeout).await?;
-        Ok(self.load(id).await?.value)
+        let reply = self.send(&instance, Command::Start(spec), timeout).await?;
+        self.after(instance, reply).await
+    }
+
+    /// The instance as a worker's reply left it: the status and runtime
+    /// info the worker recorded, on the record read before the command (no
+    /// second read when the reply carries them).
+    async fn after(&self, mut instance: Instance, reply: Reply) -> ApiResult<Instance> {
+        match reply.status {
+            Some(status) => {
+                instance.status = status;
+                instance.runtime = reply.runtime;
+                Ok(instance)
+            }
+            None => Ok(self.load(&instance.id).await?.value),
+        }
     }
 
     /// Stops the instance and waits for the worker's result.
@@ -255,8 +286,8 @@ impl ControlPlane {
             shutdown_timeout_seconds: instance.server_configuration.shutdown_timeout_seconds,
         };
         let timeout = self.stop_timeout(&instance);
-        self.send(&instance, Command::Stop(spec), timeout).await?;
-        Ok(self.load(id).await?.value)
+        let reply = self.send(&instance, Command::Stop(spec), timeout).await?;
+        self.after(instance, reply).await
     }
 
     /// Restarts the instance with its current configuration.
@@ -264,9 +295,10 @@ impl ControlPlane {
         let instance = self.set_desired(id, DesiredState::Running).await?;
         let spec = self.start_spec(&instance)?;
         let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
-        self.send(&instance, Command::Restart(spec), timeout)
+        let reply = self
+            .send(&instance, Command::Restart(spec), timeout)
             .await?;
-        Ok(self.load(id).await?.value)
+        self.after(instance, reply).await
     }
 
     /// Deletes the instance: the worker removes the server and its files
@@ -293,53 +325,43 @@ impl ControlPlane {
                 Err(e) => return Err(e),
             }
         }
-        for _ in 0..super::MAX_ATTEMPTS {
-            let record = self.load(id).await?;
-            let instance = record.value;
-            let mut writes = vec![
-                Write::Delete {
-                    collection: keys::INSTANCES.into(),
-                    key: id.to_string(),
-                    precondition: Precondition::Revision(record.revision),
-                },
-                Write::Delete {
+        let removed = read_modify_write(
+            self.store.as_ref(),
+            keys::INSTANCES,
+            id.as_str(),
+            super::MAX_ATTEMPTS,
+            |current: Option<Record<Instance>>| {
+                let instance = current
+                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
+                    .value;
+                let mut also = vec![Write::Delete {
                     collection: keys::INSTANCE_NAMES.into(),
                     key: instance.name.clone(),
                     precondition: Precondition::None,
-                },
-            ];
-            writes.extend(reservation_writes(
-                instance.platform_type,
-                id,
-                &ports_of(&instance.configuration, id),
-                &BTreeSet::new(),
-            ));
-            match self.store.apply(writes).await {
-                Ok(_) => {
-                    self.log_change(
-                        &instance,
-                        Some(instance.status.state),
-                        ActualState::Deleting,
-                    )
-                    .await;
-                    let _ = self
-                        .bus
-                        .publish(&EventEnvelope::new(Event::InstanceDeleted {
-                            instance_id: id.clone(),
-                        }))
-                        .await;
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { collection, .. }) if collection == keys::INSTANCES => {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::conflict(
-            "CONCURRENT_UPDATE",
-            format!("instance {id} kept changing; retry"),
-        ))
+                }];
+                also.extend(reservation_writes(
+                    instance.platform_type,
+                    id,
+                    &ports_of(&instance.configuration, id),
+                    &BTreeSet::new(),
+                ));
+                Ok(Change::Delete {
+                    also,
+                    output: instance,
+                })
+            },
+        )
+        .await
+        .map_err(|e| super::cas_error(id, e))?;
+        self.log_change(&removed, Some(removed.status.state), ActualState::Deleting)
+            .await;
+        let _ = self
+            .bus
+            .publish(&EventEnvelope::new(Event::InstanceDeleted {
+                instance_id: id.clone(),
+            }))
+            .await;
+        Ok(())
     }
 
     /// The instance's status and runtime info, plus the worker's live view
@@ -351,7 +373,7 @@ impl ControlPlane {
                 .send(&instance, Command::Status, self.settings.command_timeout)
                 .await
             {
-                Ok(detail) => detail,
+                Ok(reply) => reply.detail,
                 Err(e) => Some(serde_json::json!({ "error": e.detail, "code": e.code })),
             }
         } else {
@@ -378,14 +400,15 @@ impl ControlPlane {
         if instance.status.state == ActualState::Created {
             return Ok(Vec::new());
         }
-        let detail = self
+        let reply = self
             .send(
                 &instance,
                 Command::Logs(LogsSpec { tail, stream }),
                 self.settings.command_timeout,
             )
             .await?;
-        Ok(detail
+        Ok(reply
+            .detail
             .and_then(|d| serde_json::from_value(d["lines"].clone()).ok())
             .unwrap_or_default())
     }

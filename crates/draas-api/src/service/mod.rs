@@ -14,13 +14,18 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use chrono::Utc;
-use draas_core::instance::{Instance, InstanceId, PlatformType};
+use draas_core::instance::{
+    validate_name, ActualState, Instance, InstanceId, InstanceStatus, PlatformType, RuntimeInfo,
+};
 use draas_core::keys;
 use draas_core::messages::{Command, CommandEnvelope, Outcome, WorkerInfo};
-use draas_core::ports::store::{encode, JsonStore, Precondition, Record};
-use draas_core::ports::{ConfigValidator, MessageBus, StateStore, StoreError};
+use draas_core::policy::Reach;
+use draas_core::ports::store::{read_modify_write, CasError, Change, JsonStore, Record};
+use draas_core::ports::{ConfigValidator, MessageBus, StateStore};
 use draas_core::status::StatusRecorder;
+use draas_core::workers::live_workers;
 
 pub use configuration::ConfigurationDocument;
 pub use instances::{CreateInstance, InstanceList, ListQuery};
@@ -37,7 +42,8 @@ pub struct ControlPlaneSettings {
     /// Deadline of a command sent to a worker (Start gets at least its
     /// start timeout plus a margin).
     pub command_timeout: Duration,
-    /// Ports given to instances that do not choose one.
+    /// Ports given to instances that do not choose one, on platforms whose
+    /// servers share their host's ports (Process).
     pub port_range: RangeInclusive<u16>,
     /// API bind address of Process instances that do not choose one.
     pub process_host: String,
@@ -103,6 +109,29 @@ impl ControlPlane {
             .ok_or_else(|| ApiError::not_found("instance", id.as_str()))
     }
 
+    /// The instance named or identified by `name_or_id` (the original
+    /// design addresses instances by name; ids win when both match).
+    pub async fn resolve(&self, name_or_id: &str) -> ApiResult<InstanceId> {
+        if let Ok(id) = name_or_id.parse::<InstanceId>() {
+            if self
+                .store
+                .get(keys::INSTANCES, id.as_str())
+                .await?
+                .is_some()
+            {
+                return Ok(id);
+            }
+        }
+        if validate_name(name_or_id).is_ok() {
+            if let Some(found) = self.store.get(keys::INSTANCE_NAMES, name_or_id).await? {
+                if let Ok(id) = String::from_utf8_lossy(&found.value).parse::<InstanceId>() {
+                    return Ok(id);
+                }
+            }
+        }
+        Err(ApiError::not_found("instance", name_or_id))
+    }
+
     /// Applies `change` to instance `id` and stores it, retrying when the
     /// record changed meanwhile (a worker recorded a status, say). `change`
     /// runs again on each attempt, against the fresh record.
@@ -110,43 +139,63 @@ impl ControlPlane {
     where
         F: FnMut(&mut Instance) -> ApiResult<()> + Send,
     {
-        for _ in 0..MAX_ATTEMPTS {
-            let record = self.load(id).await?;
-            let mut instance = record.value;
-            change(&mut instance)?;
-            instance.updated_at = Utc::now();
-            match self
-                .store
-                .put(
-                    keys::INSTANCES,
-                    id.as_str(),
-                    encode(&instance)?,
-                    Precondition::Revision(record.revision),
-                )
-                .await
-            {
-                Ok(_) => return Ok(instance),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::conflict(
-            "CONCURRENT_UPDATE",
-            format!("instance {id} kept changing; retry"),
-        ))
+        let outcome = read_modify_write(
+            self.store.as_ref(),
+            keys::INSTANCES,
+            id.as_str(),
+            MAX_ATTEMPTS,
+            |current: Option<Record<Instance>>| {
+                let mut instance = current
+                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
+                    .value;
+                change(&mut instance)?;
+                instance.updated_at = Utc::now();
+                Ok(Change::Put {
+                    value: instance.clone(),
+                    also: Vec::new(),
+                    output: instance,
+                })
+            },
+        )
+        .await;
+        outcome.map_err(|e| cas_error(id, e))
     }
 
     /// Workers of `platform` whose heartbeat has not expired.
     pub async fn live_workers(&self, platform: Option<PlatformType>) -> ApiResult<Vec<WorkerInfo>> {
-        let now = Utc::now();
-        Ok(self
-            .store
-            .list_json::<WorkerInfo>(keys::WORKERS)
-            .await?
-            .into_iter()
-            .map(|(_, r)| r.value)
-            .filter(|w| w.is_live(now) && platform.is_none_or(|p| w.platform == p))
-            .collect())
+        Ok(live_workers(self.store.as_ref(), platform, Utc::now()).await?)
+    }
+
+    /// Where a command about `instance` goes, given the live workers of its
+    /// platform: to the worker that runs (or last ran) it while that worker
+    /// lives; else, for a server that may still be running somewhere
+    /// (`Unknown`, or active), to a live worker that can reach it (its
+    /// platform's [`Reach`]: the same scope, or any worker); else to the
+    /// platform's shared channel, where any worker takes it.
+    fn route(&self, instance: &Instance, workers: &[WorkerInfo]) -> ApiResult<String> {
+        let platform = instance.platform_type;
+        let Some(runtime) = instance.runtime.as_ref() else {
+            return Ok(platform.command_channel().to_string());
+        };
+        if workers.iter().any(|w| w.worker_id == runtime.worker_id) {
+            return Ok(platform.worker_channel(&runtime.worker_id));
+        }
+        let may_run =
+            instance.status.state.is_active() || instance.status.state == ActualState::Unknown;
+        if platform.policy().reach == Reach::AnyWorker || !may_run || runtime.scope.is_empty() {
+            return Ok(platform.command_channel().to_string());
+        }
+        match workers.iter().find(|w| w.scope == runtime.scope) {
+            Some(peer) => Ok(platform.worker_channel(&peer.worker_id)),
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NO_LIVE_WORKER",
+                format!(
+                    "the server of instance '{}' may still run in {} (its worker {} is gone), and no live worker there can reach it; start a {platform} worker there and retry",
+                    instance.name, runtime.scope, runtime.worker_id
+                ),
+            )),
+        }
     }
 
     /// Sends `command` about `instance` to a worker of its platform and
@@ -156,25 +205,48 @@ impl ControlPlane {
         instance: &Instance,
         command: Command,
         timeout: Duration,
-    ) -> ApiResult<Option<serde_json::Value>> {
+    ) -> ApiResult<Reply> {
         let workers = self.live_workers(Some(instance.platform_type)).await?;
         if workers.is_empty() {
             return Err(ApiError::no_worker(instance.platform_type));
         }
-        // The worker that runs (or last ran) the instance gets it while it
-        // lives; otherwise any worker of the platform, which adopts it.
-        let platform = instance.platform_type;
-        let channel = match instance.runtime.as_ref().map(|r| r.worker_id.as_str()) {
-            Some(owner) if workers.iter().any(|w| w.worker_id == owner) => {
-                platform.worker_channel(owner)
-            }
-            _ => platform.command_channel().to_string(),
-        };
+        let channel = self.route(instance, &workers)?;
         let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout);
         let reply = self.bus.request(&channel, envelope, timeout).await?;
         match reply.outcome {
-            Outcome::Ok { detail, .. } => Ok(detail),
+            Outcome::Ok {
+                status,
+                runtime,
+                detail,
+            } => Ok(Reply {
+                status,
+                runtime: runtime.map(|r| *r),
+                detail,
+            }),
             Outcome::Error { code, message } => Err(ApiError::from_worker(code, message)),
         }
+    }
+}
+
+/// What a worker answered.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The instance's status after the command, when it changed it.
+    pub status: Option<InstanceStatus>,
+    /// Its runtime info after the command.
+    pub runtime: Option<RuntimeInfo>,
+    /// Command-specific data.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// The API error of a failed read-modify-write of instance `id`.
+pub(crate) fn cas_error(id: &InstanceId, e: CasError<ApiError>) -> ApiError {
+    match e {
+        CasError::Rejected(e) => e,
+        CasError::Store(e) => e.into(),
+        CasError::Exhausted { .. } => ApiError::conflict(
+            "CONCURRENT_UPDATE",
+            format!("instance {id} kept changing; retry"),
+        ),
     }
 }

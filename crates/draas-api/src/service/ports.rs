@@ -1,12 +1,21 @@
-//! Port bookkeeping: every port an instance's configuration listens on is
-//! reserved in the store (`ports/<platform>/<port>` → instance id) in the
-//! same atomic batch that stores the configuration. A port already reserved
-//! makes the batch fail, so two instances never share a port.
+//! Port bookkeeping, for platforms whose servers share their host's ports
+//! ([`PortPolicy::SharedWithHost`]: Process). Every port an instance's
+//! configuration listens on is reserved in the store
+//! (`ports/<platform>/<port>` → instance id) in the same atomic batch that
+//! stores the configuration. A port already reserved makes the batch fail,
+//! so no two instances of the platform are given the same port, whichever
+//! host runs them. Whether the port is actually free on the host is the
+//! worker's check, at launch, on its own host: the control plane binds
+//! nothing (it may not even run there).
+//!
+//! Containers and pods have ports of their own ([`PortPolicy::Private`]):
+//! nothing is reserved for them.
 
 use std::collections::BTreeSet;
 
 use draas_core::instance::{InstanceConfiguration, InstanceId, PlatformType};
 use draas_core::keys;
+use draas_core::policy::PortPolicy;
 use draas_core::ports::store::{Precondition, Write};
 use draas_core::ports::JsonStore;
 
@@ -23,13 +32,17 @@ pub(crate) fn ports_of(config: &InstanceConfiguration, id: &InstanceId) -> BTree
         .collect()
 }
 
-/// Writes that move `id`'s reservations from `old` to `new`.
+/// Writes that move `id`'s reservations from `old` to `new` (none where
+/// ports are private to each server).
 pub(crate) fn reservation_writes(
     platform: PlatformType,
     id: &InstanceId,
     old: &BTreeSet<u16>,
     new: &BTreeSet<u16>,
 ) -> Vec<Write> {
+    if platform.policy().ports == PortPolicy::Private {
+        return Vec::new();
+    }
     let collection = keys::port_reservations(platform);
     let released = old.difference(new).map(|port| Write::Delete {
         collection: collection.clone(),
@@ -70,8 +83,8 @@ pub(crate) fn port_path(config: &InstanceConfiguration, port: u16) -> String {
 }
 
 impl ControlPlane {
-    /// A free port for a new instance: in the configured range, reserved by
-    /// no instance, and bindable on this host right now.
+    /// A port for a new instance of a platform whose servers share their
+    /// host's ports: in the configured range and reserved by no instance.
     pub(crate) async fn allocate_port(
         &self,
         platform: PlatformType,
@@ -87,8 +100,7 @@ impl ControlPlane {
         self.settings
             .port_range
             .clone()
-            .filter(|p| !reserved.contains(p) && !avoid.contains(p))
-            .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+            .find(|p| !reserved.contains(p) && !avoid.contains(p))
             .ok_or_else(|| {
                 ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,

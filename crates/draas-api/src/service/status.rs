@@ -6,7 +6,7 @@ use draas_core::keys;
 use draas_core::messages::StatusChange;
 use draas_core::ports::store::decode;
 use draas_core::ports::Observation;
-use draas_core::status::RecordError;
+use draas_core::status::{RecordError, Recorded};
 use serde::{Deserialize, Serialize};
 
 use super::ControlPlane;
@@ -104,10 +104,15 @@ impl ControlPlane {
             .recorder
             .with_source(format!("external:{}", update.source));
         match recorder.record(observation).await {
-            Ok(Some(change)) => Ok(change),
-            Ok(None) => {
+            Ok(Recorded {
+                change: Some(change),
+                ..
+            }) => Ok(change),
+            Ok(Recorded {
+                change: None,
+                instance,
+            }) => {
                 // Nothing changed: report the current status as the change.
-                let instance = self.load(&update.instance_id).await?.value;
                 Ok(StatusChange {
                     cursor: 0,
                     instance_id: instance.id,

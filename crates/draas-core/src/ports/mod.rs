@@ -7,9 +7,16 @@ pub mod platform;
 pub mod store;
 pub mod validator;
 
-pub use bus::{BusError, CommandStream, DeadLetter, Delivery, EventStream, MessageBus, Responder};
-pub use platform::{DriverError, Observation, PlatformDriver, RuntimeUpdate, Started, StatusSink};
+pub use bus::{
+    BusError, CommandStream, Credits, DeadLetter, Delivery, EventStream, MessageBus, Permit,
+    PublishedEvent, Responder,
+};
+pub use platform::{
+    ComponentStatus, Components, DriverError, LiveStatus, Observation, PlatformDriver, Readiness,
+    RuntimeUpdate, Started, StatusSink,
+};
 pub use store::{
-    JsonStore, LogPage, Precondition, Record, Revision, StateStore, StoreError, Versioned, Write,
+    read_modify_write, CasError, Change, JsonStore, LogPage, Precondition, Record, Revision,
+    StateStore, StoreError, Versioned, Write,
 };
 pub use validator::{ConfigValidator, StructuralValidator};

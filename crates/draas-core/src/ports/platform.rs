@@ -9,8 +9,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use crate::instance::{ActualState, InstanceId, PlatformType, Reason, RuntimeInfo};
+use crate::instance::{ActualState, InstanceId, PlatformHandle, PlatformType, Reason, RuntimeInfo};
 use crate::messages::{ErrorCode, LogsSpec, StartSpec, StopSpec};
 
 /// A failed driver operation.
@@ -53,6 +54,116 @@ pub struct Started {
     /// Which component failed, when degraded.
     pub message: Option<String>,
 }
+
+// === live status ===
+
+/// A worker's live view of one server: what its platform says, and what the
+/// Drasi server itself says of its components.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveStatus {
+    /// Whether the worker runs a server for the instance now.
+    pub running: bool,
+    /// The platform's handle of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<PlatformHandle>,
+    /// The configuration generation it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Base URL of its API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Whether `/health` answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// Every source, query and reaction with its status, when the server
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Components>,
+}
+
+impl LiveStatus {
+    /// Nothing runs.
+    pub fn not_running() -> Self {
+        Self::default()
+    }
+}
+
+/// The components of a Drasi server, by kind, as its API lists them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Components {
+    /// Sources.
+    #[serde(default)]
+    pub sources: Vec<ComponentStatus>,
+    /// Continuous queries.
+    #[serde(default)]
+    pub queries: Vec<ComponentStatus>,
+    /// Reactions.
+    #[serde(default)]
+    pub reactions: Vec<ComponentStatus>,
+}
+
+/// One component and its status (`Running`, `Starting`, `Stopped`,
+/// `Error`, ...), as drasi-server reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// The component's id.
+    pub id: String,
+    /// Its status.
+    #[serde(default)]
+    pub status: String,
+    /// Why it is in `Error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// What a server's components add up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every component is `Running` (or deliberately `Stopped`).
+    Ready,
+    /// Some are still starting (queries bootstrap after `/health`).
+    Starting,
+    /// At least one is in `Error`: which, and why.
+    Failed(String),
+}
+
+impl Components {
+    /// Every component with the name of its kind.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &ComponentStatus)> {
+        let tag = |kind: &'static str| move |c| (kind, c);
+        self.sources
+            .iter()
+            .map(tag("source"))
+            .chain(self.queries.iter().map(tag("query")))
+            .chain(self.reactions.iter().map(tag("reaction")))
+    }
+
+    /// Any `Error` wins; then any component not yet settled.
+    pub fn readiness(&self) -> Readiness {
+        let mut starting = false;
+        for (kind, component) in self.all() {
+            match component.status.as_str() {
+                "Error" => {
+                    let why = component.error_message.as_deref().unwrap_or("no message");
+                    return Readiness::Failed(format!(
+                        "{kind} '{}' is in Error: {why}",
+                        component.id
+                    ));
+                }
+                "Running" | "Stopped" => {}
+                _ => starting = true,
+            }
+        }
+        if starting {
+            Readiness::Starting
+        } else {
+            Readiness::Ready
+        }
+    }
+}
+
+// === observations ===
 
 /// What to do with an instance's runtime info when recording a change.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +230,8 @@ impl Observation {
     }
 }
 
-/// Where drivers report what they observe.
+/// Where drivers report what they observe. A worker has one: its status
+/// recorder, which the driver is given when it is built.
 #[async_trait]
 pub trait StatusSink: Send + Sync + 'static {
     /// Records `observation` (persisted, logged, published).
@@ -131,6 +243,10 @@ pub trait StatusSink: Send + Sync + 'static {
 pub trait PlatformDriver: Send + Sync + 'static {
     /// The platform served.
     fn platform(&self) -> PlatformType;
+
+    /// Which workers can reach this driver's servers besides itself: those
+    /// of the same scope (its host, its Docker engine, its cluster).
+    fn scope(&self) -> String;
 
     /// Launches the server and waits for readiness (`spec` carries the
     /// deadline). Starting an instance that already runs the same
@@ -145,7 +261,11 @@ pub trait PlatformDriver: Send + Sync + 'static {
     async fn delete(&self, id: &InstanceId, spec: &StopSpec) -> Result<(), DriverError>;
 
     /// The live status: the platform's view plus the Drasi components'.
-    async fn status(&self, id: &InstanceId) -> Result<serde_json::Value, DriverError>;
+    async fn status(&self, id: &InstanceId) -> Result<LiveStatus, DriverError>;
+
+    /// The generation of the server this worker runs for `id` now, if it
+    /// runs one (from memory: no platform call).
+    async fn running_generation(&self, id: &InstanceId) -> Option<u64>;
 
     /// The last lines of the server's output.
     async fn logs(&self, id: &InstanceId, spec: &LogsSpec) -> Result<Vec<String>, DriverError>;
@@ -162,4 +282,52 @@ pub trait PlatformDriver: Send + Sync + 'static {
     /// worker could not heartbeat for a while: the control plane may have
     /// marked its instances `Unknown` meanwhile.
     async fn reassert(&self) {}
+
+    /// Stops watching every server (the worker is stopping): the servers
+    /// keep running, and the next worker of the scope adopts them.
+    async fn detach(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(id: &str, status: &str, error: Option<&str>) -> ComponentStatus {
+        ComponentStatus {
+            id: id.into(),
+            status: status.into(),
+            error_message: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn errors_win_over_starting_and_stopped_counts_as_settled() {
+        let mut components = Components {
+            sources: vec![component("s", "Running", None)],
+            queries: vec![
+                component("q", "Starting", None),
+                component("bad", "Error", Some("parse error")),
+            ],
+            reactions: vec![],
+        };
+        assert_eq!(
+            components.readiness(),
+            Readiness::Failed("query 'bad' is in Error: parse error".into())
+        );
+        components.queries.pop();
+        assert_eq!(components.readiness(), Readiness::Starting);
+        components.queries[0].status = "Stopped".into();
+        assert_eq!(components.readiness(), Readiness::Ready);
+    }
+
+    #[test]
+    fn components_read_drasi_servers_json() {
+        let parsed: Components = serde_json::from_str(
+            r#"{"sources": [{"id": "s", "status": "Running", "error_message": null, "extra": 1}],
+                "queries": [{"id": "q", "status": "Error", "error_message": "boom"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.reactions, vec![]);
+        assert_eq!(parsed.queries[0].error_message.as_deref(), Some("boom"));
+    }
 }

@@ -281,3 +281,120 @@ pub fn decode<T: DeserializeOwned>(
         message: e.to_string(),
     })
 }
+
+// === read-modify-write ===
+
+/// What one round of [`read_modify_write`] decided.
+#[derive(Debug)]
+pub enum Change<T, O> {
+    /// Store `value` in place of what was read (or create it when nothing
+    /// was), together with `also` in the same atomic batch, and return
+    /// `output`.
+    Put {
+        /// The new value.
+        value: T,
+        /// More writes of the same batch (reservations, say).
+        also: Vec<Write>,
+        /// What the caller gets.
+        output: O,
+    },
+    /// Remove the record (with `also`), and return `output`.
+    Delete {
+        /// More writes of the same batch.
+        also: Vec<Write>,
+        /// What the caller gets.
+        output: O,
+    },
+    /// Write nothing; return `output`.
+    Keep(O),
+}
+
+/// Why a [`read_modify_write`] stopped without writing.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError<E> {
+    /// The change itself refused (not found, invalid state, ...).
+    #[error(transparent)]
+    Rejected(E),
+    /// The store failed, or a write of `also` met a precondition that did
+    /// not hold (a `Conflict` naming another record than the one changed).
+    #[error(transparent)]
+    Store(StoreError),
+    /// The record kept changing between the read and the write.
+    #[error("{collection}/{key} kept changing after {attempts} attempts")]
+    Exhausted {
+        /// Collection.
+        collection: String,
+        /// Key.
+        key: String,
+        /// Attempts made.
+        attempts: usize,
+    },
+}
+
+/// Reads `collection/key`, lets `change` decide what to write, and writes it
+/// with a compare-and-set on the revision read (or `Absent` when there was
+/// no record). When the record changed meanwhile, the whole round runs
+/// again on the fresh record, up to `attempts` times, so `change` must be a
+/// pure function of what it is given. This is the one read-modify-write
+/// loop of DRaaS: every writer that can race goes through it.
+pub async fn read_modify_write<S, T, O, E, F>(
+    store: &S,
+    collection: &str,
+    key: &str,
+    attempts: usize,
+    mut change: F,
+) -> Result<O, CasError<E>>
+where
+    S: StateStore + ?Sized,
+    T: Serialize + DeserializeOwned + Send,
+    F: FnMut(Option<Record<T>>) -> Result<Change<T, O>, E> + Send,
+{
+    for _ in 0..attempts.max(1) {
+        let current = store
+            .get_json::<T>(collection, key)
+            .await
+            .map_err(CasError::Store)?;
+        let precondition = current
+            .as_ref()
+            .map_or(Precondition::Absent, |r| Precondition::Revision(r.revision));
+        let (own, also, output) = match change(current).map_err(CasError::Rejected)? {
+            Change::Keep(output) => return Ok(output),
+            Change::Put {
+                value,
+                also,
+                output,
+            } => {
+                let own = Write::Put {
+                    collection: collection.to_string(),
+                    key: key.to_string(),
+                    value: encode(&value).map_err(CasError::Store)?,
+                    precondition,
+                };
+                (own, also, output)
+            }
+            Change::Delete { also, output } => {
+                let own = Write::Delete {
+                    collection: collection.to_string(),
+                    key: key.to_string(),
+                    precondition,
+                };
+                (own, also, output)
+            }
+        };
+        let mut writes = vec![own];
+        writes.extend(also);
+        match store.apply(writes).await {
+            Ok(_) => return Ok(output),
+            Err(StoreError::Conflict {
+                collection: c,
+                key: k,
+            }) if c == collection && k == key => continue,
+            Err(e) => return Err(CasError::Store(e)),
+        }
+    }
+    Err(CasError::Exhausted {
+        collection: collection.to_string(),
+        key: key.to_string(),
+        attempts,
+    })
+}

@@ -12,4 +12,5 @@
 //! backend's own tests.
 
 pub mod bus;
+pub mod driver;
 pub mod store;

@@ -290,28 +290,4 @@ pub fn alive(pid: u64) -> bool {
             .contains(") Z ")
 }
 
-/// Kills, when dropped, every process whose working directory lies under
-/// `root`: Drasi servers outlive `draas up` by design, so a failing test
-/// must not leave them behind.
-pub struct Reaper(pub PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-                if cwd.starts_with(&self.0) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-    }
-}
+pub use draas_testkit::process::Reaper;

@@ -1,0 +1,133 @@
+//! Launching and stopping server processes.
+//!
+//! - **Launch**: the ports the configuration listens on must be free on
+//!   this host; the environment is not inherited (only `PATH` and the
+//!   instance's own variables); the process gets its own process group (a
+//!   Ctrl-C on the worker's terminal does not reach it); its output goes
+//!   straight to files, so it outlives its worker.
+//! - **Stop**: SIGINT (drasi-server stops gracefully only on SIGINT), then
+//!   SIGKILL after the grace period; always through the pidfd.
+
+use std::time::Duration;
+
+use draas_core::instance::{ActualState, InstanceId, Reason};
+use draas_core::messages::{ErrorCode, StartSpec};
+use draas_core::ports::DriverError;
+use draas_worker::driver::ExitWatch;
+use rustix::process::Signal;
+use tracing::{info, warn};
+
+use crate::exit::ProcessHandle;
+use crate::files::Prepared;
+use crate::record::{start_time_of, ProcessRecord};
+
+/// How long a server may take to die after SIGKILL.
+const AFTER_SIGKILL: Duration = Duration::from_secs(10);
+
+/// Fails when a port of `spec` is taken on this host.
+pub fn check_ports_free(spec: &StartSpec) -> Result<(), DriverError> {
+    for port in &spec.listening_ports {
+        if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", *port)) {
+            return Err(DriverError::new(
+                ErrorCode::PortInUse,
+                format!("port {port} is not free on this host: {e}"),
+            )
+            .with_state(ActualState::Failed, Reason::PortInUse));
+        }
+    }
+    Ok(())
+}
+
+/// Spawns the server prepared in `files` for `spec`.
+pub fn spawn(
+    id: &InstanceId,
+    spec: &StartSpec,
+    files: Prepared,
+) -> Result<(ProcessRecord, ProcessHandle, ExitWatch), DriverError> {
+    let failed = |what: &str, e: std::io::Error| {
+        DriverError::new(ErrorCode::PlatformError, format!("{what}: {e}"))
+            .with_state(ActualState::Failed, Reason::PlatformError)
+    };
+    let Prepared {
+        executable,
+        workdir,
+        config,
+        stdout,
+        stderr,
+    } = files;
+    let options = spec.server_configuration.process();
+    let mut command = tokio::process::Command::new(&executable);
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(&options.arguments)
+        .current_dir(&workdir)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("NO_COLOR", "1")
+        .envs(&spec.server_configuration.environment)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = command
+        .spawn()
+        .map_err(|e| failed(&format!("cannot start {}", executable.display()), e))?;
+    // Read pid and start time before anything can reap the child (a
+    // zombie keeps its /proc entry): without both, the server could never
+    // be found again after a worker restart, so it must not run.
+    let identity = child
+        .id()
+        .and_then(|pid| start_time_of(pid).map(|start| (pid, start)));
+    let Some((pid, start_time)) = identity else {
+        let _ = child.start_kill();
+        return Err(failed(
+            "cannot identify the launched process",
+            std::io::Error::other("its pid or start time could not be read"),
+        ));
+    };
+    let (handle, exit) = match ProcessHandle::for_child(child, pid) {
+        Ok(watched) => watched,
+        Err(e) => return Err(failed("cannot watch the process", e)),
+    };
+    info!(instance = %id, pid, executable = %executable.display(), "spawned");
+    let record = ProcessRecord {
+        pid,
+        start_time,
+        workdir,
+        config,
+        executable,
+    };
+    Ok((record, handle, exit))
+}
+
+/// SIGINT, then SIGKILL after `grace`; returns once the process is gone.
+pub async fn stop(
+    id: &InstanceId,
+    handle: &ProcessHandle,
+    exit: &ExitWatch,
+    grace: Duration,
+) -> Result<(), DriverError> {
+    let signal_error = |e: std::io::Error| {
+        DriverError::new(
+            ErrorCode::PlatformError,
+            format!("cannot signal the server: {e}"),
+        )
+    };
+    let signalled = handle.signal(Signal::INT).map_err(signal_error)?;
+    if signalled && tokio::time::timeout(grace, exit.wait()).await.is_err() {
+        warn!(instance = %id, "no exit {grace:?} after SIGINT; sending SIGKILL");
+        handle.signal(Signal::KILL).map_err(signal_error)?;
+        if tokio::time::timeout(AFTER_SIGKILL, exit.wait())
+            .await
+            .is_err()
+        {
+            return Err(DriverError::new(
+                ErrorCode::PlatformError,
+                format!("the server survived SIGKILL for {AFTER_SIGKILL:?}"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Executing a command once: before a worker executes a mutating command it
+//! **claims** it in the store (a record under the command id, created only
+//! if absent), and after executing it stores the reply in that record.
+//!
+//! A delivery of a command that is already claimed is not executed again:
+//! - claimed and answered: it is answered with the stored reply (even
+//!   after its deadline: it *was* executed);
+//! - claimed by a live worker (or by this very run of this worker) and not
+//!   answered yet: it waits for that reply;
+//! - claimed by a worker that is gone (or by an earlier run of this worker,
+//!   which died mid-command): the claim is taken over with a
+//!   compare-and-set, and the command executed (drivers make that safe:
+//!   starting a generation that runs confirms it).
+//!
+//! A claim that cannot be written (store outage) means the command is not
+//! executed, and its requester is told so: deduplication never fails open.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use draas_core::keys;
+use draas_core::messages::{CommandEnvelope, CommandReply};
+use draas_core::ports::store::{read_modify_write, CasError, Change, JsonStore, Precondition};
+use draas_core::ports::{Record, StateStore, StoreError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A command's record: who executes it, and its reply once done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CommandRecord {
+    /// The worker that claimed it.
+    pub worker_id: String,
+    /// Which run of that worker.
+    pub incarnation: Uuid,
+    /// When it was claimed; records are pruned after
+    /// [`EXECUTED_RETENTION`](crate::executor::EXECUTED_RETENTION).
+    pub claimed_at: DateTime<Utc>,
+    /// The reply, once executed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<CommandReply>,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Claim {
+    /// This worker executes it.
+    Execute,
+    /// It was executed: answer with this.
+    Answered(CommandReply),
+    /// A live worker (or this run) is executing it.
+    InProgress {
+        /// Which worker.
+        worker_id: String,
+        /// Which run of it.
+        incarnation: Uuid,
+    },
+}
+
+/// Attempts of a claim's compare-and-set.
+const ATTEMPTS: usize = 8;
+
+/// Who claims.
+pub(crate) struct Claimant<'a> {
+    pub worker_id: &'a str,
+    pub incarnation: Uuid,
+}
+
+impl Claimant<'_> {
+    fn record(&self) -> CommandRecord {
+        CommandRecord {
+            worker_id: self.worker_id.to_string(),
+            incarnation: self.incarnation,
+            claimed_at: Utc::now(),
+            reply: None,
+        }
+    }
+}
+
+/// Claims `envelope` for `me`; see the module docs.
+pub(crate) async fn claim(
+    store: &dyn StateStore,
+    envelope: &CommandEnvelope,
+    me: &Claimant<'_>,
+) -> Result<Claim, StoreError> {
+    let key = envelope.id.to_string();
+    // The common case costs one write: create the claim.
+    match store
+        .put_json(
+            keys::EXECUTED_COMMANDS,
+            &key,
+            &me.record(),
+            Precondition::Absent,
+        )
+        .await
+    {
+        Ok(_) => return Ok(Claim::Execute),
+        Err(StoreError::Conflict { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // Claimed before: by whom, and are they alive?
+    let live: HashSet<String> = draas_core::workers::live_workers(store, None, Utc::now())
+        .await?
+        .into_iter()
+        .map(|w| w.worker_id)
+        .collect();
+    let outcome = read_modify_write(
+        store,
+        keys::EXECUTED_COMMANDS,
+        &key,
+        ATTEMPTS,
+        |current: Option<Record<CommandRecord>>| {
+            let Some(record) = current else {
+                // Pruned meanwhile: claim it afresh.
+                return Ok::<_, ()>(Change::Put {
+                    value: me.record(),
+                    also: Vec::new(),
+                    output: Claim::Execute,
+                });
+            };
+            let claimed = record.value;
+            if let Some(reply) = claimed.reply {
+                return Ok(Change::Keep(Claim::Answered(reply)));
+            }
+            let this_run =
+                claimed.worker_id == me.worker_id && claimed.incarnation == me.incarnation;
+            let other_live_worker =
+                claimed.worker_id != me.worker_id && live.contains(&claimed.worker_id);
+            if this_run || other_live_worker {
+                return Ok(Change::Keep(Claim::InProgress {
+                    worker_id: claimed.worker_id,
+                    incarnation: claimed.incarnation,
+                }));
+            }
+            // Its claimant died mid-command: take it over.
+            Ok(Change::Put {
+                value: me.record(),
+                also: Vec::new(),
+                output: Claim::Execute,
+            })
+        },
+    )
+    .await;
+    match outcome {
+        Ok(claim) => Ok(claim),
+        Err(CasError::Store(e)) => Err(e),
+        Err(CasError::Rejected(())) => Err(StoreError::Backend("claim refused".into())),
+        Err(CasError::Exhausted {
+            collection, key, ..
+        }) => Err(StoreError::Conflict { collection, key }),
+    }
+}
+
+/// Stores the reply of a command executed by `me`.
+pub(crate) async fn finish(
+    store: &dyn StateStore,
+    envelope: &CommandEnvelope,
+    me: &Claimant<'_>,
+    reply: &CommandReply,
+) -> Result<(), StoreError> {
+    let record = CommandRecord {
+        reply: Some(reply.clone()),
+        ..me.record()
+    };
+    store
+        .put_json(
+            keys::EXECUTED_COMMANDS,
+            &envelope.id.to_string(),
+            &record,
+            Precondition::None,
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The reply stored for `envelope`, and whether its claimant still lives.
+pub(crate) async fn stored_reply(
+    store: &dyn StateStore,
+    envelope: &CommandEnvelope,
+) -> Result<Option<CommandRecord>, StoreError> {
+    Ok(store
+        .get_json::<CommandRecord>(keys::EXECUTED_COMMANDS, &envelope.id.to_string())
+        .await?
+        .map(|r| r.value))
+}

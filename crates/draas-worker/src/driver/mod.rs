@@ -1,0 +1,747 @@
+//! The generic half of a platform driver (DESIGN §7b).
+//!
+//! A platform implements [`Platform`]: how to launch, re-attach to, stop,
+//! kill and remove a server, and where its output is. [`ManagedDriver`]
+//! turns it into a [`PlatformDriver`] and does everything else, the same
+//! way for every platform:
+//!
+//! - **readiness**: `/health`, then every component `Running` (`Degraded`
+//!   with the failing component named), within the start timeout; a server
+//!   that exits first failed to start, and its last words say why
+//!   ([`classify_startup_failure`](crate::drasi::classify_startup_failure));
+//! - **the registry** of the servers it runs, each with its exit monitor
+//!   and component watch (never two of either);
+//! - **crashes**: the platform reports an exit through an [`ExitWatch`];
+//!   a crash of a running server is reported `Failed` at once, with the
+//!   reason ([`Exit::reason`]) and the last words;
+//! - **records and takeover**: every server is persisted as a
+//!   [`ServerRecord`]; a worker takes over a server of a dead worker of its
+//!   scope with a compare-and-set ([`Records::take_over`]);
+//! - **recovery** after a restart: adopts what still runs, reports what is
+//!   gone, confirms the adopted servers' health.
+//!
+//! ```text
+//!  Worker ──PlatformDriver──▶ ManagedDriver<P> ──Platform──▶ P (processes, containers, ...)
+//!                              │ registry, readiness, records, exit monitor
+//!                              └──StatusSink──▶ the worker's StatusRecorder
+//! ```
+
+mod exit;
+mod records;
+mod registry;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use draas_core::instance::{
+    ActualState, InstanceId, PlatformHandle, PlatformType, Reason, RuntimeInfo,
+};
+use draas_core::messages::{ErrorCode, LogsSpec, StartSpec, StopSpec};
+use draas_core::ports::{
+    DriverError, LiveStatus, Observation, PlatformDriver, Readiness, RuntimeUpdate, Started,
+    StatusSink,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, warn};
+
+pub use exit::{exit_channel, signal_name, Exit, ExitNotifier, ExitWatch};
+pub use records::{Records, ServerAddress, ServerRecord, Takeover};
+pub use registry::Phase;
+
+use crate::context::WorkerContext;
+use crate::drasi::{classify_startup_failure, watch_components, ServerApi};
+use registry::{Registry, Snapshot, Task};
+
+/// How long an adopted server may take to prove healthy.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
+/// How long a killed server may take to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A server a platform launched.
+pub struct Launched<R, H> {
+    /// The platform's part of its record.
+    pub record: R,
+    /// The live handle.
+    pub handle: H,
+    /// Its exit.
+    pub exit: ExitWatch,
+    /// Where its API is.
+    pub address: ServerAddress,
+}
+
+/// The platform half of a driver: only what is about the platform.
+#[async_trait]
+pub trait Platform: Send + Sync + 'static {
+    /// The platform's part of a server's record (pid and start time;
+    /// container id; ...): what it needs to find the server again.
+    type Record: Serialize
+        + DeserializeOwned
+        + Clone
+        + PartialEq
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    /// A live handle on a running server (a pidfd; a container id).
+    type Handle: Clone + Send + Sync + 'static;
+
+    /// The platform served.
+    fn platform(&self) -> PlatformType;
+
+    /// Which workers can reach this worker's servers: its host (Process),
+    /// its engine (Docker), its cluster (Kubernetes).
+    fn scope(&self) -> String;
+
+    /// Checks that `spec` can run here and launches the server (without
+    /// waiting for readiness). An error says in which state it leaves the
+    /// instance (e.g. `Failed` with `PortInUse`).
+    async fn launch(
+        &self,
+        id: &InstanceId,
+        spec: &StartSpec,
+    ) -> Result<Launched<Self::Record, Self::Handle>, DriverError>;
+
+    /// Re-attaches to the server `record` names, if it still runs and is
+    /// the same server (not a reused pid, not a recreated container).
+    async fn attach(
+        &self,
+        id: &InstanceId,
+        record: &Self::Record,
+    ) -> Option<(Self::Handle, ExitWatch)>;
+
+    /// Stops the server gracefully (SIGINT), then forcibly after `grace`,
+    /// and returns once it is gone.
+    async fn stop(
+        &self,
+        id: &InstanceId,
+        handle: &Self::Handle,
+        exit: &ExitWatch,
+        grace: Duration,
+    ) -> Result<(), DriverError>;
+
+    /// Kills the server at once (it did not become ready in time).
+    async fn kill(&self, id: &InstanceId, handle: &Self::Handle);
+
+    /// The server's last words: its error output, for a startup failure
+    /// (`starting`) or a crash.
+    async fn last_words(&self, id: &InstanceId, record: &Self::Record, starting: bool) -> String;
+
+    /// The last lines of the server's output (`record` is `None` for an
+    /// instance this worker never ran).
+    async fn logs(
+        &self,
+        id: &InstanceId,
+        record: Option<&Self::Record>,
+        spec: &LogsSpec,
+    ) -> Result<Vec<String>, DriverError>;
+
+    /// Removes everything of the instance on the platform (files,
+    /// containers, volumes). The server is already stopped.
+    async fn remove(
+        &self,
+        id: &InstanceId,
+        record: Option<&Self::Record>,
+    ) -> Result<(), DriverError>;
+
+    /// The handle shown in the instance's runtime info.
+    fn handle_of(&self, record: &Self::Record) -> PlatformHandle;
+
+    /// How often [`upkeep`](Self::upkeep) runs, if at all.
+    fn upkeep_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic upkeep of the running servers (log rotation, say).
+    async fn upkeep(&self, _servers: Vec<(InstanceId, Self::Record)>) {}
+}
+
+// === ManagedDriver ===
+
+struct Inner<P: Platform> {
+    platform: P,
+    worker_id: String,
+    scope: String,
+    sink: Arc<dyn StatusSink>,
+    records: Records<P::Record>,
+    servers: Registry<P::Record, P::Handle>,
+    upkeep_started: AtomicBool,
+}
+
+/// A [`PlatformDriver`] for platform `P`; see the module docs. Cheap to
+/// clone.
+pub struct ManagedDriver<P: Platform> {
+    inner: Arc<Inner<P>>,
+}
+
+impl<P: Platform> Clone for ManagedDriver<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<P: Platform> ManagedDriver<P> {
+    /// A driver of `platform` for the worker of `context`, reporting to the
+    /// worker's status recorder.
+    pub fn new(platform: P, context: &WorkerContext) -> Self {
+        let scope = platform.scope();
+        let records = Records::new(
+            context.store.clone(),
+            platform.platform(),
+            &scope,
+            &context.settings.worker_id,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                worker_id: context.settings.worker_id.clone(),
+                scope,
+                sink: context.sink(),
+                records,
+                servers: Registry::default(),
+                upkeep_started: AtomicBool::new(false),
+                platform,
+            }),
+        }
+    }
+
+    /// The platform half.
+    pub fn platform(&self) -> &P {
+        &self.inner.platform
+    }
+
+    /// The persisted records of this worker's scope.
+    pub fn records(&self) -> &Records<P::Record> {
+        &self.inner.records
+    }
+}
+
+// === impl Inner: ownership ===
+
+impl<P: Platform> Inner<P> {
+    /// Makes sure this worker manages the server of `id` if one runs in its
+    /// scope (taking it over from a dead worker), and returns the record of
+    /// the instance, if any.
+    async fn ensure_managed(
+        self: &Arc<Self>,
+        id: &InstanceId,
+    ) -> Result<Option<ServerRecord<P::Record>>, DriverError> {
+        if let Some(current) = self.servers.get(id) {
+            return Ok(Some(current.record));
+        }
+        match self.take_over(id).await? {
+            Takeover::NoRecord => Ok(None),
+            Takeover::OwnedBy(owner) => Err(DriverError::new(
+                ErrorCode::InvalidState,
+                format!("the server is run by worker {owner}, which is alive"),
+            )),
+            Takeover::Stopped(record) | Takeover::Gone(record) => Ok(Some(record)),
+            Takeover::Adopted(record, ..) => Ok(Some(record)),
+        }
+    }
+
+    /// Takes over the server of `id` (see [`Records::take_over`]); an
+    /// adopted server is registered and watched.
+    async fn take_over(
+        self: &Arc<Self>,
+        id: &InstanceId,
+    ) -> Result<Takeover<P::Record, (P::Handle, ExitWatch)>, DriverError> {
+        let platform = &self.platform;
+        let takeover = self
+            .records
+            .take_over(
+                id,
+                |record| async move { platform.attach(id, &record).await },
+            )
+            .await?;
+        if let Takeover::Adopted(record, (handle, exit)) = &takeover {
+            let serial = self.servers.insert(
+                id,
+                record.clone(),
+                handle.clone(),
+                exit.clone(),
+                Phase::Running,
+            );
+            self.spawn_monitor(id, serial, exit.clone());
+            self.spawn_component_watch(id, serial, record);
+            info!(instance = %id, "adopted a running server");
+        }
+        Ok(takeover)
+    }
+
+    fn runtime_info(&self, record: &ServerRecord<P::Record>) -> RuntimeInfo {
+        RuntimeInfo {
+            worker_id: self.worker_id.clone(),
+            scope: self.scope.clone(),
+            handle: Some(self.platform.handle_of(&record.platform)),
+            host: record.address.host.clone(),
+            port: record.address.port,
+            endpoint: record.address.endpoint.clone(),
+            started_at: Some(record.started_at),
+            last_exit_code: None,
+        }
+    }
+}
+
+// === impl Inner: background tasks ===
+
+impl<P: Platform> Inner<P> {
+    /// Reports the server's exit the moment it happens, unless `start` or
+    /// `stop` is the one waiting for it.
+    fn spawn_monitor(self: &Arc<Self>, id: &InstanceId, serial: u64, exit: ExitWatch) {
+        let me = self.clone();
+        let instance = id.clone();
+        let task = tokio::spawn(async move {
+            let exit = exit.wait().await;
+            let Some(crashed) = me.servers.take_crashed(&instance, serial) else {
+                return;
+            };
+            warn!(instance = %instance, "server {}", exit.description);
+            let words = me
+                .platform
+                .last_words(&instance, &crashed.record.platform, false)
+                .await;
+            if let Err(e) = me.records.mark_stopped(&instance).await {
+                warn!(instance = %instance, "{e}");
+            }
+            let message = if words.is_empty() {
+                format!("the server {}", exit.description)
+            } else {
+                format!("the server {}: {words}", exit.description)
+            };
+            me.sink
+                .observe(
+                    Observation::now(instance, ActualState::Failed, Some(exit.reason()))
+                        .message(message)
+                        .runtime(RuntimeUpdate::Exited(exit.code)),
+                )
+                .await;
+        });
+        self.servers
+            .attach(id, serial, Task::Monitor, task.abort_handle());
+    }
+
+    /// Follows the server's component events, unless something already
+    /// does for this registration.
+    fn spawn_component_watch(
+        self: &Arc<Self>,
+        id: &InstanceId,
+        serial: u64,
+        record: &ServerRecord<P::Record>,
+    ) {
+        if self.servers.has_task(id, serial, Task::Components) {
+            return;
+        }
+        let task = tokio::spawn(watch_components(
+            ServerApi::new(&record.address.api_url),
+            id.clone(),
+            record.generation,
+            self.sink.clone(),
+        ));
+        self.servers
+            .attach(id, serial, Task::Components, task.abort_handle());
+    }
+
+    /// Checks an adopted (or re-asserted) server is healthy and records it
+    /// as running here, which clears `Unknown` left by a dead worker.
+    fn spawn_confirm(self: &Arc<Self>, id: &InstanceId, serial: u64) {
+        let me = self.clone();
+        let instance = id.clone();
+        let task = tokio::spawn(async move {
+            // Stamped before looking: a stop recorded meanwhile is newer
+            // and wins over this observation.
+            let observed_at = Utc::now();
+            let Some(current) = me.servers.get(&instance) else {
+                return;
+            };
+            let api = ServerApi::new(&current.record.address.api_url);
+            let deadline = Instant::now() + CONFIRM_WITHIN;
+            let (state, reason, message) = loop {
+                if api.healthy().await {
+                    match api.readiness().await {
+                        Some(Readiness::Ready) => {
+                            break (ActualState::Running, Reason::Ready, None)
+                        }
+                        Some(Readiness::Failed(why)) => {
+                            break (ActualState::Degraded, Reason::ComponentError, Some(why))
+                        }
+                        _ => {}
+                    }
+                }
+                if Instant::now() > deadline {
+                    warn!(instance = %instance, "the server did not prove healthy; leaving its status as it is");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let still_running = me
+                .servers
+                .get(&instance)
+                .is_some_and(|s| s.serial == serial && s.phase == Phase::Running);
+            if !still_running {
+                return;
+            }
+            let mut observation = Observation::now(instance, state, Some(reason))
+                .generation(current.record.generation)
+                .runtime(RuntimeUpdate::Set(me.runtime_info(&current.record)));
+            observation.message = message;
+            observation.observed_at = observed_at;
+            me.sink.observe(observation).await;
+        });
+        self.servers
+            .attach(id, serial, Task::Confirm, task.abort_handle());
+    }
+
+    /// Runs the platform's upkeep now and then, for as long as the driver
+    /// lives (started once).
+    fn start_upkeep(self: &Arc<Self>) {
+        let Some(every) = self.platform.upkeep_every() else {
+            return;
+        };
+        if self.upkeep_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let servers = inner
+                    .servers
+                    .in_phase(Phase::Running)
+                    .into_iter()
+                    .map(|(id, s)| (id, s.record.platform))
+                    .collect();
+                inner.platform.upkeep(servers).await;
+            }
+        });
+    }
+}
+
+// === impl Inner: lifecycle ===
+
+impl<P: Platform> Inner<P> {
+    async fn launch(
+        self: &Arc<Self>,
+        id: &InstanceId,
+        spec: &StartSpec,
+    ) -> Result<Started, DriverError> {
+        let launched = self.platform.launch(id, spec).await?;
+        let record = ServerRecord {
+            owner: self.worker_id.clone(),
+            generation: spec.generation,
+            address: launched.address,
+            started_at: Utc::now(),
+            running: true,
+            platform: launched.record,
+        };
+        let serial = self.servers.insert(
+            id,
+            record.clone(),
+            launched.handle.clone(),
+            launched.exit.clone(),
+            Phase::Starting,
+        );
+        if let Err(e) = self.records.save(id, &record).await {
+            // A server nobody could find again after a restart must not run.
+            self.platform.kill(id, &launched.handle).await;
+            self.servers.remove(id, serial, None);
+            return Err(e.with_state(ActualState::Failed, Reason::PlatformError));
+        }
+        self.spawn_monitor(id, serial, launched.exit);
+        info!(instance = %id, generation = spec.generation, "launched");
+        let deadline = Instant::now()
+            + Duration::from_secs(u64::from(spec.server_configuration.start_timeout_seconds));
+        self.await_ready(id, serial, deadline).await
+    }
+
+    /// Waits for readiness of registration `serial` of `id`.
+    async fn await_ready(
+        self: &Arc<Self>,
+        id: &InstanceId,
+        serial: u64,
+        deadline: Instant,
+    ) -> Result<Started, DriverError> {
+        let Some(server) = self.servers.get(id).filter(|s| s.serial == serial) else {
+            return Err(DriverError::new(
+                ErrorCode::InvalidState,
+                "the server was replaced or stopped while starting",
+            ));
+        };
+        let api = ServerApi::new(&server.record.address.api_url);
+        let mut healthy = false;
+        let mut polls = 0u32;
+        let outcome = loop {
+            if let Some(exit) = server.exit.current() {
+                let words = self
+                    .platform
+                    .last_words(id, &server.record.platform, true)
+                    .await;
+                let (code, reason) = classify_startup_failure(&words);
+                break Err(DriverError::new(
+                    code,
+                    format!(
+                        "the server {} before it was ready: {words}",
+                        exit.description
+                    ),
+                )
+                .with_state(ActualState::Failed, reason));
+            }
+            healthy = healthy || api.healthy().await;
+            if healthy {
+                match api.readiness().await {
+                    Some(Readiness::Ready) => break Ok((ActualState::Running, None)),
+                    Some(Readiness::Failed(why)) => break Ok((ActualState::Degraded, Some(why))),
+                    Some(Readiness::Starting) | None => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                let what = if healthy {
+                    "its components did not all start"
+                } else {
+                    "/health did not answer"
+                };
+                break Err(DriverError::new(
+                    ErrorCode::StartTimeout,
+                    format!("the server was not ready in time: {what}; it was killed"),
+                )
+                .with_state(ActualState::Failed, Reason::StartTimeout));
+            }
+            // Servers usually start in milliseconds: look often at first.
+            let pause = if polls < 100 { 5 } else { 25 };
+            polls += 1;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        };
+        match outcome {
+            Ok((state, message)) => {
+                if server.phase != Phase::Running
+                    && !self.servers.set_phase(id, serial, Phase::Running)
+                {
+                    return Err(DriverError::new(
+                        ErrorCode::InvalidState,
+                        "the server was stopped while starting",
+                    ));
+                }
+                self.spawn_component_watch(id, serial, &server.record);
+                // The server may have exited between the last look and the
+                // phase change, when the monitor would not report it.
+                if server.exit.has_exited() {
+                    let words = self
+                        .platform
+                        .last_words(id, &server.record.platform, true)
+                        .await;
+                    self.forget(id, serial).await;
+                    return Err(DriverError::new(
+                        ErrorCode::PlatformError,
+                        format!("the server exited right after starting: {words}"),
+                    )
+                    .with_state(ActualState::Failed, Reason::ExitedWithCode));
+                }
+                Ok(Started {
+                    runtime: self.runtime_info(&server.record),
+                    state,
+                    message,
+                })
+            }
+            Err(e) => {
+                if e.code == ErrorCode::StartTimeout {
+                    self.platform.kill(id, &server.handle).await;
+                    let _ = tokio::time::timeout(KILL_WAIT, server.exit.wait()).await;
+                }
+                self.forget(id, serial).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops registration `serial` of `id` and marks its record stopped.
+    async fn forget(&self, id: &InstanceId, serial: u64) {
+        if self.servers.remove(id, serial, None).is_some() {
+            if let Err(e) = self.records.mark_stopped(id).await {
+                warn!(instance = %id, "{e}");
+            }
+        }
+    }
+
+    /// Stops the server of `id` if this worker runs one.
+    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<(), DriverError> {
+        let Some((before, server)) = self.servers.begin_stop(id) else {
+            // Not running here: make sure no record says it runs.
+            return self.records.mark_stopped(id).await;
+        };
+        if let Err(e) = self
+            .platform
+            .stop(id, &server.handle, &server.exit, grace)
+            .await
+        {
+            // Still running: an exit from now on is the monitor's again.
+            self.servers.set_phase(id, server.serial, before);
+            return Err(e);
+        }
+        info!(instance = %id, "stopped");
+        self.forget(id, server.serial).await;
+        Ok(())
+    }
+
+    /// The live view of registration `server`.
+    async fn live(&self, server: &Snapshot<P::Record, P::Handle>) -> LiveStatus {
+        let api = ServerApi::new(&server.record.address.api_url);
+        let (healthy, components) = futures::join!(api.healthy(), api.components());
+        LiveStatus {
+            running: true,
+            handle: Some(self.platform.handle_of(&server.record.platform)),
+            generation: Some(server.record.generation),
+            endpoint: Some(server.record.address.endpoint.clone()),
+            healthy: Some(healthy),
+            components,
+        }
+    }
+}
+
+// === impl PlatformDriver ===
+
+fn grace(seconds: u32) -> Duration {
+    Duration::from_secs(u64::from(seconds))
+}
+
+#[async_trait]
+impl<P: Platform> PlatformDriver for ManagedDriver<P> {
+    fn platform(&self) -> PlatformType {
+        self.inner.platform.platform()
+    }
+
+    fn scope(&self) -> String {
+        self.inner.scope.clone()
+    }
+
+    async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Result<Started, DriverError> {
+        let inner = &self.inner;
+        inner.ensure_managed(id).await?;
+        if let Some(current) = inner.servers.get(id) {
+            if current.record.generation == spec.generation
+                && !current.exit.has_exited()
+                && current.phase != Phase::Stopping
+            {
+                // Already running this generation (a repeated or redelivered
+                // Start): confirm readiness, launch nothing.
+                let deadline =
+                    Instant::now() + grace(spec.server_configuration.start_timeout_seconds);
+                return inner.await_ready(id, current.serial, deadline).await;
+            }
+            inner
+                .stop(
+                    id,
+                    grace(spec.server_configuration.shutdown_timeout_seconds),
+                )
+                .await?;
+        }
+        inner.launch(id, spec).await
+    }
+
+    async fn stop(&self, id: &InstanceId, spec: &StopSpec) -> Result<(), DriverError> {
+        self.inner.ensure_managed(id).await?;
+        self.inner
+            .stop(id, grace(spec.shutdown_timeout_seconds))
+            .await
+    }
+
+    async fn delete(&self, id: &InstanceId, spec: &StopSpec) -> Result<(), DriverError> {
+        let record = self.inner.ensure_managed(id).await?;
+        self.inner
+            .stop(id, grace(spec.shutdown_timeout_seconds))
+            .await?;
+        self.inner
+            .platform
+            .remove(id, record.as_ref().map(|r| &r.platform))
+            .await?;
+        self.inner.records.remove(id).await
+    }
+
+    async fn status(&self, id: &InstanceId) -> Result<LiveStatus, DriverError> {
+        self.inner.ensure_managed(id).await?;
+        match self.inner.servers.get(id) {
+            Some(server) => Ok(self.inner.live(&server).await),
+            None => Ok(LiveStatus::not_running()),
+        }
+    }
+
+    async fn running_generation(&self, id: &InstanceId) -> Option<u64> {
+        self.inner
+            .servers
+            .get(id)
+            .filter(|s| s.phase != Phase::Stopping && !s.exit.has_exited())
+            .map(|s| s.record.generation)
+    }
+
+    async fn logs(&self, id: &InstanceId, spec: &LogsSpec) -> Result<Vec<String>, DriverError> {
+        let record = self.inner.ensure_managed(id).await?;
+        self.inner
+            .platform
+            .logs(id, record.as_ref().map(|r| &r.platform), spec)
+            .await
+    }
+
+    async fn recover(&self) -> Result<usize, DriverError> {
+        let inner = &self.inner;
+        let records = inner.records.list().await.map_err(|e| {
+            DriverError::new(
+                ErrorCode::PlatformError,
+                format!("cannot read the server records: {e}"),
+            )
+        })?;
+        let mut adopted = 0;
+        for (id, _) in records {
+            match inner.take_over(&id).await {
+                Ok(Takeover::Adopted(..)) => {
+                    adopted += 1;
+                    if let Some(server) = inner.servers.get(&id) {
+                        inner.spawn_confirm(&id, server.serial);
+                    }
+                }
+                Ok(Takeover::Gone(record)) => {
+                    warn!(instance = %id, "server gone while its worker was down");
+                    inner
+                        .sink
+                        .observe(
+                            Observation::now(
+                                id,
+                                ActualState::Failed,
+                                Some(Reason::LostWhileWorkerDown),
+                            )
+                            .message(format!(
+                                "the server ({}) was gone when its worker restarted",
+                                inner.platform.handle_of(&record.platform)
+                            ))
+                            .runtime(RuntimeUpdate::Exited(None)),
+                        )
+                        .await;
+                }
+                // Another live worker's server, a stopped one, or gone.
+                Ok(Takeover::OwnedBy(_) | Takeover::Stopped(_) | Takeover::NoRecord) => {}
+                Err(e) => warn!(instance = %id, "cannot take the server over: {e}"),
+            }
+        }
+        inner.start_upkeep();
+        Ok(adopted)
+    }
+
+    async fn running(&self) -> usize {
+        self.inner.servers.len()
+    }
+
+    async fn reassert(&self) {
+        for (id, server) in self.inner.servers.in_phase(Phase::Running) {
+            self.inner.spawn_confirm(&id, server.serial);
+        }
+    }
+
+    async fn detach(&self) {
+        self.inner.servers.clear();
+    }
+}

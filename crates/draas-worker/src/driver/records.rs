@@ -1,0 +1,268 @@
+//! What a driver persists per server, and the ownership protocol.
+//!
+//! Every server a worker launches gets a [`ServerRecord`] in the store,
+//! in the collection of its platform and **scope** (the host of a Process
+//! worker, the engine of a Docker worker, the cluster of a Kubernetes one):
+//! every worker of the scope can reach the server, and only they read the
+//! collection. The record names its owner (the worker that runs it), how to
+//! reach its API, and the platform's part (pid and start time, container
+//! id, ...). It outlives the server: after a stop it still says where the
+//! instance's files or volumes are, until the instance is deleted.
+//!
+//! **Takeover.** A worker acts on a server only if it owns the record, or
+//! if the owner is no longer alive (its heartbeat expired): then it
+//! re-attaches to the server (the platform verifies it is the same one: a
+//! reused pid or a recreated container is not) and rewrites the record
+//! with itself as owner, with a compare-and-set, so two workers never both
+//! take one server.
+
+use chrono::{DateTime, Utc};
+use draas_core::instance::{InstanceId, PlatformType};
+use draas_core::keys;
+use draas_core::messages::ErrorCode;
+use draas_core::ports::store::{read_modify_write, CasError, Change, JsonStore, Precondition};
+use draas_core::ports::{DriverError, Record, StateStore, StoreError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Where a server's API is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerAddress {
+    /// The URL the worker calls (readiness, components, events).
+    pub api_url: String,
+    /// The URL users are given (the advertised host or the engine's host,
+    /// and the published port).
+    pub endpoint: String,
+    /// Host part of `endpoint`.
+    pub host: String,
+    /// Port part of `endpoint`.
+    pub port: u16,
+}
+
+/// One server as its worker persists it; `P` is the platform's part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRecord<P> {
+    /// The worker that runs it (or last ran it).
+    pub owner: String,
+    /// The configuration generation it runs.
+    pub generation: u64,
+    /// Where its API is.
+    pub address: ServerAddress,
+    /// When it was launched.
+    pub started_at: DateTime<Utc>,
+    /// Whether it was launched and not stopped since.
+    pub running: bool,
+    /// The platform's part.
+    pub platform: P,
+}
+
+/// What [`Records::take_over`] found.
+#[derive(Debug)]
+pub enum Takeover<P, H> {
+    /// No record of the instance in this scope.
+    NoRecord,
+    /// The record is another worker's, and that worker is alive.
+    OwnedBy(String),
+    /// The record (now this worker's) is of a stopped server.
+    Stopped(ServerRecord<P>),
+    /// The server runs and is now this worker's.
+    Adopted(ServerRecord<P>, H),
+    /// The record said running, but the server is gone (or the platform
+    /// handle now names something else); the record is now this worker's,
+    /// marked stopped.
+    Gone(ServerRecord<P>),
+}
+
+/// Attempts of a record's compare-and-set before giving up.
+const ATTEMPTS: usize = 8;
+
+/// The server records of one platform scope, as seen by one worker.
+pub struct Records<P> {
+    store: Arc<dyn StateStore>,
+    collection: String,
+    worker_id: String,
+    scope: String,
+    _platform: std::marker::PhantomData<fn() -> P>,
+}
+
+fn platform_error(what: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::new(ErrorCode::PlatformError, format!("{what}: {e}"))
+}
+
+impl<P> Records<P>
+where
+    P: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + 'static,
+{
+    /// The records of `platform` in `scope`, for worker `worker_id`.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        platform: PlatformType,
+        scope: &str,
+        worker_id: &str,
+    ) -> Self {
+        Self {
+            store,
+            collection: keys::worker_records(platform, scope),
+            worker_id: worker_id.to_string(),
+            scope: scope.to_string(),
+            _platform: std::marker::PhantomData,
+        }
+    }
+
+    /// The scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The store collection of the records.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// The record of `id`.
+    pub async fn get(
+        &self,
+        id: &InstanceId,
+    ) -> Result<Option<Record<ServerRecord<P>>>, StoreError> {
+        self.store
+            .get_json::<ServerRecord<P>>(&self.collection, id.as_str())
+            .await
+    }
+
+    /// Every record of the scope (unreadable keys skipped).
+    pub async fn list(&self) -> Result<Vec<(InstanceId, ServerRecord<P>)>, StoreError> {
+        Ok(self
+            .store
+            .list_json::<ServerRecord<P>>(&self.collection)
+            .await?
+            .into_iter()
+            .filter_map(|(key, record)| match key.parse::<InstanceId>() {
+                Ok(id) => Some((id, record.value)),
+                Err(_) => {
+                    tracing::warn!("ignoring a server record with an invalid key {key:?}");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Stores `record` (written by its owner only).
+    pub async fn save(&self, id: &InstanceId, record: &ServerRecord<P>) -> Result<(), DriverError> {
+        self.store
+            .put_json(&self.collection, id.as_str(), record, Precondition::None)
+            .await
+            .map(|_| ())
+            .map_err(|e| platform_error("cannot persist the server record", e))
+    }
+
+    /// Marks the record of `id` stopped (the server is gone; the record
+    /// still says where its files are).
+    pub async fn mark_stopped(&self, id: &InstanceId) -> Result<(), DriverError> {
+        let outcome = read_modify_write(
+            self.store.as_ref(),
+            &self.collection,
+            id.as_str(),
+            ATTEMPTS,
+            |current: Option<Record<ServerRecord<P>>>| {
+                Ok::<_, ()>(match current {
+                    Some(record) if record.value.running => {
+                        let mut value = record.value;
+                        value.running = false;
+                        Change::Put {
+                            value,
+                            also: Vec::new(),
+                            output: (),
+                        }
+                    }
+                    _ => Change::Keep(()),
+                })
+            },
+        )
+        .await;
+        outcome.map_err(|e| platform_error("cannot update the server record", cas_message(e)))
+    }
+
+    /// Removes the record of `id`.
+    pub async fn remove(&self, id: &InstanceId) -> Result<(), DriverError> {
+        self.store
+            .delete(&self.collection, id.as_str(), Precondition::None)
+            .await
+            .map(|_| ())
+            .map_err(|e| platform_error("cannot remove the server record", e))
+    }
+
+    /// Takes the server of `id` over from its record, if this worker owns
+    /// it or its owner is gone; `attach` re-attaches to the platform's
+    /// server (`None`: gone). See the module docs.
+    pub async fn take_over<H, F, Fut>(
+        &self,
+        id: &InstanceId,
+        attach: F,
+    ) -> Result<Takeover<P, H>, DriverError>
+    where
+        F: FnOnce(P) -> Fut,
+        Fut: std::future::Future<Output = Option<H>>,
+    {
+        let read_error = |e| platform_error("cannot read the server record", e);
+        let Some(found) = self.get(id).await.map_err(read_error)? else {
+            return Ok(Takeover::NoRecord);
+        };
+        let owner = found.value.owner.clone();
+        if owner != self.worker_id {
+            let alive = draas_core::workers::is_live(self.store.as_ref(), &owner, Utc::now())
+                .await
+                .map_err(read_error)?;
+            if alive {
+                return Ok(Takeover::OwnedBy(owner));
+            }
+        }
+        let attached = if found.value.running {
+            attach(found.value.platform.clone()).await
+        } else {
+            None
+        };
+        let mut record = found.value.clone();
+        record.owner = self.worker_id.clone();
+        let was_running = record.running;
+        record.running = attached.is_some();
+        if record != found.value {
+            match self
+                .store
+                .put_json(
+                    &self.collection,
+                    id.as_str(),
+                    &record,
+                    Precondition::Revision(found.revision),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(DriverError::new(
+                        ErrorCode::InvalidState,
+                        "another worker is taking the server over right now",
+                    ))
+                }
+                Err(e) => return Err(platform_error("cannot write the server record", e)),
+            }
+        }
+        Ok(match attached {
+            Some(handle) => Takeover::Adopted(record, handle),
+            None if was_running => Takeover::Gone(record),
+            None => Takeover::Stopped(record),
+        })
+    }
+}
+
+fn cas_message(e: CasError<()>) -> String {
+    match e {
+        CasError::Rejected(()) => "refused".to_string(),
+        CasError::Store(e) => e.to_string(),
+        CasError::Exhausted { attempts, .. } => {
+            format!("it kept changing ({attempts} attempts)")
+        }
+    }
+}

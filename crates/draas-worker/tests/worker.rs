@@ -1,0 +1,364 @@
+//! The generic worker on its own: the real command loop, executor and
+//! heartbeats over the in-process bus and an in-memory store, with the
+//! scripted fake driver. Time is paused (tokio's test clock): intervals and
+//! timeouts advance only when every task waits, so nothing here sleeps for
+//! real.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use draas_bus::InProcessBus;
+use draas_core::instance::{
+    ActualState, DesiredState, Instance, InstanceConfiguration, InstanceId, InstanceStatus,
+    PlatformType, ServerConfiguration,
+};
+use draas_core::keys;
+use draas_core::messages::{
+    Command, CommandEnvelope, CommandReply, ErrorCode, Event, LogStream, LogsSpec, Outcome,
+    StopSpec, EVENT_CHANNELS,
+};
+use draas_core::ports::store::{JsonStore, Precondition};
+use draas_core::ports::{MessageBus, StateStore};
+use draas_store::EmbeddedStore;
+use draas_testkit::fake::{FakeDriver, FaultyStore};
+use draas_worker::{Worker, WorkerContext, WorkerSettings};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A running worker: its driver, its stop token, its task.
+type RunningWorker = (
+    FakeDriver,
+    CancellationToken,
+    JoinHandle<Result<(), draas_worker::WorkerError>>,
+);
+
+struct Rig {
+    store: Arc<FaultyStore<EmbeddedStore>>,
+    bus: Arc<InProcessBus>,
+    workers: Vec<RunningWorker>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Self {
+            store: Arc::new(FaultyStore::new(EmbeddedStore::in_memory().unwrap())),
+            bus: Arc::new(InProcessBus::new()),
+            workers: Vec::new(),
+        }
+    }
+
+    /// Starts worker `name` with `concurrency` permits; returns its driver.
+    async fn worker(&mut self, name: &str, concurrency: usize) -> FakeDriver {
+        let driver = FakeDriver::new(PlatformType::Process, name);
+        let context = WorkerContext::new(
+            WorkerSettings {
+                worker_id: name.into(),
+                host: "test".into(),
+                heartbeat_interval: HEARTBEAT,
+                heartbeat_ttl: HEARTBEAT * 3,
+                concurrency,
+                capacity: None,
+            },
+            self.store.clone(),
+            self.bus.clone(),
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Worker::new(context, Arc::new(driver.clone())).run(stop.clone()));
+        // Announced (first heartbeat) before it is used.
+        while self.store.get(keys::WORKERS, name).await.unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+        self.workers.push((driver.clone(), stop, task));
+        driver
+    }
+
+    async fn instance(&self) -> InstanceId {
+        let id = InstanceId::generate();
+        let now = Utc::now();
+        let instance = Instance {
+            id: id.clone(),
+            name: format!("n{}", &id.as_str()[id.as_str().len() - 8..]),
+            description: String::new(),
+            platform_type: PlatformType::Process,
+            created_at: now,
+            updated_at: now,
+            desired_state: DesiredState::Running,
+            generation: 1,
+            server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
+            configuration: InstanceConfiguration::empty("127.0.0.1", 20000),
+            status: InstanceStatus::created(now),
+            runtime: None,
+        };
+        self.store
+            .put_json(
+                keys::INSTANCES,
+                id.as_str(),
+                &instance,
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn state(&self, id: &InstanceId) -> ActualState {
+        self.store
+            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .status
+            .state
+    }
+
+    async fn send(&self, envelope: CommandEnvelope) -> CommandReply {
+        self.bus
+            .request(
+                PlatformType::Process.command_channel(),
+                envelope,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("a reply")
+    }
+
+    fn spawn_send(&self, envelope: CommandEnvelope) -> JoinHandle<CommandReply> {
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            bus.request(
+                PlatformType::Process.command_channel(),
+                envelope,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("a reply")
+        })
+    }
+}
+
+fn start(id: &InstanceId) -> CommandEnvelope {
+    let configuration = InstanceConfiguration::empty("127.0.0.1", 20000);
+    let spec = draas_testkit::start_spec(id, &configuration, PlatformType::Process, 1);
+    CommandEnvelope::new(id.clone(), Command::Start(spec), Duration::from_secs(30))
+}
+
+fn stop(id: &InstanceId) -> CommandEnvelope {
+    CommandEnvelope::new(
+        id.clone(),
+        Command::Stop(StopSpec {
+            shutdown_timeout_seconds: 1,
+        }),
+        Duration::from_secs(30),
+    )
+}
+
+fn status(id: &InstanceId) -> CommandEnvelope {
+    CommandEnvelope::new(id.clone(), Command::Status, Duration::from_secs(30))
+}
+
+fn error_code(reply: &CommandReply) -> Option<ErrorCode> {
+    match &reply.outcome {
+        Outcome::Error { code, .. } => Some(*code),
+        Outcome::Ok { .. } => None,
+    }
+}
+
+/// Yields until `condition` holds (bounded: the test fails otherwise).
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if condition() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_command_is_answered_from_its_record_and_not_executed_again() {
+    let mut rig = Rig::new();
+    let driver = rig.worker("w1", 4).await;
+    let id = rig.instance().await;
+    let command = start(&id);
+    let first = rig.send(command.clone()).await;
+    assert_eq!(error_code(&first), None, "{first:?}");
+    let again = rig.send(command.clone()).await;
+    assert_eq!(again.outcome, first.outcome, "the stored reply");
+    assert_eq!(
+        driver.count("start"),
+        1,
+        "executed once: {:?}",
+        driver.calls()
+    );
+
+    // Even redelivered after its deadline: it was executed, so its reply
+    // (not DEADLINE_EXCEEDED) is the truth.
+    let late = CommandEnvelope {
+        deadline: Utc::now() - chrono::Duration::seconds(1),
+        ..command
+    };
+    let late_reply = rig.send(late).await;
+    assert_eq!(late_reply.outcome, first.outcome);
+    assert_eq!(driver.count("start"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_whose_deadline_passed_is_not_executed() {
+    let mut rig = Rig::new();
+    let driver = rig.worker("w1", 4).await;
+    let id = rig.instance().await;
+    for expired in [start(&id), status(&id)] {
+        let expired = CommandEnvelope {
+            deadline: Utc::now() - chrono::Duration::seconds(1),
+            ..expired
+        };
+        let reply = rig.send(expired).await;
+        assert_eq!(error_code(&reply), Some(ErrorCode::DeadlineExceeded));
+    }
+    assert!(driver.calls().is_empty(), "{:?}", driver.calls());
+    assert_eq!(rig.state(&id).await, ActualState::Created);
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_of_one_instance_run_in_order_and_status_and_logs_never_wait_behind_them() {
+    let mut rig = Rig::new();
+    let driver = rig.worker("w1", 8).await;
+    let id = rig.instance().await;
+    driver.script.lock().unwrap().hold_starts = true;
+    let started = rig.spawn_send(start(&id));
+    until("the start to run", || driver.count("start") == 1).await;
+    let stopped = rig.spawn_send(stop(&id));
+
+    // The start is still running: Status and Logs are answered anyway.
+    let live = rig.send(status(&id)).await;
+    assert_eq!(error_code(&live), None, "{live:?}");
+    let logs = rig
+        .send(CommandEnvelope::new(
+            id.clone(),
+            Command::Logs(LogsSpec {
+                tail: 2,
+                stream: LogStream::Stdout,
+            }),
+            Duration::from_secs(30),
+        ))
+        .await;
+    assert_eq!(error_code(&logs), None);
+    assert_eq!(driver.count("stop"), 0, "the stop waits for the start");
+
+    driver.release();
+    assert_eq!(error_code(&started.await.unwrap()), None);
+    assert_eq!(error_code(&stopped.await.unwrap()), None);
+    let calls: Vec<String> = driver
+        .calls()
+        .iter()
+        .map(|c| c.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(calls, vec!["start", "status", "logs", "stop"]);
+    assert_eq!(rig.state(&id).await, ActualState::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_worker_leaves_further_commands_to_an_idle_peer() {
+    let mut rig = Rig::new();
+    let busy = rig.worker("busy", 1).await;
+    busy.script.lock().unwrap().hold_starts = true;
+    let first = rig.instance().await;
+    let held = rig.spawn_send(start(&first));
+    until("the busy worker to take it", || busy.count("start") == 1).await;
+
+    let idle = rig.worker("idle", 4).await;
+    for _ in 0..3 {
+        let id = rig.instance().await;
+        let reply = rig.send(start(&id)).await;
+        assert_eq!(reply.worker_id, "idle", "{reply:?}");
+    }
+    assert_eq!(busy.count("start"), 1, "the busy worker took nothing more");
+    assert_eq!(idle.count("start"), 3);
+    busy.release();
+    assert_eq!(held.await.unwrap().worker_id, "busy");
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_announce_the_worker_every_interval_and_stopping_withdraws_it() {
+    let mut rig = Rig::new();
+    rig.worker("w1", 4).await;
+    let record = rig
+        .store
+        .get_json::<draas_core::messages::WorkerInfo>(keys::WORKERS, "w1")
+        .await
+        .unwrap()
+        .expect("announced");
+    assert_eq!(record.value.platform, PlatformType::Process);
+    assert_eq!(record.value.scope, "fake", "with the driver's scope");
+
+    // Ten and a half intervals of (paused) time: ten or eleven beats.
+    let mut events = rig.bus.subscribe(&EVENT_CHANNELS).await.unwrap();
+    let mut beats = 0u32;
+    let window = tokio::time::timeout(HEARTBEAT * 10 + HEARTBEAT / 2, async {
+        while let Some(event) = events.next().await {
+            if let Event::WorkerHeartbeat(info) = event.envelope.event {
+                assert_eq!(info.worker_id, "w1");
+                beats += 1;
+            }
+        }
+    })
+    .await;
+    assert!(window.is_err(), "the event stream stays open");
+    assert!((10..=11).contains(&beats), "{beats} heartbeats");
+
+    let (_, stop, task) = rig.workers.pop().unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(
+        rig.store.get(keys::WORKERS, "w1").await.unwrap().is_none(),
+        "a stopping worker withdraws at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_yields_an_error_reply_never_a_false_success() {
+    let mut rig = Rig::new();
+    let driver = rig.worker("w1", 4).await;
+
+    // Down before the command: it cannot be claimed, so it is not run.
+    let id = rig.instance().await;
+    rig.store.fail(true);
+    let reply = rig.send(start(&id)).await;
+    rig.store.fail(false);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::StoreUnavailable),
+        "{reply:?}"
+    );
+    assert!(
+        matches!(&reply.outcome, Outcome::Error { message, .. } if message.contains("not executed")),
+        "{reply:?}"
+    );
+    assert_eq!(driver.count("start"), 0);
+
+    // Down while the server starts: it runs, but its state cannot be
+    // recorded, and the reply says exactly that.
+    driver.script.lock().unwrap().hold_starts = true;
+    let pending = rig.spawn_send(start(&id));
+    until("the start to run", || driver.count("start") == 1).await;
+    rig.store.fail(true);
+    driver.release();
+    let reply = pending.await.unwrap();
+    rig.store.fail(false);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::StoreUnavailable),
+        "{reply:?}"
+    );
+    assert!(
+        matches!(&reply.outcome, Outcome::Error { message, .. } if message.contains("server runs") && message.contains("could not be recorded")),
+        "{reply:?}"
+    );
+}
