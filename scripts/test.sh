@@ -56,12 +56,28 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "dependency rules (docs/ARCHITECTURE.md)"
-for crate in draas-core draas-api draas-worker; do
-  if cargo tree -p "$crate" -e normal --prefix none --locked 2>/dev/null \
-      | grep -E '^(redis|redb|bollard|kube|drasi-lib|draas-(store|bus|redis|drasi|worker-process)) ' ; then
-    echo "$crate must not depend on a concrete backend (see docs/ARCHITECTURE.md)" >&2
+# Each row: a crate, and the crates it must not depend on (normal
+# dependencies, transitively). A failing `cargo tree` fails the check.
+forbidden_backends='redis|redb|bollard|kube|k8s-openapi|drasi-lib|draas-(store|bus|redis|drasi|worker-process|worker-docker|worker-kubernetes)'
+check_deps() {
+  local crate="$1" forbidden="$2" tree
+  if ! tree=$(cargo tree -p "$crate" -e normal --prefix none --locked); then
+    echo "cargo tree -p $crate failed: the dependency rules could not be checked" >&2
     exit 1
   fi
-done
+  if printf '%s\n' "$tree" | grep -E "^($forbidden) " ; then
+    echo "$crate must not depend on the crates above (see docs/ARCHITECTURE.md)" >&2
+    exit 1
+  fi
+}
+check_deps draas-core "$forbidden_backends|draas-(api|worker)|tokio|axum|reqwest"
+check_deps draas-api "$forbidden_backends|draas-worker"
+check_deps draas-worker "$forbidden_backends|draas-api"
+# Adapters: each depends on draas-core and its client library only. The one
+# exception, allowed in writing: draas-redis uses draas-bus's event fan-out.
+check_deps draas-redis 'redb|bollard|kube|drasi-lib|draas-(store|drasi|api|worker|worker-process)'
+check_deps draas-store 'redis|bollard|kube|drasi-lib|draas-(bus|redis|drasi|api|worker)'
+check_deps draas-bus 'redis|redb|bollard|kube|drasi-lib|draas-(store|redis|drasi|api|worker)'
+check_deps draas-worker-process "redis|redb|bollard|kube|drasi-lib|draas-(store|bus|redis|drasi|api)"
 log "tests"
 cargo nextest run --workspace --locked "$@"

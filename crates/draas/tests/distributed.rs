@@ -411,6 +411,25 @@ async fn a_command_whose_worker_is_killed_midway_is_reclaimed_and_completed_by_t
     );
     assert_eq!(processes_in(&dirs[taker]).len(), 1, "one server");
     assert!(processes_in(&dirs[1 - taker]).is_empty());
+
+    // The adopter finds the server's files where the dead worker put them:
+    // its logs, and everything on delete.
+    let (status, logs) = api
+        .get(&format!("/api/server/instances/{id}/logs?tail=50"))
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    assert!(
+        !logs["lines"].as_array().unwrap().is_empty(),
+        "the server's own output, from the first worker's directory: {logs}"
+    );
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert!(
+        !dirs[taker].exists(),
+        "the server's working directory is removed, though another worker launched it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -378,6 +378,72 @@ async fn start_failures_are_reported_with_their_reason() {
     assert_eq!(status_doc["status"]["reason"], "ExitedWithCode");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_wait_for_running_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    // A server that takes a minute before the runtime even starts.
+    let slow = dir.path().join("slow-runtime");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 60\nexec {} \"$@\"\n",
+            common::runtime_binary().display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let allow = slow.display().to_string();
+    let mut draas = Draas::up_with_args(dir.path(), &["--allow-executable", &allow]).await;
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "slow", "serverConfiguration": {
+                "process": {"executablePath": allow}, "startTimeoutSeconds": 120}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().expect("id").to_string();
+    // Its connection breaks when draas exits: the outcome is not awaited.
+    let start = tokio::spawn(
+        draas
+            .client
+            .post(draas.url(&format!("/api/server/instances/{id}/start")))
+            .send(),
+    );
+    // The start is running (the script sleeps): a first signal waits for it...
+    let state_of = |draas: &Draas| {
+        let api = draas.api.clone();
+        async move {
+            let (_, list) = api.get("/api/server/instances").await;
+            list["items"][0]["status"]["state"]
+                .as_str()
+                .map(str::to_string)
+        }
+    };
+    draas_testkit::wait_for("the start to run", Duration::from_secs(10), || {
+        let state = state_of(&draas);
+        async move { (state.await.as_deref() == Some("Starting")).then_some(()) }
+    })
+    .await;
+    draas.process.signal(nix::sys::signal::Signal::SIGINT);
+    assert!(
+        draas.process.wait_timeout(Duration::from_secs(2)).is_none(),
+        "the first signal waits for the running start"
+    );
+    // ...a second one does not.
+    let second = Instant::now();
+    draas.process.signal(nix::sys::signal::Signal::SIGINT);
+    let status = draas
+        .process
+        .wait_timeout(Duration::from_secs(5))
+        .expect("the second signal ends the wait");
+    assert!(status.success(), "{status}: {}", draas.process.stderr());
+    println!("stopped {:?} after the second signal", second.elapsed());
+    let _ = start.await;
+}
+
 /// A loopback port nothing listens on.
 fn free_closed_port() -> u16 {
     draas_testkit::free_port()

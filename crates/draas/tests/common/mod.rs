@@ -84,7 +84,30 @@ impl Draas {
         data
     }
 
+    /// Starts `draas up` on a fresh data directory with more arguments.
+    pub async fn up_with_args(dir: &Path, extra: &[&str]) -> Self {
+        let data = dir.join("data");
+        let mut draas = Self::spawn(dir, data, free_port(), 0, port_range(), extra);
+        let api = draas.api.clone();
+        api.wait_for_worker(&mut draas.process).await;
+        draas
+    }
+
     async fn up_with(dir: &Path, data: PathBuf, port: u16, run: usize, range: String) -> Self {
+        let mut draas = Self::spawn(dir, data, port, run, range, &[]);
+        let api = draas.api.clone();
+        api.wait_for_worker(&mut draas.process).await;
+        draas
+    }
+
+    fn spawn(
+        dir: &Path,
+        data: PathBuf,
+        port: u16,
+        run: usize,
+        range: String,
+        extra: &[&str],
+    ) -> Self {
         let mut command = Command::new(DRAAS);
         command
             .arg("up")
@@ -95,10 +118,11 @@ impl Draas {
             .arg("--runtime")
             .arg(runtime_binary())
             .args(["--heartbeat-seconds", "1", "--port-range", &range])
+            .args(extra)
             .env("RUST_LOG", "info,tower_http=debug");
         let process =
             TestProcess::spawn(command, &format!("draas-{run}"), dir).expect("spawn draas up");
-        let mut draas = Self {
+        Self {
             process,
             api: Api::new(port),
             port,
@@ -106,10 +130,7 @@ impl Draas {
             logs: dir.to_path_buf(),
             run,
             range,
-        };
-        let api = draas.api.clone();
-        api.wait_for_worker(&mut draas.process).await;
-        draas
+        }
     }
 
     /// Stops this process with SIGTERM and starts another on the same data
