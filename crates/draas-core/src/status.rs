@@ -2,9 +2,10 @@
 //! control plane, external daemons).
 //!
 //! An [`Observation`] becomes, in order:
-//! 1. the instance record's new status (compare-and-set, retried on conflict);
-//! 2. an entry of the status buffer (a capped log with monotonic cursors);
-//! 3. an `InstanceStatusChanged` event, plus a lifecycle event
+//! 1. the instance record's new status (compare-and-set, retried on
+//!    conflict) and, in the same atomic write, an entry of the status buffer
+//!    (a capped log with monotonic cursors);
+//! 2. an `InstanceStatusChanged` event, plus a lifecycle event
 //!    (`InstanceStarted`, `InstanceStopped`, `InstanceFailed`) when one applies.
 //!
 //! Observations older than the recorded status are refused (`Stale`), and an
@@ -20,7 +21,7 @@ use crate::keys;
 use crate::messages::{Event, EventEnvelope, StatusChange};
 use crate::ports::platform::{Observation, RuntimeUpdate, StatusSink};
 use crate::ports::store::{
-    encode, read_modify_write, CasError, Change, Record, StateStore, StoreError,
+    encode, read_modify_write, CasError, Change, Record, StateStore, StoreError, Write,
 };
 use crate::ports::MessageBus;
 
@@ -145,15 +146,21 @@ impl StatusRecorder {
                     generation: instance.status.observed_generation,
                     timestamp: observation.observed_at,
                 };
+                // The record and its status-buffer entry: one atomic write.
+                let entry = Write::Append {
+                    log: keys::STATUS_LOG.to_string(),
+                    value: encode(&change).map_err(RecordError::Store)?,
+                    capacity: keys::STATUS_LOG_CAPACITY,
+                };
                 Ok(Change::Put {
                     value: instance.clone(),
-                    also: Vec::new(),
+                    also: vec![entry],
                     output: (Some(change), instance),
                 })
             },
         )
         .await;
-        let (change, instance) = match outcome {
+        let ((change, instance), applied) = match outcome {
             Ok(done) => done,
             Err(CasError::Rejected(e)) => return Err(e),
             Err(CasError::Store(e)) => return Err(e.into()),
@@ -161,31 +168,21 @@ impl StatusRecorder {
                 collection, key, ..
             }) => return Err(StoreError::Conflict { collection, key }.into()),
         };
-        let Some(change) = change else {
+        let Some(mut change) = change else {
             return Ok(Recorded {
                 change: None,
                 instance,
             });
         };
-        let change = self.log(change).await?;
+        change.cursor = applied
+            .first()
+            .and_then(|a| a.cursor())
+            .ok_or_else(|| StoreError::Backend("the status entry got no cursor".into()))?;
         self.announce(&change, &instance).await;
         Ok(Recorded {
             change: Some(change),
             instance,
         })
-    }
-
-    /// Appends `change` to the status buffer and returns it with its cursor.
-    pub async fn log(&self, mut change: StatusChange) -> Result<StatusChange, StoreError> {
-        change.cursor = self
-            .store
-            .append(
-                keys::STATUS_LOG,
-                encode(&change)?,
-                keys::STATUS_LOG_CAPACITY,
-            )
-            .await?;
-        Ok(change)
     }
 
     /// Publishes the events of a recorded change. Publishing is best-effort:

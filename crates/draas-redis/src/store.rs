@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 use draas_core::ports::store::{
-    LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
+    Applied, LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
 };
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
@@ -33,7 +33,8 @@ use crate::connection::{is_unavailable, with_retry, RedisSettings};
 /// conflict, nor a create as "already exists").
 const APPLY: &str = r#"
 -- KEYS[1]: revision counter; KEYS[2]: token; write i: KEYS[2i+1] value hash, KEYS[2i+2] revision hash
--- ARGV per write (5): op (put|del), field, precondition (none|absent|rev), revision, value
+--   (for an append: KEYS[2i+1] the log's cursor counter, KEYS[2i+2] the log's list)
+-- ARGV per write (5): op (put|del|app), field, precondition (none|absent|rev), revision (app: capacity), value
 local done = redis.call('GET', KEYS[2])
 if done then return cjson.decode(done) end
 local n = (#KEYS - 2) / 2
@@ -50,21 +51,23 @@ for i = 1, n do
   local rh = KEYS[2 * i + 2]
   local b = (i - 1) * 5
   local op, field, pre, expected = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local id = rh .. '\0' .. field
-  local current = seen[id]
-  if current == nil then
-    local r = redis.call('HGET', rh, field)
-    if r then current = tonumber(r) else current = false end
-  end
-  if pre == 'absent' and current ~= false then return conflict(i) end
-  if pre == 'rev' and (current == false or current ~= tonumber(expected)) then return conflict(i) end
-  if op == 'put' then
-    next_rev = next_rev + 1
-    seen[id] = next_rev
-    results[i] = next_rev
-  else
-    seen[id] = false
-    results[i] = 0
+  if op ~= 'app' then
+    local id = rh .. '\0' .. field
+    local current = seen[id]
+    if current == nil then
+      local r = redis.call('HGET', rh, field)
+      if r then current = tonumber(r) else current = false end
+    end
+    if pre == 'absent' and current ~= false then return conflict(i) end
+    if pre == 'rev' and (current == false or current ~= tonumber(expected)) then return conflict(i) end
+    if op == 'put' then
+      next_rev = next_rev + 1
+      seen[id] = next_rev
+      results[i] = next_rev
+    else
+      seen[id] = false
+      results[i] = 0
+    end
   end
 end
 next_rev = counter
@@ -76,9 +79,15 @@ for i = 1, n do
     next_rev = next_rev + 1
     redis.call('HSET', vh, field, value)
     redis.call('HSET', rh, field, next_rev)
-  else
+  elseif op == 'del' then
     redis.call('HDEL', vh, field)
     redis.call('HDEL', rh, field)
+  else
+    local cursor = redis.call('INCR', vh)
+    redis.call('RPUSH', rh, value)
+    local cap = tonumber(ARGV[b + 4])
+    if cap == 0 then redis.call('DEL', rh) else redis.call('LTRIM', rh, -cap, -1) end
+    results[i] = cursor
   end
 end
 redis.call('SET', KEYS[1], next_rev)
@@ -119,6 +128,15 @@ local out = {oldest, newest}
 for i = 1, #items do out[i + 2] = items[i] end
 return out
 "#;
+
+/// The script arguments of a precondition.
+fn precondition_args(precondition: &Precondition) -> (&'static str, u64) {
+    match precondition {
+        Precondition::None => ("none", 0),
+        Precondition::Absent => ("absent", 0),
+        Precondition::Revision(r) => ("rev", r.0),
+    }
+}
 
 /// The Redis state store. Cheap to clone.
 #[derive(Clone)]
@@ -253,7 +271,7 @@ impl StateStore for RedisStore {
         Ok(out)
     }
 
-    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError> {
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -262,38 +280,53 @@ impl StateStore for RedisStore {
             .key(self.settings.key("revision"))
             .key(self.token());
         for write in &writes {
-            let (op, collection, key, precondition, value): (
-                &str,
-                &str,
-                &str,
-                &Precondition,
-                &[u8],
-            ) = match write {
+            match write {
+                Write::Append {
+                    log,
+                    value,
+                    capacity,
+                } => {
+                    invocation
+                        .key(self.settings.key(&format!("logseq:{log}")))
+                        .key(self.settings.key(&format!("log:{log}")))
+                        .arg("app")
+                        .arg("")
+                        .arg("none")
+                        .arg(*capacity)
+                        .arg(value.as_slice());
+                }
                 Write::Put {
                     collection,
                     key,
                     value,
                     precondition,
-                } => ("put", collection, key, precondition, value),
+                } => {
+                    let (pre, expected) = precondition_args(precondition);
+                    invocation
+                        .key(self.values(collection))
+                        .key(self.revisions(collection))
+                        .arg("put")
+                        .arg(key)
+                        .arg(pre)
+                        .arg(expected)
+                        .arg(value.as_slice());
+                }
                 Write::Delete {
                     collection,
                     key,
                     precondition,
-                } => ("del", collection, key, precondition, &[]),
-            };
-            let (pre, expected) = match precondition {
-                Precondition::None => ("none", 0),
-                Precondition::Absent => ("absent", 0),
-                Precondition::Revision(r) => ("rev", r.0),
-            };
-            invocation
-                .key(self.values(collection))
-                .key(self.revisions(collection))
-                .arg(op)
-                .arg(key)
-                .arg(pre)
-                .arg(expected)
-                .arg(value);
+                } => {
+                    let (pre, expected) = precondition_args(precondition);
+                    invocation
+                        .key(self.values(collection))
+                        .key(self.revisions(collection))
+                        .arg("del")
+                        .arg(key)
+                        .arg(pre)
+                        .arg(expected)
+                        .arg(&[] as &[u8]);
+                }
+            }
         }
         let reply: Vec<Value> = with_retry(|| {
             let mut connection = self.connection.clone();
@@ -324,18 +357,26 @@ impl StateStore for RedisStore {
                 | Some(Write::Delete {
                     collection, key, ..
                 }) => (collection.clone(), key.clone()),
-                None => (String::new(), String::new()),
+                Some(Write::Append { .. }) | None => (String::new(), String::new()),
             };
             return Err(StoreError::Conflict { collection, key });
         }
-        Ok(writes
+        writes
             .iter()
             .zip(reply.iter().skip(1))
-            .map(|(write, value)| match write {
-                Write::Put { .. } => number(value).map(|n| Revision(n as u64)),
-                Write::Delete { .. } => None,
+            .map(|(write, value)| {
+                let n = || {
+                    number(value).map(|n| n as u64).ok_or_else(|| {
+                        StoreError::Backend(format!("unexpected script result {value:?}"))
+                    })
+                };
+                Ok(match write {
+                    Write::Put { .. } => Applied::Put(Revision(n()?)),
+                    Write::Delete { .. } => Applied::Deleted,
+                    Write::Append { .. } => Applied::Appended(n()?),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {

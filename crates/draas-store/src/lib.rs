@@ -59,7 +59,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use draas_core::ports::{
-    LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
+    Applied, LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
 };
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -210,18 +210,18 @@ fn holds(precondition: Precondition, current: Option<u64>) -> bool {
     }
 }
 
-/// What one applied batch did: per write, the new revision (puts) and
-/// whether the key existed before the write.
-struct Applied {
-    revisions: Vec<Option<Revision>>,
+/// What one applied batch did: per write, what it did, and whether its key
+/// existed before the write (appends: `false`).
+struct Outcome {
+    applied: Vec<Applied>,
     existed: Vec<bool>,
 }
 
 /// Checks and applies `writes` in one transaction; see the crate docs.
-fn apply_blocking(db: &Database, writes: Vec<Write>) -> Result<Applied, StoreError> {
+fn apply_blocking(db: &Database, writes: Vec<Write>) -> Result<Outcome, StoreError> {
     if writes.is_empty() {
-        return Ok(Applied {
-            revisions: Vec::new(),
+        return Ok(Outcome {
+            applied: Vec::new(),
             existed: Vec::new(),
         });
     }
@@ -231,7 +231,7 @@ fn apply_blocking(db: &Database, writes: Vec<Write>) -> Result<Applied, StoreErr
 }
 
 /// Applies `writes` to `txn`, failing on the first unmet precondition.
-fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Applied, StoreError> {
+fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Outcome, StoreError> {
     let mut records = txn.open_table(RECORDS).map_err(backend)?;
     let mut meta = txn.open_table(META).map_err(backend)?;
     let first_revision = meta
@@ -240,8 +240,8 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Applied, StoreError
         .map(|g| g.value())
         .unwrap_or(0);
     let mut revision = first_revision;
-    let mut applied = Applied {
-        revisions: Vec::with_capacity(writes.len()),
+    let mut outcome = Outcome {
+        applied: Vec::with_capacity(writes.len()),
         existed: Vec::with_capacity(writes.len()),
     };
     for write in writes {
@@ -257,6 +257,16 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Applied, StoreError
                 key,
                 precondition,
             } => (collection.as_str(), key.as_str(), *precondition),
+            Write::Append {
+                log,
+                value,
+                capacity,
+            } => {
+                let cursor = append_in(txn, log, value, *capacity)?;
+                outcome.applied.push(Applied::Appended(cursor));
+                outcome.existed.push(false);
+                continue;
+            }
         };
         let current = records
             .get((collection, key))
@@ -268,7 +278,7 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Applied, StoreError
                 key: key.to_string(),
             });
         }
-        applied.existed.push(current.is_some());
+        outcome.existed.push(current.is_some());
         match write {
             Write::Put { value, .. } => {
                 revision = revision
@@ -277,18 +287,19 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Applied, StoreError
                 records
                     .insert((collection, key), (revision, value.as_slice()))
                     .map_err(backend)?;
-                applied.revisions.push(Some(Revision(revision)));
+                outcome.applied.push(Applied::Put(Revision(revision)));
             }
             Write::Delete { .. } => {
                 records.remove((collection, key)).map_err(backend)?;
-                applied.revisions.push(None);
+                outcome.applied.push(Applied::Deleted);
             }
+            Write::Append { .. } => {}
         }
     }
     if revision != first_revision {
         meta.insert(META_REVISION, revision).map_err(backend)?;
     }
-    Ok(applied)
+    Ok(outcome)
 }
 
 /// Appends to `log` and trims it to `capacity`; returns the new cursor.
@@ -299,27 +310,36 @@ fn append_blocking(
     capacity: usize,
 ) -> Result<u64, StoreError> {
     let txn = db.begin_write().map_err(backend)?;
-    let appended = (|| {
-        let mut heads = txn.open_table(LOG_HEADS).map_err(backend)?;
-        let last = heads.get(log).map_err(backend)?.map(|g| g.value());
-        let cursor = last
-            .unwrap_or(0)
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Backend(format!("log {log}: cursor exhausted")))?;
-        heads.insert(log, cursor).map_err(backend)?;
-        let mut entries = txn.open_table(LOG_ENTRIES).map_err(backend)?;
-        entries.insert((log, cursor), value).map_err(backend)?;
-        // Keep cursors `keep_from..=cursor`: at most `capacity` of them.
-        let capacity = u64::try_from(capacity).unwrap_or(u64::MAX);
-        let keep_from = cursor.saturating_sub(capacity).saturating_add(1);
-        if keep_from > 1 {
-            entries
-                .retain_in((log, 0)..(log, keep_from), |_, _| false)
-                .map_err(backend)?;
-        }
-        Ok(cursor)
-    })();
+    let appended = append_in(&txn, log, value, capacity);
     finish(txn, appended)
+}
+
+/// Appends to `log` within `txn` and trims it to `capacity`; returns the
+/// new cursor.
+fn append_in(
+    txn: &WriteTransaction,
+    log: &str,
+    value: &[u8],
+    capacity: usize,
+) -> Result<u64, StoreError> {
+    let mut heads = txn.open_table(LOG_HEADS).map_err(backend)?;
+    let last = heads.get(log).map_err(backend)?.map(|g| g.value());
+    let cursor = last
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Backend(format!("log {log}: cursor exhausted")))?;
+    heads.insert(log, cursor).map_err(backend)?;
+    let mut entries = txn.open_table(LOG_ENTRIES).map_err(backend)?;
+    entries.insert((log, cursor), value).map_err(backend)?;
+    // Keep cursors `keep_from..=cursor`: at most `capacity` of them.
+    let capacity = u64::try_from(capacity).unwrap_or(u64::MAX);
+    let keep_from = cursor.saturating_sub(capacity).saturating_add(1);
+    if keep_from > 1 {
+        entries
+            .retain_in((log, 0)..(log, keep_from), |_, _| false)
+            .map_err(backend)?;
+    }
+    Ok(cursor)
 }
 
 /// Reads a page of `log`.
@@ -413,8 +433,8 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
-    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError> {
-        self.run(move |db| apply_blocking(db, writes).map(|a| a.revisions))
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        self.run(move |db| apply_blocking(db, writes).map(|o| o.applied))
             .await
     }
 

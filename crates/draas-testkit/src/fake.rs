@@ -230,7 +230,7 @@ impl<S: draas_core::ports::StateStore> draas_core::ports::StateStore for FaultyS
     async fn apply(
         &self,
         writes: Vec<draas_core::ports::Write>,
-    ) -> Result<Vec<Option<draas_core::ports::Revision>>, draas_core::ports::StoreError> {
+    ) -> Result<Vec<draas_core::ports::Applied>, draas_core::ports::StoreError> {
         self.check()?;
         self.inner.apply(writes).await
     }

@@ -142,7 +142,7 @@ pub(crate) async fn claim(
     )
     .await;
     match outcome {
-        Ok(claim) => Ok(claim),
+        Ok((claim, _)) => Ok(claim),
         Err(CasError::Store(e)) => Err(e),
         Err(CasError::Rejected(())) => Err(StoreError::Backend("claim refused".into())),
         Err(CasError::Exhausted {

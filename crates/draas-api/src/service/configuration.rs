@@ -181,7 +181,7 @@ impl ControlPlane {
         )
         .await;
         let instance = match outcome {
-            Ok(instance) => instance,
+            Ok((instance, _)) => instance,
             // A port another instance holds.
             Err(CasError::Store(StoreError::Conflict { collection, key }))
                 if collection != keys::INSTANCES =>

@@ -180,9 +180,12 @@ impl ControlPlane {
                 &BTreeSet::new(),
                 &ports_of(&configuration, &id),
             ));
+            let (created, entry) = Self::own_change(&instance, None, ActualState::Created)?;
+            writes.push(entry);
             match self.store.apply(writes).await {
-                Ok(_) => {
-                    self.log_change(&instance, None, ActualState::Created).await;
+                Ok(applied) => {
+                    let cursor = applied.last().and_then(|a| a.cursor());
+                    self.announce_change(created, cursor).await;
                     return Ok(instance);
                 }
                 Err(StoreError::Conflict { collection, key })
@@ -325,7 +328,7 @@ impl ControlPlane {
                 Err(e) => return Err(e),
             }
         }
-        let removed = read_modify_write(
+        let (removed, applied) = read_modify_write(
             self.store.as_ref(),
             keys::INSTANCES,
             id.as_str(),
@@ -345,16 +348,22 @@ impl ControlPlane {
                     &ports_of(&instance.configuration, id),
                     &BTreeSet::new(),
                 ));
+                let (deleting, entry) = Self::own_change(
+                    &instance,
+                    Some(instance.status.state),
+                    ActualState::Deleting,
+                )?;
+                also.push(entry);
                 Ok(Change::Delete {
                     also,
-                    output: instance,
+                    output: deleting,
                 })
             },
         )
         .await
         .map_err(|e| super::cas_error(id, e))?;
-        self.log_change(&removed, Some(removed.status.state), ActualState::Deleting)
-            .await;
+        let cursor = applied.last().and_then(|a| a.cursor());
+        self.announce_change(removed, cursor).await;
         let _ = self
             .bus
             .publish(&EventEnvelope::new(Event::InstanceDeleted {
@@ -466,13 +475,14 @@ impl ControlPlane {
             .max(grace + Duration::from_secs(15))
     }
 
-    /// Appends a change made by the control plane itself to the status buffer.
-    pub(crate) async fn log_change(
-        &self,
+    /// A change made by the control plane itself (created, deleted), and
+    /// the write that puts it in the status buffer, for the batch that makes
+    /// the change: the two are stored together or not at all.
+    fn own_change(
         instance: &Instance,
         old: Option<ActualState>,
         new: ActualState,
-    ) {
+    ) -> ApiResult<(StatusChange, Write)> {
         let change = StatusChange {
             cursor: 0,
             instance_id: instance.id.clone(),
@@ -484,14 +494,20 @@ impl ControlPlane {
             generation: instance.status.observed_generation,
             timestamp: Utc::now(),
         };
-        match self.recorder.log(change).await {
-            Ok(change) => {
-                let _ = self
-                    .bus
-                    .publish(&EventEnvelope::new(Event::InstanceStatusChanged(change)))
-                    .await;
-            }
-            Err(e) => tracing::warn!(instance = %instance.id, "status change not logged: {e}"),
-        }
+        let entry = Write::Append {
+            log: keys::STATUS_LOG.to_string(),
+            value: encode(&change)?,
+            capacity: keys::STATUS_LOG_CAPACITY,
+        };
+        Ok((change, entry))
+    }
+
+    /// Announces a change stored with its buffer entry at `cursor`.
+    async fn announce_change(&self, mut change: StatusChange, cursor: Option<u64>) {
+        change.cursor = cursor.unwrap_or_default();
+        let _ = self
+            .bus
+            .publish(&EventEnvelope::new(Event::InstanceStatusChanged(change)))
+            .await;
     }
 }

@@ -158,7 +158,9 @@ impl ControlPlane {
             },
         )
         .await;
-        outcome.map_err(|e| cas_error(id, e))
+        outcome
+            .map(|(instance, _)| instance)
+            .map_err(|e| cas_error(id, e))
     }
 
     /// Workers of `platform` whose heartbeat has not expired.

@@ -67,6 +67,46 @@ pub enum Write {
         /// Condition.
         precondition: Precondition,
     },
+    /// Append `value` to `log`, dropping the oldest entries beyond
+    /// `capacity` (like [`StateStore::append`], but in the batch: a record
+    /// and its log entry are written together or not at all).
+    Append {
+        /// The log.
+        log: String,
+        /// The entry.
+        value: Vec<u8>,
+        /// Entries the log keeps.
+        capacity: usize,
+    },
+}
+
+/// What one write of a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A put: the key's new revision.
+    Put(Revision),
+    /// A delete.
+    Deleted,
+    /// An append: the entry's cursor.
+    Appended(u64),
+}
+
+impl Applied {
+    /// The new revision of a put.
+    pub fn revision(self) -> Option<Revision> {
+        match self {
+            Applied::Put(revision) => Some(revision),
+            _ => None,
+        }
+    }
+
+    /// The cursor of an append.
+    pub fn cursor(self) -> Option<u64> {
+        match self {
+            Applied::Appended(cursor) => Some(cursor),
+            _ => None,
+        }
+    }
 }
 
 /// A page of a log.
@@ -129,11 +169,11 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every key of `collection` with its value, in key order.
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 
-    /// Applies `writes` atomically. Returns, per write, the new revision of
-    /// a put or `None` for a delete. Fails with `Conflict` (naming the first
-    /// failed precondition) and writes nothing if any precondition fails. A
-    /// delete of a missing key with `Precondition::None` succeeds.
-    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError>;
+    /// Applies `writes` atomically. Returns, per write, what it did (a put's
+    /// new revision, an append's cursor). Fails with `Conflict` (naming the
+    /// first failed precondition) and writes nothing if any precondition
+    /// fails. A delete of a missing key with `Precondition::None` succeeds.
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError>;
 
     /// Appends `value` to `log`, dropping the oldest entries beyond
     /// `capacity`; returns the new entry's cursor.
@@ -160,7 +200,7 @@ pub trait StateStore: Send + Sync + 'static {
             .await?;
         revisions
             .pop()
-            .flatten()
+            .and_then(Applied::revision)
             .ok_or_else(|| StoreError::Backend("put returned no revision".into()))
     }
 
@@ -190,7 +230,7 @@ impl<T: StateStore + ?Sized> StateStore for std::sync::Arc<T> {
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         (**self).list(collection).await
     }
-    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Option<Revision>>, StoreError> {
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
         (**self).apply(writes).await
     }
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
@@ -337,13 +377,16 @@ pub enum CasError<E> {
 /// again on the fresh record, up to `attempts` times, so `change` must be a
 /// pure function of what it is given. This is the one read-modify-write
 /// loop of DRaaS: every writer that can race goes through it.
+///
+/// Returns `change`'s output and what each of its `also` writes did (an
+/// append's cursor, say; empty when nothing was written).
 pub async fn read_modify_write<S, T, O, E, F>(
     store: &S,
     collection: &str,
     key: &str,
     attempts: usize,
     mut change: F,
-) -> Result<O, CasError<E>>
+) -> Result<(O, Vec<Applied>), CasError<E>>
 where
     S: StateStore + ?Sized,
     T: Serialize + DeserializeOwned + Send,
@@ -358,7 +401,7 @@ where
             .as_ref()
             .map_or(Precondition::Absent, |r| Precondition::Revision(r.revision));
         let (own, also, output) = match change(current).map_err(CasError::Rejected)? {
-            Change::Keep(output) => return Ok(output),
+            Change::Keep(output) => return Ok((output, Vec::new())),
             Change::Put {
                 value,
                 also,
@@ -384,7 +427,10 @@ where
         let mut writes = vec![own];
         writes.extend(also);
         match store.apply(writes).await {
-            Ok(_) => return Ok(output),
+            Ok(mut applied) => {
+                applied.remove(0);
+                return Ok((output, applied));
+            }
             Err(StoreError::Conflict {
                 collection: c,
                 key: k,

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use draas_core::ports::{
-    JsonStore, LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
+    Applied, JsonStore, LogPage, Precondition, Revision, StateStore, StoreError, Versioned, Write,
 };
 
 /// The store under test.
@@ -24,6 +24,7 @@ pub type Store = Arc<dyn StateStore>;
 pub async fn run_all(store: Store) {
     get_missing_is_none(store.clone()).await;
     put_get_roundtrip(store.clone()).await;
+    appends_in_a_batch_are_atomic_with_its_writes(store.clone()).await;
     revision_increases_on_every_put(store.clone()).await;
     absent_precondition_creates_once(store.clone()).await;
     recreated_key_gets_a_fresh_revision(store.clone()).await;
@@ -405,10 +406,10 @@ pub async fn apply_returns_one_result_per_write(store: Store) {
         .expect("batch whose preconditions hold");
     assert_eq!(results.len(), 4, "one result per write: {results:?}");
     assert!(
-        results[1].is_none() && results[3].is_none(),
-        "deletes return None: {results:?}"
+        results[1] == Applied::Deleted && results[3] == Applied::Deleted,
+        "deletes say so: {results:?}"
     );
-    let (Some(r_one), Some(r_two)) = (results[0], results[2]) else {
+    let (Some(r_one), Some(r_two)) = (results[0].revision(), results[2].revision()) else {
         panic!("puts return their new revision: {results:?}");
     };
     assert_eq!(must_get(&store, &a, "one").await.revision, r_one);
@@ -416,9 +417,53 @@ pub async fn apply_returns_one_result_per_write(store: Store) {
     assert_eq!(store.get(&a, "gone").await.expect("get"), None);
     assert_eq!(
         store.apply(Vec::new()).await.expect("empty batch"),
-        Vec::<Option<Revision>>::new(),
+        Vec::<Applied>::new(),
         "an empty batch succeeds and returns nothing"
     );
+}
+
+/// A batch may append to a log: the entry is written with the batch's
+/// records or not at all, and the batch returns its cursor.
+pub async fn appends_in_a_batch_are_atomic_with_its_writes(store: Store) {
+    let collection = unique("batch-log-records");
+    let log = unique("batch-log");
+    let append = |value: &[u8]| Write::Append {
+        log: log.clone(),
+        value: value.to_vec(),
+        capacity: 3,
+    };
+    let before = store
+        .append(&log, b"first".to_vec(), 3)
+        .await
+        .expect("append");
+    let results = store
+        .apply(vec![
+            put(&collection, "k", b"v", Precondition::Absent),
+            append(b"with k"),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(results[1], Applied::Appended(before + 1), "{results:?}");
+
+    // A failing precondition later in the batch: the entry is not appended.
+    let failed = store
+        .apply(vec![
+            append(b"must not stay"),
+            put(&collection, "k", b"again", Precondition::Absent),
+        ])
+        .await;
+    assert_conflict(failed, &collection, "k", "append then a failing put");
+    let page = store.read_log(&log, 0, 10).await.expect("read");
+    let values: Vec<&[u8]> = page.entries.iter().map(|(_, v)| v.as_slice()).collect();
+    assert_eq!(values, vec![b"first".as_slice(), b"with k".as_slice()]);
+
+    // Capacity applies to appends in batches too; cursors go on.
+    for i in 0..3u8 {
+        store.apply(vec![append(&[i])]).await.expect("append");
+    }
+    let page = store.read_log(&log, 0, 10).await.expect("read");
+    assert_eq!(page.entries.len(), 3, "{page:?}");
+    assert_eq!(page.newest, before + 4);
 }
 
 /// Deletes: a missing key with `None` succeeds and reports `false`; an

@@ -182,7 +182,9 @@ where
             },
         )
         .await;
-        outcome.map_err(|e| platform_error("cannot update the server record", cas_message(e)))
+        outcome
+            .map(|_| ())
+            .map_err(|e| platform_error("cannot update the server record", cas_message(e)))
     }
 
     /// Removes the record of `id`.
