@@ -1300,3 +1300,36 @@ async fn the_watchdog_makes_a_silent_workers_instances_unknown_only_where_the_pl
         "a Deployment does not depend on its worker: {pod}"
     );
 }
+
+#[tokio::test]
+async fn allocation_skips_ports_held_on_the_workers_host_when_the_control_plane_can_see_it() {
+    let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
+    // As `draas up` wires it, with a host where 31000 and 31001 are taken.
+    let settings = ControlPlaneSettings {
+        port_range: 31000..=31099,
+        process_port_probe: Some(Arc::new(|port| port > 31001)),
+        ..ControlPlaneSettings::default()
+    };
+    let cp = Arc::new(ControlPlane::new(
+        store,
+        bus,
+        Arc::new(draas_drasi::validate::DrasiValidator),
+        settings,
+    ));
+    let response = router(cp)
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/api/server/instances")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"name": "probed"}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["instance"]["configuration"]["port"], 31002);
+}

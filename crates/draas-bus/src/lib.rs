@@ -273,4 +273,10 @@ impl MessageBus for InProcessBus {
     async fn subscribe(&self, channels: &[&str]) -> Result<EventStream, BusError> {
         Ok(event_stream(self.inner.events.subscribe(), channels))
     }
+
+    /// Never: a command is handed to one consumer once, and a delivery
+    /// dropped without a reply fails its request instead of coming back.
+    fn redelivers(&self) -> bool {
+        false
+    }
 }

@@ -34,6 +34,17 @@ impl InstanceId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `text` has the form of a generated id (`i-` and 32 hex
+    /// digits). Names never have it, so such a text is always an id.
+    pub fn is_generated_form(text: &str) -> bool {
+        text.strip_prefix("i-").is_some_and(|hex| {
+            hex.len() == 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    }
 }
 
 /// Why a string is not a valid id or name.
@@ -81,8 +92,14 @@ impl fmt::Display for InstanceId {
 
 /// Checks an instance name: unique per DRaaS, DNS-label-like (it becomes a
 /// container or Deployment name): 1-63 of `a-z 0-9 -`, starting and ending
-/// alphanumeric.
+/// alphanumeric, and not shaped like a generated id (names and ids are both
+/// accepted wherever an instance is addressed).
 pub fn validate_name(name: &str) -> Result<(), InvalidName> {
+    if InstanceId::is_generated_form(name) {
+        return Err(InvalidName(format!(
+            "invalid name '{name}': it has the form of an instance id (i- and 32 hex digits)"
+        )));
+    }
     let bytes = name.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
@@ -830,6 +847,13 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_name("orders-eu-1").is_ok());
+        let id = InstanceId::generate();
+        assert!(InstanceId::is_generated_form(id.as_str()));
+        assert!(
+            validate_name(id.as_str()).is_err(),
+            "a name never looks like an id"
+        );
+        assert!(!InstanceId::is_generated_form("i-orders"));
     }
 
     #[test]

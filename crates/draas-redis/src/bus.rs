@@ -61,7 +61,7 @@ const GROUP: &str = "workers";
 /// Field of a stream entry holding the message.
 const FIELD: &str = "message";
 /// Most entries one read takes.
-const MAX_BATCH: usize = 16;
+const MAX_BATCH: usize = 64;
 
 /// Appends an event to the kept stream and publishes it with its stream id
 /// as cursor. A retried call (same token) publishes nothing twice.
@@ -567,11 +567,23 @@ impl ConsumerLoop {
             match round {
                 Ok(entries) => {
                     backoff = Duration::from_millis(100);
-                    for entry in entries {
+                    let mut entries = entries.into_iter();
+                    while let Some(entry) = entries.next() {
+                        // Read after this consumer stopped (a blocking read
+                        // was under way): hand the rest to the others now
+                        // rather than leave it pending until re-claimed.
+                        if stop.is_cancelled() || self.deliveries.is_closed() {
+                            self.give_back(std::iter::once(entry).chain(entries)).await;
+                            return;
+                        }
                         let permit = match permits.pop() {
                             Some(permit) => permit,
                             None => tokio::select! {
-                                () = stop.cancelled() => return,
+                                () = stop.cancelled() => {
+                                    self.give_back(std::iter::once(entry).chain(entries))
+                                        .await;
+                                    return;
+                                }
                                 permit = self.credits.acquire() => permit,
                             },
                         };
@@ -670,7 +682,7 @@ impl ConsumerLoop {
 
     /// New entries of every channel, waiting up to the block time.
     async fn read_new(&mut self, wanted: usize) -> Result<Vec<Entry>, RedisError> {
-        let per_stream = (wanted / self.channels.len()).max(1);
+        let per_stream = wanted;
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -753,6 +765,7 @@ impl ConsumerLoop {
     }
 
     async fn deliver(&mut self, entry: Entry, permit: Permit) {
+        let source = entry.source;
         let channel = self.channels[entry.source].channel.clone();
         let stream = self.channels[entry.source].stream.clone();
         let count = match entry.count {
@@ -806,15 +819,56 @@ impl ConsumerLoop {
             bus: self.bus.clone(),
             channel,
             stream,
-            entry: id,
+            entry: id.clone(),
             lease: lease.drop_guard(),
         };
-        let _ = self.deliveries.send(Ok(Delivery::new(
-            envelope,
-            count,
-            Box::new(responder),
-            permit,
-        )));
+        let delivery = Delivery::new(envelope, count, Box::new(responder), permit);
+        if let Err(unsent) = self.deliveries.send(Ok(delivery)) {
+            // The consumer is gone (its worker stopped) just now. Dropping
+            // the delivery ends its lease; the entry goes back to the group.
+            drop(unsent);
+            self.give_back(std::iter::once(Entry {
+                source,
+                id,
+                body: Some(body),
+                count: None,
+            }))
+            .await;
+        }
+    }
+
+    /// Hands entries this consumer read but will not execute back to the
+    /// group: each is added again to its stream (same message: the
+    /// requester's reply channel is per command, not per entry) and the
+    /// original acknowledged, in one transaction. Another consumer takes
+    /// it at once instead of after the claim timeout.
+    async fn give_back(&self, entries: impl Iterator<Item = Entry>) {
+        for entry in entries {
+            let stream = &self.channels[entry.source].stream;
+            let Some(body) = entry.body else {
+                self.ack(stream, &entry.id).await;
+                continue;
+            };
+            let mut connection = self.bus.inner.connection.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg(FIELD)
+                .arg(&body)
+                .ignore()
+                .cmd("XACK")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .ignore();
+            if let Err(e) = pipe.query_async::<()>(&mut connection).await {
+                warn!(entry = %entry.id, "could not hand a command back; it is re-claimed later: {e}");
+            } else {
+                debug!(entry = %entry.id, "handed a command back to the other consumers");
+            }
+        }
     }
 
     async fn ack(&self, stream: &str, id: &str) {

@@ -253,3 +253,50 @@ impl<S: draas_core::ports::StateStore> draas_core::ports::StateStore for FaultyS
         self.inner.read_log(log, after, limit).await
     }
 }
+
+/// A bus that behaves like `B` but declares that it may redeliver commands
+/// (as the Redis bus does), so workers on it claim every command: for tests
+/// of once-only execution that deliver one envelope twice themselves.
+pub struct RedeliveringBus<B>(pub B);
+
+#[async_trait]
+impl<B: draas_core::ports::MessageBus> draas_core::ports::MessageBus for RedeliveringBus<B> {
+    async fn request(
+        &self,
+        channel: &str,
+        command: draas_core::messages::CommandEnvelope,
+        timeout: Duration,
+    ) -> Result<draas_core::messages::CommandReply, draas_core::ports::BusError> {
+        self.0.request(channel, command, timeout).await
+    }
+    async fn consume(
+        &self,
+        channels: &[String],
+        consumer: &str,
+        credits: Arc<dyn draas_core::ports::Credits>,
+    ) -> Result<draas_core::ports::CommandStream, draas_core::ports::BusError> {
+        self.0.consume(channels, consumer, credits).await
+    }
+    async fn publish(
+        &self,
+        event: &draas_core::messages::EventEnvelope,
+    ) -> Result<(), draas_core::ports::BusError> {
+        self.0.publish(event).await
+    }
+    async fn subscribe(
+        &self,
+        channels: &[&str],
+    ) -> Result<draas_core::ports::EventStream, draas_core::ports::BusError> {
+        self.0.subscribe(channels).await
+    }
+    async fn replay_events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<draas_core::ports::PublishedEvent>, draas_core::ports::BusError> {
+        self.0.replay_events(after, limit).await
+    }
+    fn redelivers(&self) -> bool {
+        true
+    }
+}

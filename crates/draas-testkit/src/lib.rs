@@ -110,3 +110,48 @@ pub fn start_spec(
         server_configuration,
     }
 }
+
+/// A block of ports that no other test on this machine holds while this
+/// value lives (an exclusive lock on a file per block, so tests in other
+/// processes skip it): instances of one test never meet another test's on
+/// a port. Below 32768, where Linux picks ports for outgoing connections.
+pub struct PortBlock {
+    first: u16,
+    last: u16,
+    _lock: std::fs::File,
+}
+
+impl PortBlock {
+    /// The range searched.
+    const SPACE: std::ops::Range<u16> = 20_000..32_000;
+
+    /// Reserves a block of `size` ports.
+    pub fn reserve(size: u16) -> Self {
+        let dir = std::env::temp_dir().join("draas-test-port-blocks");
+        std::fs::create_dir_all(&dir).expect("the lock directory");
+        let blocks = (Self::SPACE.end - Self::SPACE.start) / size;
+        let offset = (uuid::Uuid::new_v4().as_u128() % u128::from(blocks)) as u16;
+        for n in 0..blocks {
+            let first = Self::SPACE.start + ((offset + n) % blocks) * size;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{first}-{size}.lock")))
+                .expect("a lock file");
+            if file.try_lock().is_ok() {
+                return Self {
+                    first,
+                    last: first + size - 1,
+                    _lock: file,
+                };
+            }
+        }
+        panic!("every block of {size} ports is held by another test");
+    }
+
+    /// The block as `FIRST-LAST` (the form of `--port-range`).
+    pub fn range(&self) -> String {
+        format!("{}-{}", self.first, self.last)
+    }
+}

@@ -2,9 +2,11 @@
 //! order, status recording, honest replies.
 //!
 //! - A **mutating** command (Start, Stop, Restart, Delete) is claimed first
-//!   (`claims`): a command already executed is answered with its stored
-//!   reply, whatever its deadline; one being executed elsewhere is waited
-//!   for; only a fresh claim executes, and only before its deadline.
+//!   (`claims`) when the bus can deliver it twice (Redis): a command
+//!   already executed is answered with its stored reply, whatever its
+//!   deadline; one being executed elsewhere is waited for; only a fresh
+//!   claim executes, and only before its deadline. Over a bus that never
+//!   redelivers (in-process) nothing needs claiming.
 //! - Mutating commands of one instance run one at a time, in arrival order;
 //!   **read-only** commands (Status, Logs) never wait behind them.
 //! - A reply says `Ok` only if the command's effect was recorded: when the
@@ -55,6 +57,9 @@ struct Inner {
     driver: Arc<dyn PlatformDriver>,
     store: Arc<dyn StateStore>,
     recorder: StatusRecorder,
+    /// Whether the bus can deliver a command twice: only then are commands
+    /// claimed (a bus that never redelivers costs no claim writes).
+    claim_commands: bool,
     /// One queue per instance with mutating commands in flight; a queue's
     /// task ends (and removes it) when the queue runs empty.
     queues: Mutex<HashMap<InstanceId, UnboundedSender<Delivery>>>,
@@ -73,6 +78,7 @@ impl Executor {
                 driver,
                 store: context.store.clone(),
                 recorder: context.recorder.clone(),
+                claim_commands: context.bus.redelivers(),
                 queues: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
@@ -201,6 +207,14 @@ impl Inner {
     }
 
     async fn handle_mutating(&self, envelope: &CommandEnvelope, delivery: u32) -> CommandReply {
+        if !self.claim_commands {
+            let outcome = if Utc::now() > envelope.deadline {
+                past_deadline()
+            } else {
+                self.execute(envelope).await
+            };
+            return self.reply_to(envelope, outcome);
+        }
         let me = Claimant {
             worker_id: &self.worker_id,
             incarnation: self.incarnation,

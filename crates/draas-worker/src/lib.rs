@@ -18,11 +18,12 @@
 //! crate implements [`driver::Platform`] and nothing else.
 //!
 //! ## Guarantees
-//! - A command is executed once: it is claimed in the store before it runs
-//!   (a claim that cannot be written means it is not run, and the reply
-//!   says so); a command already executed (same id, e.g. redelivered after
-//!   this worker crashed before acknowledging it) is answered from the
-//!   stored reply, even after its deadline.
+//! - A command is executed once. Over a bus that redelivers (Redis) it is
+//!   claimed in the store before it runs (a claim that cannot be written
+//!   means it is not run, and the reply says so); a command already executed
+//!   (same id, e.g. redelivered after this worker crashed before
+//!   acknowledging it) is answered from the stored reply, even after its
+//!   deadline. The in-process bus never delivers a command twice.
 //! - A command whose deadline passed before it was claimed is not executed
 //!   (its requester has given up); it is answered `DEADLINE_EXCEEDED`.
 //! - A reply is `Ok` only if the effect was recorded.

@@ -23,7 +23,7 @@ use draas_core::messages::{
 use draas_core::ports::store::{JsonStore, Precondition};
 use draas_core::ports::{MessageBus, StateStore};
 use draas_store::EmbeddedStore;
-use draas_testkit::fake::{FakeDriver, FaultyStore};
+use draas_testkit::fake::{FakeDriver, FaultyStore, RedeliveringBus};
 use draas_worker::{Worker, WorkerContext, WorkerSettings};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -40,7 +40,8 @@ type RunningWorker = (
 
 struct Rig {
     store: Arc<FaultyStore<EmbeddedStore>>,
-    bus: Arc<InProcessBus>,
+    /// In-process, declared redelivering (as Redis is): commands are claimed.
+    bus: Arc<RedeliveringBus<InProcessBus>>,
     workers: Vec<RunningWorker>,
 }
 
@@ -48,7 +49,7 @@ impl Rig {
     fn new() -> Self {
         Self {
             store: Arc::new(FaultyStore::new(EmbeddedStore::in_memory().unwrap())),
-            bus: Arc::new(InProcessBus::new()),
+            bus: Arc::new(RedeliveringBus(InProcessBus::new())),
             workers: Vec::new(),
         }
     }
@@ -328,6 +329,8 @@ async fn a_store_outage_yields_an_error_reply_never_a_false_success() {
     let driver = rig.worker("w1", 4).await;
 
     // Down before the command: it cannot be claimed, so it is not run.
+    // (On a bus that never redelivers nothing is claimed; recording
+    // `Starting` fails first, with the same outcome.)
     let id = rig.instance().await;
     rig.store.fail(true);
     let reply = rig.send(start(&id)).await;
@@ -361,4 +364,73 @@ async fn a_store_outage_yields_an_error_reply_never_a_false_success() {
         matches!(&reply.outcome, Outcome::Error { message, .. } if message.contains("server runs") && message.contains("could not be recorded")),
         "{reply:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_a_bus_that_never_redelivers_nothing_is_claimed_and_outages_still_fail_honestly() {
+    let store = Arc::new(FaultyStore::new(EmbeddedStore::in_memory().unwrap()));
+    let bus = Arc::new(InProcessBus::new());
+    assert!(!bus.redelivers());
+    let driver = FakeDriver::new(PlatformType::Process, "w1");
+    let context = WorkerContext::new(
+        WorkerSettings {
+            worker_id: "w1".into(),
+            host: "test".into(),
+            heartbeat_interval: HEARTBEAT,
+            heartbeat_ttl: HEARTBEAT * 3,
+            concurrency: 4,
+            capacity: None,
+        },
+        store.clone(),
+        bus.clone(),
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(Worker::new(context, Arc::new(driver.clone())).run(shutdown.clone()));
+    while store.get(keys::WORKERS, "w1").await.unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    let rig = Rig {
+        store,
+        bus: Arc::new(RedeliveringBus(InProcessBus::new())),
+        workers: Vec::new(),
+    };
+    let id = rig.instance().await;
+    let request = |envelope| {
+        let bus = bus.clone();
+        async move {
+            bus.request(
+                PlatformType::Process.command_channel(),
+                envelope,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let reply = request(start(&id)).await;
+    assert_eq!(error_code(&reply), None, "{reply:?}");
+    assert!(
+        rig.store
+            .list(keys::EXECUTED_COMMANDS)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no claim records"
+    );
+    assert_eq!(rig.state(&id).await, ActualState::Running);
+
+    rig.store.fail(true);
+    let reply = request(stop(&id)).await;
+    rig.store.fail(false);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::StoreUnavailable),
+        "{reply:?}"
+    );
+    assert_eq!(
+        driver.count("stop"),
+        0,
+        "not stopped when Stopping cannot be recorded"
+    );
+    shutdown.cancel();
 }

@@ -40,11 +40,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut worker_task = tokio::spawn(worker.run(shutdown.graceful.clone()));
     wait_for_worker(store.as_ref(), &worker_id).await?;
 
+    // The Process worker runs on this host: allocation may look at it.
+    let mut settings = control_settings(&args.control);
+    settings.process_port_probe = Some(Arc::new(|port| {
+        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+    }));
     let control = Arc::new(ControlPlane::new(
         store,
         bus,
         Arc::new(DrasiValidator),
-        control_settings(&args.control),
+        settings,
     ));
     // The API and the worker live and die together: a worker that stops on
     // its own takes the API down with it (and `draas up` exits non-zero)

@@ -254,9 +254,7 @@ async fn two_workers_execute_each_of_200_start_commands_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_path_buf());
     let redis = redis(dir.path());
-    // Below 32768, where Linux picks ports for outgoing connections.
-    let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12) as u32 * 1000;
-    let range = format!("{base}-{}", base + 999);
+    let range = common::port_block(1000);
     let api = serve(dir.path(), "serve", &redis, &range).await;
     let w1 = WorkerProcess::start(dir.path(), "w1", &redis, &[]);
     let w2 = WorkerProcess::start(dir.path(), "w2", &redis, &[]);

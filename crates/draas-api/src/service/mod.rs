@@ -36,8 +36,13 @@ use crate::error::{ApiError, ApiResult};
 /// Read-modify-write attempts before reporting a conflict.
 const MAX_ATTEMPTS: usize = 16;
 
+/// Tells whether a port is free on the host where a platform's workers run.
+/// The control plane has one only when it shares that host with them (`draas
+/// up`); in distributed mode the worker checks at launch, on its own host.
+pub type PortProbe = Arc<dyn Fn(u16) -> bool + Send + Sync>;
+
 /// Settings of the control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlPlaneSettings {
     /// Deadline of a command sent to a worker (Start gets at least its
     /// start timeout plus a margin).
@@ -47,6 +52,20 @@ pub struct ControlPlaneSettings {
     pub port_range: RangeInclusive<u16>,
     /// API bind address of Process instances that do not choose one.
     pub process_host: String,
+    /// When set, port allocation also skips ports something else holds on
+    /// the Process workers' host (see [`PortProbe`]).
+    pub process_port_probe: Option<PortProbe>,
+}
+
+impl std::fmt::Debug for ControlPlaneSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneSettings")
+            .field("command_timeout", &self.command_timeout)
+            .field("port_range", &self.port_range)
+            .field("process_host", &self.process_host)
+            .field("process_port_probe", &self.process_port_probe.is_some())
+            .finish()
+    }
 }
 
 impl Default for ControlPlaneSettings {
@@ -55,6 +74,7 @@ impl Default for ControlPlaneSettings {
             command_timeout: Duration::from_secs(30),
             port_range: 21000..=21999,
             process_host: "127.0.0.1".to_string(),
+            process_port_probe: None,
         }
     }
 }
@@ -110,15 +130,12 @@ impl ControlPlane {
     }
 
     /// The instance named or identified by `name_or_id` (the original
-    /// design addresses instances by name; ids win when both match).
+    /// design addresses instances by name). A generated id is taken as it is
+    /// (no read: whoever uses it finds out whether it exists); anything else
+    /// is looked up as a name.
     pub async fn resolve(&self, name_or_id: &str) -> ApiResult<InstanceId> {
-        if let Ok(id) = name_or_id.parse::<InstanceId>() {
-            if self
-                .store
-                .get(keys::INSTANCES, id.as_str())
-                .await?
-                .is_some()
-            {
+        if InstanceId::is_generated_form(name_or_id) {
+            if let Ok(id) = name_or_id.parse::<InstanceId>() {
                 return Ok(id);
             }
         }

@@ -84,7 +84,8 @@ pub(crate) fn port_path(config: &InstanceConfiguration, port: u16) -> String {
 
 impl ControlPlane {
     /// A port for a new instance of a platform whose servers share their
-    /// host's ports: in the configured range and reserved by no instance.
+    /// host's ports: in the configured range, reserved by no instance, and
+    /// free on the workers' host where the control plane can tell.
     pub(crate) async fn allocate_port(
         &self,
         platform: PlatformType,
@@ -100,7 +101,11 @@ impl ControlPlane {
         self.settings
             .port_range
             .clone()
-            .find(|p| !reserved.contains(p) && !avoid.contains(p))
+            .filter(|p| !reserved.contains(p) && !avoid.contains(p))
+            .find(|p| match (&self.settings.process_port_probe, platform) {
+                (Some(free), PlatformType::Process) => free(*p),
+                _ => true,
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,

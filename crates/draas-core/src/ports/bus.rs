@@ -227,6 +227,13 @@ pub trait MessageBus: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
+
+    /// Whether a command can be delivered more than once (a consumer died
+    /// before acknowledging it, a lease expired). Consumers of a bus that
+    /// never redelivers need not deduplicate.
+    fn redelivers(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -265,5 +272,8 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     async fn ping(&self) -> Result<(), BusError> {
         (**self).ping().await
+    }
+    fn redelivers(&self) -> bool {
+        (**self).redelivers()
     }
 }

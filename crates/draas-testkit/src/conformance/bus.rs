@@ -18,6 +18,7 @@ pub async fn run_all(bus: Arc<dyn MessageBus>) {
     competing_consumers_execute_each_command_once(bus.clone(), 200).await;
     a_busy_consumer_leaves_commands_to_its_idle_peer(bus.clone()).await;
     one_stream_delivers_the_commands_of_several_channels(bus.clone()).await;
+    a_stopped_consumer_leaves_commands_to_the_others_at_once(bus.clone()).await;
     request_times_out_without_a_reply(bus.clone()).await;
     events_reach_subscribers_of_their_channel_in_order(bus.clone()).await;
     published_events_can_be_replayed_from_a_cursor(bus.clone()).await;
@@ -193,6 +194,41 @@ pub async fn a_busy_consumer_leaves_commands_to_its_idle_peer(bus: Arc<dyn Messa
     let answered = held.await.expect("join").expect("reply");
     assert_eq!(answered.worker_id, "busy");
     idle.abort();
+}
+
+/// A consumer whose stream was dropped (its worker stopped) takes nothing
+/// more, not even with a read already under way: another consumer answers
+/// every command sent right after, without waiting for a claim to expire.
+pub async fn a_stopped_consumer_leaves_commands_to_the_others_at_once(bus: Arc<dyn MessageBus>) {
+    let channel = unique("conformance.commands");
+    let stopped = bus
+        .consume(std::slice::from_ref(&channel), "stopped", credits(16))
+        .await
+        .expect("consume");
+    // Let its first read begin, then stop it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stopped);
+    let executed = Arc::new(Mutex::new(HashMap::new()));
+    let other = spawn_echo_consumer(bus.clone(), &channel, "other", executed, Duration::ZERO).await;
+    let started = Instant::now();
+    let requests = (0..5).map(|_| {
+        let bus = bus.clone();
+        let channel = channel.clone();
+        async move {
+            bus.request(&channel, status_command(), Duration::from_secs(20))
+                .await
+                .expect("reply")
+                .worker_id
+        }
+    });
+    let by: Vec<String> = futures::future::join_all(requests).await;
+    assert_eq!(by, vec!["other"; 5]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered without waiting for a claim to expire: {:?}",
+        started.elapsed()
+    );
+    other.abort();
 }
 
 /// One consumer, two channels, one stream: commands of both arrive, each

@@ -513,8 +513,9 @@ impl<P: Platform> Inner<P> {
                 )
                 .with_state(ActualState::Failed, Reason::StartTimeout));
             }
-            // Servers usually start in milliseconds: look often at first.
-            let pause = if polls < 100 { 5 } else { 25 };
+            // Servers usually start in milliseconds: look often at first (a
+            // refused connection costs microseconds), then every 25 ms.
+            let pause = if polls < 200 { 1 } else { 25 };
             polls += 1;
             tokio::time::sleep(Duration::from_millis(pause)).await;
         };

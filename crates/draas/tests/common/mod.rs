@@ -27,13 +27,20 @@ pub fn runtime_binary() -> PathBuf {
     path
 }
 
-/// A block of 100 ports for a test's instances, chosen at random so tests
-/// running at the same time rarely share ports (allocation also skips
-/// ports in use). Below 32768: Linux hands out ports above that to
-/// outgoing connections.
+/// A block of 100 ports for a test's instances that no other test on this
+/// machine uses (see `draas_testkit::PortBlock`). The block stays reserved
+/// until the test process exits (nextest runs each test in a process of its
+/// own).
 pub fn port_range() -> String {
-    let block = 220 + (uuid::Uuid::new_v4().as_u128() % 100) as u32;
-    format!("{}-{}", block * 100, block * 100 + 99)
+    port_block(100)
+}
+
+/// A block of `size` ports, reserved until the test process exits.
+pub fn port_block(size: u16) -> String {
+    let block = draas_testkit::PortBlock::reserve(size);
+    let range = block.range();
+    std::mem::forget(block);
+    range
 }
 
 /// An HTTP client of one DRaaS API.
