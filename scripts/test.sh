@@ -79,5 +79,6 @@ check_deps draas-redis 'redb|bollard|kube|drasi-lib|draas-(store|drasi|api|worke
 check_deps draas-store 'redis|bollard|kube|drasi-lib|draas-(bus|redis|drasi|api|worker)'
 check_deps draas-bus 'redis|redb|bollard|kube|drasi-lib|draas-(store|redis|drasi|api|worker)'
 check_deps draas-worker-process "redis|redb|bollard|kube|drasi-lib|draas-(store|bus|redis|drasi|api)"
+check_deps draas-worker-docker "redis|redb|kube|drasi-lib|draas-(store|bus|redis|drasi|api|worker-process)"
 log "tests"
 cargo nextest run --workspace --locked "$@"

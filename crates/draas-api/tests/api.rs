@@ -1255,6 +1255,7 @@ async fn the_watchdog_makes_a_silent_workers_instances_unknown_only_where_the_pl
         host: "host-a".into(),
         scope: "host-a".into(),
         version: "test".into(),
+        platform_version: None,
         started_at: chrono::Utc::now() - chrono::Duration::minutes(10),
         last_heartbeat: chrono::Utc::now() - chrono::Duration::minutes(1),
         ttl_seconds: 6,

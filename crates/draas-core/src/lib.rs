@@ -11,6 +11,7 @@
 //! - [`policy`]: what generic code must not assume about a platform;
 //! - [`status`]: recording a status change (store, status buffer, events);
 //! - [`workers`]: which workers are alive;
+//! - [`installation`]: the id that labels this installation's objects;
 //! - [`keys`]: store collection names.
 //!
 //! ```text
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod config;
+pub mod installation;
 pub mod instance;
 pub mod keys;
 pub mod messages;

@@ -376,6 +376,10 @@ pub struct WorkerInfo {
     pub scope: String,
     /// DRaaS version of the worker.
     pub version: String,
+    /// What the worker's platform says of itself (e.g. the Docker Engine's
+    /// version), when it says anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<String>,
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// When it last said it was alive.

@@ -44,6 +44,7 @@ pub(crate) async fn run(
             platform: driver.platform(),
             host: settings.host.clone(),
             scope: driver.scope(),
+            platform_version: driver.platform_version(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at,
             last_heartbeat: Utc::now(),

@@ -28,6 +28,86 @@ pub enum Mode {
     /// A platform worker alone (distributed mode), joined to the control
     /// plane through Redis.
     Worker(WorkerArgs),
+    /// Watches a Docker engine's DRaaS containers and reports their state to
+    /// a control plane (`POST /api/status/updates`): for an engine that no
+    /// Docker worker serves.
+    DockerDaemon(DockerDaemonArgs),
+    /// Container images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+/// `draas image ...`.
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Builds the bundled runtime's image on the Docker engine, from the
+    /// static `draas-runtime` binary (nothing is pulled).
+    Build(ImageBuildArgs),
+}
+
+/// `draas image build`.
+#[derive(Args, Debug, Clone)]
+pub struct ImageBuildArgs {
+    /// The image's tag.
+    #[arg(long, default_value = draas_worker_docker::DEFAULT_IMAGE)]
+    pub tag: String,
+    /// The runtime binary [default: draas-runtime next to this binary].
+    #[arg(long, env = "DRAAS_RUNTIME")]
+    pub runtime: Option<PathBuf>,
+    /// The Docker engine: `unix:///path/docker.sock` or `tcp://host:port`
+    /// [default: the local socket].
+    #[arg(long = "docker-host", env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+}
+
+/// `draas docker-daemon`.
+#[derive(Args, Debug, Clone)]
+pub struct DockerDaemonArgs {
+    /// The control plane's base URL.
+    #[arg(long = "control-plane", env = "DRAAS_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// The name the daemon reports as (recorded as `external:<source>`).
+    #[arg(long, env = "DRAAS_DAEMON_SOURCE", default_value = "docker-daemon")]
+    pub source: String,
+    /// The Docker engine: `unix:///path/docker.sock` or `tcp://host:port`
+    /// [default: the local socket].
+    #[arg(long = "docker-host", env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+}
+
+/// Whether `draas up` runs a Docker worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DockerMode {
+    /// When an engine answers.
+    Auto,
+    /// Always (fail to start without an engine).
+    On,
+    /// Never.
+    Off,
+}
+
+/// Settings of a Docker worker.
+#[derive(Args, Debug, Clone)]
+pub struct DockerArgs {
+    /// The Docker engine: `unix:///path/docker.sock` or `tcp://host:port`
+    /// [default: the local socket].
+    #[arg(long = "docker-host", env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// The image of Docker instances that name none. When it is missing,
+    /// or was built from another runtime binary, it is built from the
+    /// bundled runtime (`--runtime`).
+    #[arg(long = "docker-image", env = "DRAAS_DOCKER_IMAGE", default_value = draas_worker_docker::DEFAULT_IMAGE)]
+    pub image: String,
+    /// The host address containers' ports are published on (`0.0.0.0` to
+    /// reach them from other machines).
+    #[arg(
+        long = "docker-publish-address",
+        env = "DRAAS_DOCKER_PUBLISH_ADDRESS",
+        default_value = "127.0.0.1"
+    )]
+    pub publish_address: std::net::IpAddr,
 }
 
 /// `draas serve`.
@@ -48,7 +128,7 @@ pub struct ServeArgs {
 /// `draas worker`.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// The platform to serve (only `process` has a worker so far).
+    /// The platform to serve: `process` or `docker`.
     #[arg(long, env = "DRAAS_PLATFORM", default_value = "process")]
     pub platform: draas_core::instance::PlatformType,
     #[command(flatten)]
@@ -57,6 +137,8 @@ pub struct WorkerArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub process: ProcessArgs,
+    #[command(flatten)]
+    pub docker: DockerArgs,
 }
 
 /// How to reach Redis.
@@ -116,6 +198,11 @@ pub struct UpArgs {
     pub process: ProcessArgs,
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Run a Docker worker too: `auto` when an engine answers.
+    #[arg(long, env = "DRAAS_DOCKER", value_enum, default_value = "auto")]
+    pub docker: DockerMode,
+    #[command(flatten)]
+    pub docker_args: DockerArgs,
 }
 
 /// Where state lives.
@@ -144,10 +231,12 @@ impl DataArgs {
     }
 }
 
-/// Settings of the Process worker.
+/// Settings of the Process worker (the runtime, heartbeats and advertised
+/// host serve the Docker worker too).
 #[derive(Args, Debug, Clone)]
 pub struct ProcessArgs {
-    /// The Drasi runtime started for instances that name no executable
+    /// The bundled Drasi runtime: started for Process instances that name
+    /// no executable, and the binary the default Docker image is built from
     /// [default: draas-runtime next to this binary].
     #[arg(long, env = "DRAAS_RUNTIME")]
     pub runtime: Option<PathBuf>,
@@ -191,15 +280,20 @@ fn parse_host(text: &str) -> Result<String, String> {
 impl ProcessArgs {
     /// The runtime executable, with the default applied.
     pub fn runtime(&self) -> anyhow::Result<PathBuf> {
-        if let Some(path) = &self.runtime {
-            return Ok(path.clone());
-        }
-        let me = std::env::current_exe()?;
-        let dir = me
-            .parent()
-            .ok_or_else(|| anyhow::anyhow!("cannot locate the directory of {}", me.display()))?;
-        Ok(dir.join("draas-runtime"))
+        runtime_or_sibling(self.runtime.as_ref())
     }
+}
+
+/// `given`, or `draas-runtime` next to this binary.
+pub fn runtime_or_sibling(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the directory of {}", me.display()))?;
+    Ok(dir.join("draas-runtime"))
 }
 
 /// Settings of the control plane.
@@ -302,5 +396,25 @@ mod tests {
             "redis://h"
         ])
         .is_err());
+        let cli = Cli::try_parse_from([
+            "draas",
+            "up",
+            "--docker",
+            "off",
+            "--docker-publish-address",
+            "0.0.0.0",
+        ])
+        .unwrap();
+        let Mode::Up(args) = cli.mode else {
+            panic!("up")
+        };
+        assert_eq!(args.docker, DockerMode::Off);
+        assert_eq!(args.docker_args.image, "draas-runtime:latest");
+        assert!(Cli::try_parse_from(["draas", "up", "--docker", "maybe"]).is_err());
+        assert!(
+            Cli::try_parse_from(["draas", "docker-daemon"]).is_err(),
+            "needs --control-plane"
+        );
+        assert!(Cli::try_parse_from(["draas", "image", "build", "--tag", "x:1"]).is_ok());
     }
 }

@@ -5,7 +5,9 @@
 //! ```text
 //! draas up                          control plane + Process worker, embedded bus and store
 //! draas serve  --redis URL          control plane only (distributed mode)
-//! draas worker --redis URL --platform process
+//! draas worker --redis URL --platform process|docker
+//! draas docker-daemon --control-plane URL
+//! draas image build
 //! ```
 //!
 //! `main` parses the configuration, installs logging and hands over to the
@@ -39,6 +41,10 @@ fn main() -> ExitCode {
             Mode::Up(args) => wiring::up(args).await,
             Mode::Serve(args) => wiring::serve(args).await,
             Mode::Worker(args) => wiring::worker(args).await,
+            Mode::DockerDaemon(args) => wiring::docker_daemon(args).await,
+            Mode::Image {
+                command: config::ImageCommand::Build(args),
+            } => wiring::image_build(args).await,
         }
     });
     match result {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use draas_api::{router, ControlPlane, ControlPlaneSettings};
 use draas_bus::InProcessBus;
+use draas_core::instance::PlatformType;
 use draas_core::keys;
 use draas_core::messages::WorkerInfo;
 use draas_core::ports::store::JsonStore;
@@ -16,10 +17,14 @@ use draas_core::ports::{MessageBus, PlatformDriver, StateStore};
 use draas_drasi::validate::DrasiValidator;
 use draas_store::EmbeddedStore;
 use draas_worker::{Worker, WorkerContext, WorkerSettings};
+use draas_worker_docker::{DockerSettings, Engine};
 use draas_worker_process::ProcessSettings;
 use tracing::{info, warn};
 
-use crate::config::{ControlArgs, ProcessArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs};
+use crate::config::{
+    ControlArgs, DockerArgs, DockerDaemonArgs, DockerMode, ImageBuildArgs, ProcessArgs, RedisArgs,
+    ServeArgs, UpArgs, WorkerArgs,
+};
 use crate::shutdown::{self, Shutdown};
 
 /// How long the HTTP server may drain after shutdown began (open event
@@ -35,10 +40,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
 
-    let worker = process_worker(&data_dir, &args.process, store.clone(), bus.clone())?;
-    let worker_id = worker.id().to_string();
-    let mut worker_task = tokio::spawn(worker.run(shutdown.graceful.clone()));
-    wait_for_worker(store.as_ref(), &worker_id).await?;
+    // The API and the workers live and die together: a worker that stops
+    // on its own stops everything (and `draas up` exits non-zero) rather
+    // than leaving an API that answers 503 forever.
+    let mut workers = Vec::new();
+    let process = process_worker(&data_dir, &args.process, store.clone(), bus.clone())?;
+    workers.push(spawn_worker(process, store.as_ref(), &shutdown).await?);
+    if let Some(docker) =
+        docker_worker_if_wanted(&args, &data_dir, store.clone(), bus.clone()).await?
+    {
+        workers.push(spawn_worker(docker, store.as_ref(), &shutdown).await?);
+    }
 
     // The Process worker runs on this host: allocation may look at it.
     let mut settings = control_settings(&args.control);
@@ -51,36 +63,46 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::new(DrasiValidator),
         settings,
     ));
-    // The API and the worker live and die together: a worker that stops on
-    // its own takes the API down with it (and `draas up` exits non-zero)
-    // rather than leaving an API that answers 503 forever.
-    let api = serve_api(args.listen, control, shutdown.clone());
-    tokio::pin!(api);
-    let worker_result = tokio::select! {
-        served = &mut api => {
-            served?;
-            info!("waiting for the worker to finish running commands");
-            tokio::select! {
-                joined = &mut worker_task => Some(joined),
-                () = shutdown.forced.cancelled() => {
-                    warn!("not waiting for the worker's commands (forced)");
-                    None
-                }
-            }
-        }
-        joined = &mut worker_task => {
-            shutdown.graceful.cancel();
-            let _ = api.await;
-            Some(joined)
+    serve_api(args.listen, control, shutdown.clone()).await?;
+
+    info!("waiting for the workers to finish running commands");
+    let joined = tokio::select! {
+        joined = futures::future::join_all(workers) => joined,
+        () = shutdown.forced.cancelled() => {
+            warn!("not waiting for the workers' commands (forced)");
+            Vec::new()
         }
     };
-    match worker_result {
-        Some(Ok(Ok(()))) | None => {}
-        Some(Ok(Err(e))) => anyhow::bail!("the Process worker stopped: {e}"),
-        Some(Err(e)) => anyhow::bail!("the Process worker failed: {e}"),
+    for outcome in joined {
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("a worker stopped: {e}"),
+            Err(e) => anyhow::bail!("a worker failed: {e}"),
+        }
     }
     info!("stopped; Drasi servers keep running and are re-adopted at the next start");
     Ok(())
+}
+
+/// Runs `worker` until shutdown; a worker that ends on its own starts the
+/// shutdown of everything. Returns once the worker announced itself.
+async fn spawn_worker(
+    worker: Worker,
+    store: &dyn StateStore,
+    shutdown: &Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), draas_worker::WorkerError>>> {
+    let id = worker.id().to_string();
+    let token = shutdown.graceful.clone();
+    let task = tokio::spawn(async move {
+        let outcome = worker.run(token.clone()).await;
+        if let Err(e) = &outcome {
+            warn!("a worker stopped on its own: {e}");
+        }
+        token.cancel();
+        outcome
+    });
+    wait_for_worker(store, &id).await?;
+    Ok(task)
 }
 
 /// `draas serve`: the control plane over Redis.
@@ -107,18 +129,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `draas worker`: one platform worker over Redis.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    if args.platform != draas_core::instance::PlatformType::Process {
-        anyhow::bail!(
-            "no worker for the {} platform in this build (only process)",
-            args.platform
-        );
-    }
     let data_dir = args.data.resolve();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let (store, bus) = connect_redis(&args.redis).await?;
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
-    let worker = process_worker(&data_dir, &args.process, store, bus)?;
+    let worker = match args.platform {
+        PlatformType::Process => process_worker(&data_dir, &args.process, store, bus)?,
+        PlatformType::Docker => {
+            let engine = connect_engine(&args.docker).await?;
+            docker_worker(engine, &data_dir, &args.process, &args.docker, store, bus).await?
+        }
+        PlatformType::Kubernetes => {
+            anyhow::bail!("no worker for the Kubernetes platform in this build (process, docker)")
+        }
+    };
     info!(worker = worker.id(), "worker starting");
     let run = worker.run(shutdown.graceful.clone());
     tokio::pin!(run);
@@ -130,6 +155,113 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     info!("stopped; Drasi servers keep running and are re-adopted at the next start");
     Ok(())
+}
+
+/// `draas docker-daemon`: reports an engine's DRaaS containers to a control
+/// plane.
+pub async fn docker_daemon(args: DockerDaemonArgs) -> anyhow::Result<()> {
+    let engine = Engine::connect(args.docker_host.as_deref(), ENGINE_TIMEOUT).await?;
+    let shutdown = shutdown::install().context("cannot install signal handlers")?;
+    let settings = draas_worker_docker::daemon::DaemonSettings {
+        control_plane: args.control_plane,
+        source: args.source,
+    };
+    draas_worker_docker::daemon::run(engine, settings, shutdown.graceful.clone()).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// `draas image build`: the bundled runtime's image.
+pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<()> {
+    let engine = Engine::connect(args.docker_host.as_deref(), ENGINE_TIMEOUT).await?;
+    let runtime = crate::config::runtime_or_sibling(args.runtime.as_ref())?;
+    let id = draas_worker_docker::image::build_runtime_image(&engine.docker, &runtime, &args.tag)
+        .await?;
+    info!(tag = %args.tag, %id, runtime = %runtime.display(), "built");
+    // The tag on the last line, for scripts.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", args.tag);
+    }
+    Ok(())
+}
+
+/// How long an engine may take to answer when it is first contacted.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn connect_engine(args: &DockerArgs) -> anyhow::Result<Engine> {
+    Engine::connect(args.docker_host.as_deref(), ENGINE_TIMEOUT)
+        .await
+        .map_err(Into::into)
+}
+
+/// The Docker worker of `draas up`, as `--docker` says: with `auto`, only
+/// when an engine answers.
+async fn docker_worker_if_wanted(
+    args: &UpArgs,
+    data_dir: &Path,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+) -> anyhow::Result<Option<Worker>> {
+    if args.docker == DockerMode::Off {
+        return Ok(None);
+    }
+    let engine = match connect_engine(&args.docker_args).await {
+        Ok(engine) => engine,
+        Err(e) if args.docker == DockerMode::Auto => {
+            info!("the Docker platform is off: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.context("--docker on, but no engine")),
+    };
+    info!(engine = %engine.address, version = %engine.version, "the Docker platform is on");
+    docker_worker(
+        engine,
+        data_dir,
+        &args.process,
+        &args.docker_args,
+        store,
+        bus,
+    )
+    .await
+    .map(Some)
+}
+
+/// A Docker worker on `engine`.
+async fn docker_worker(
+    engine: Engine,
+    data_dir: &Path,
+    process: &ProcessArgs,
+    args: &DockerArgs,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+) -> anyhow::Result<Worker> {
+    let host = hostname();
+    let worker_id = worker_id(data_dir, "docker", &host)?;
+    let heartbeat = Duration::from_secs(process.heartbeat_seconds.max(1));
+    let context = WorkerContext::new(
+        WorkerSettings {
+            worker_id,
+            host,
+            heartbeat_interval: heartbeat,
+            heartbeat_ttl: heartbeat * 3,
+            concurrency: draas_worker::DEFAULT_CONCURRENCY,
+            capacity: None,
+        },
+        store,
+        bus,
+    );
+    let runtime = process.runtime()?;
+    let settings = DockerSettings {
+        default_image: args.image.clone(),
+        runtime_binary: runtime.is_file().then_some(runtime),
+        publish_address: args.publish_address.to_string(),
+        advertise_host: process.advertise_host.clone(),
+    };
+    let driver = draas_worker_docker::driver(engine, settings, &context)
+        .await
+        .context("cannot read the installation id")?;
+    Ok(Worker::new(context, Arc::new(driver)))
 }
 
 /// Connects the Redis store and bus, waiting (with a log line every few

@@ -248,6 +248,12 @@ pub trait PlatformDriver: Send + Sync + 'static {
     /// of the same scope (its host, its Docker engine, its cluster).
     fn scope(&self) -> String;
 
+    /// What the platform says of itself (e.g. "Docker Engine 20.10.24, API
+    /// 1.41"), shown with the worker in `/api/server/platforms`.
+    fn platform_version(&self) -> Option<String> {
+        None
+    }
+
     /// Launches the server and waits for readiness (`spec` carries the
     /// deadline). Starting an instance that already runs the same
     /// generation returns its current info without relaunching.

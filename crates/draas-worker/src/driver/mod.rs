@@ -96,6 +96,19 @@ pub trait Platform: Send + Sync + 'static {
     /// its engine (Docker), its cluster (Kubernetes).
     fn scope(&self) -> String;
 
+    /// What the platform says of itself (e.g. the engine's version).
+    fn version(&self) -> Option<String> {
+        None
+    }
+
+    /// Instances that have objects on the platform labelled as this
+    /// installation's (containers, volumes), whatever their records say.
+    /// After a restart, the objects of instances that no longer exist are
+    /// removed. Default: the platform keeps no such objects.
+    async fn labelled_instances(&self) -> Vec<InstanceId> {
+        Vec::new()
+    }
+
     /// Checks that `spec` can run here and launches the server (without
     /// waiting for readiness). An error says in which state it leaves the
     /// instance (e.g. `Failed` with `PortInUse`).
@@ -163,6 +176,7 @@ pub trait Platform: Send + Sync + 'static {
 
 struct Inner<P: Platform> {
     platform: P,
+    store: Arc<dyn draas_core::ports::StateStore>,
     worker_id: String,
     scope: String,
     sink: Arc<dyn StatusSink>,
@@ -204,6 +218,7 @@ impl<P: Platform> ManagedDriver<P> {
                 records,
                 servers: Registry::default(),
                 upkeep_started: AtomicBool::new(false),
+                store: context.store.clone(),
                 platform,
             }),
         }
@@ -394,6 +409,35 @@ impl<P: Platform> Inner<P> {
         });
         self.servers
             .attach(id, serial, Task::Confirm, task.abort_handle());
+    }
+
+    /// Removes the platform objects of instances that no longer exist (they
+    /// were deleted while this worker was down, or by `?force=true`).
+    async fn remove_orphans(&self) {
+        for id in self.platform.labelled_instances().await {
+            match self
+                .store
+                .get(draas_core::keys::INSTANCES, id.as_str())
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    info!(instance = %id, "removing what is left of a deleted instance");
+                    let record = self.records.get(&id).await.ok().flatten().map(|r| r.value);
+                    match self
+                        .platform
+                        .remove(&id, record.as_ref().map(|r| &r.platform))
+                        .await
+                    {
+                        Ok(()) => {
+                            let _ = self.records.remove(&id).await;
+                        }
+                        Err(e) => warn!(instance = %id, "cannot remove it: {e}"),
+                    }
+                }
+                Err(e) => warn!(instance = %id, "cannot tell whether it still exists: {e}"),
+            }
+        }
     }
 
     /// Runs the platform's upkeep now and then, for as long as the driver
@@ -621,6 +665,10 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
         self.inner.scope.clone()
     }
 
+    fn platform_version(&self) -> Option<String> {
+        self.inner.platform.version()
+    }
+
     async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Result<Started, DriverError> {
         let inner = &self.inner;
         inner.ensure_managed(id).await?;
@@ -728,6 +776,7 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
                 Err(e) => warn!(instance = %id, "cannot take the server over: {e}"),
             }
         }
+        inner.remove_orphans().await;
         inner.start_upkeep();
         Ok(adopted)
     }

@@ -55,11 +55,12 @@ pub async fn serve(dir: &Path, name: &str, redis: &RedisServer, range: &str) -> 
     Serve { process, api }
 }
 
-/// A `draas worker --platform process` process.
+/// A `draas worker` process.
 pub struct WorkerProcess {
     pub process: TestProcess,
     pub data: PathBuf,
     pub name: String,
+    platform: String,
     dir: PathBuf,
     args: Vec<String>,
     url: String,
@@ -67,13 +68,25 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts a worker with its data in `dir/<name>`; `extra` are more
-    /// `draas worker` arguments.
+    /// Starts a Process worker with its data in `dir/<name>`; `extra` are
+    /// more `draas worker` arguments.
     pub fn start(dir: &Path, name: &str, redis: &RedisServer, extra: &[&str]) -> Self {
+        Self::start_platform(dir, name, redis, "process", extra)
+    }
+
+    /// Starts a worker of `platform`.
+    pub fn start_platform(
+        dir: &Path,
+        name: &str,
+        redis: &RedisServer,
+        platform: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut worker = Self {
-            process: spawn_worker(dir, name, &redis.url(), extra, 0),
+            process: spawn_worker(dir, name, &redis.url(), platform, extra, 0),
             data: dir.join(name),
             name: name.to_string(),
+            platform: platform.to_string(),
             dir: dir.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             url: redis.url(),
@@ -84,7 +97,7 @@ impl WorkerProcess {
     }
 
     fn wait_for_id(&mut self) {
-        let path = self.data.join("process-worker-id");
+        let path = self.data.join(format!("{}-worker-id", self.platform));
         for _ in 0..500 {
             if path.is_file() {
                 return;
@@ -101,7 +114,7 @@ impl WorkerProcess {
 
     /// The worker's id (stable across its restarts).
     pub fn id(&self) -> String {
-        std::fs::read_to_string(self.data.join("process-worker-id"))
+        std::fs::read_to_string(self.data.join(format!("{}-worker-id", self.platform)))
             .expect("worker id")
             .trim()
             .to_string()
@@ -122,17 +135,31 @@ impl WorkerProcess {
         }
         self.runs += 1;
         let extra: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.process = spawn_worker(&self.dir, &self.name, &self.url, &extra, self.runs);
+        self.process = spawn_worker(
+            &self.dir,
+            &self.name,
+            &self.url,
+            &self.platform,
+            &extra,
+            self.runs,
+        );
     }
 }
 
-fn spawn_worker(dir: &Path, name: &str, url: &str, extra: &[&str], run: usize) -> TestProcess {
+fn spawn_worker(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    platform: &str,
+    extra: &[&str],
+    run: usize,
+) -> TestProcess {
     let mut command = Command::new(DRAAS);
     command
         .args([
             "worker",
             "--platform",
-            "process",
+            platform,
             "--redis",
             url,
             "--heartbeat-seconds",

@@ -318,4 +318,5 @@ pub fn alive(pid: u64) -> bool {
             .contains(") Z ")
 }
 
+#[allow(unused_imports)]
 pub use draas_testkit::process::Reaper;

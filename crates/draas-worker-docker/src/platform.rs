@@ -1,0 +1,549 @@
+//! The Docker platform as the generic driver sees it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::models::VolumeCreateRequest;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use draas_core::instance::{ActualState, InstanceId, PlatformHandle, PlatformType, Reason};
+use draas_core::messages::{ErrorCode, LogStream, LogsSpec, StartSpec};
+use draas_core::ports::DriverError;
+use draas_worker::driver::{ExitWatch, Launched, Platform, ServerAddress};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::container::{self, Plan, INSTALLATION, INSTANCE};
+use crate::engine::Engine;
+use crate::events::ExitEvents;
+use crate::image;
+use crate::DockerSettings;
+
+/// How long a stopped container may take to report its `die`.
+const DIE_WAIT: Duration = Duration::from_secs(10);
+
+/// The Docker platform's part of a server record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    /// The container's full id.
+    pub container_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its image.
+    pub image: String,
+}
+
+/// Drasi servers as containers of one engine.
+pub struct DockerPlatform {
+    engine: Engine,
+    settings: DockerSettings,
+    installation: String,
+    events: ExitEvents,
+    /// Serialises builds of the default image (many starts may find it
+    /// missing at once).
+    building: tokio::sync::Mutex<()>,
+}
+
+fn engine_error(what: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::new(ErrorCode::PlatformError, format!("{what}: {e}"))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerPlatform {
+    /// The platform of `engine`, for `installation`'s containers.
+    pub fn new(engine: Engine, settings: DockerSettings, installation: String) -> Self {
+        let events = ExitEvents::start(engine.docker.clone(), &installation);
+        Self {
+            engine,
+            settings,
+            installation,
+            events,
+            building: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn docker(&self) -> &Docker {
+        &self.engine.docker
+    }
+
+    /// The image to run, present on the engine: the default image is built
+    /// from the bundled runtime when missing or built from another binary;
+    /// any other must be there.
+    async fn ensure_image(&self, image: &str) -> Result<image::ImageFacts, DriverError> {
+        let missing = |message: String| {
+            DriverError::new(ErrorCode::ImageMissing, message)
+                .with_state(ActualState::Failed, Reason::ImageMissing)
+        };
+        let inspect = |docker: &Docker| {
+            let docker = docker.clone();
+            let image = image.to_string();
+            async move { image::inspect(&docker, &image).await }
+        };
+        // The default image follows the bundled runtime it is built from.
+        let wanted = (image == self.settings.default_image)
+            .then_some(self.settings.runtime_binary.as_deref())
+            .flatten()
+            .and_then(image::fingerprint);
+        let current = |facts: &image::ImageFacts| match &wanted {
+            Some(fingerprint) => facts.labels.get(image::RUNTIME_LABEL) == Some(fingerprint),
+            None => true,
+        };
+        let found = inspect(self.docker())
+            .await
+            .map_err(|e| engine_error("cannot inspect the image", e))?;
+        if let Some(facts) = found.filter(&current) {
+            return Ok(facts);
+        }
+        if wanted.is_none() {
+            return Err(missing(format!(
+                "image {image} is not on the Docker engine ({}), and nothing is pulled: \
+                 build the bundled runtime's image with `draas image build --tag {image}` \
+                 (or scripts/build-runtime-image.sh), or load yours with `docker load`",
+                self.engine.address
+            )));
+        }
+        let _one_build = self.building.lock().await;
+        let found = inspect(self.docker())
+            .await
+            .map_err(|e| engine_error("cannot inspect the image", e))?;
+        if let Some(facts) = found.filter(&current) {
+            return Ok(facts);
+        }
+        let binary = self.settings.runtime_binary.clone().unwrap_or_default();
+        info!(%image, binary = %binary.display(), "building the runtime image");
+        image::build_runtime_image(self.docker(), &binary, image)
+            .await
+            .map_err(|e| {
+                missing(format!(
+                    "image {image} is missing and building it failed: {e}"
+                ))
+            })?;
+        inspect(self.docker())
+            .await
+            .map_err(|e| engine_error("cannot inspect the image", e))?
+            .ok_or_else(|| missing(format!("image {image} is still missing after its build")))
+    }
+
+    /// Every container of instance `id` (any state), by label.
+    async fn containers_of(&self, id: &InstanceId) -> Result<Vec<String>, DriverError> {
+        let filters = container::label_filter(&self.installation, Some(id));
+        let listed = self
+            .docker()
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| engine_error("cannot list containers", e))?;
+        Ok(listed.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Removes every container of instance `id`.
+    async fn remove_containers(&self, id: &InstanceId) -> Result<(), DriverError> {
+        for container in self.containers_of(id).await? {
+            self.events.forget(&container);
+            match self
+                .docker()
+                .remove_container(
+                    &container,
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(engine_error("cannot remove a container", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The volume of `id`'s `./data`, created if missing.
+    async fn ensure_volume(&self, id: &InstanceId) -> Result<String, DriverError> {
+        let name = container::volume_name(id);
+        self.docker()
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(container::labels(id, None, &self.installation)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| engine_error("cannot create the data volume", e))?;
+        Ok(name)
+    }
+
+    /// The lines of `stream` of `container`, the last `tail`.
+    async fn log_lines(
+        &self,
+        container: &str,
+        stream: LogStream,
+        tail: usize,
+    ) -> Result<Vec<String>, bollard::errors::Error> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(stream == LogStream::Stdout)
+            .stderr(stream == LogStream::Stderr)
+            .tail(&tail.to_string())
+            .build();
+        let chunks: Vec<LogOutput> = self
+            .docker()
+            .logs(container, Some(options))
+            .try_collect()
+            .await?;
+        Ok(chunks
+            .iter()
+            .flat_map(|chunk| {
+                String::from_utf8_lossy(chunk.as_ref())
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    /// The published host port of container `id`'s `port`.
+    async fn published_port(&self, container: &str, port: u16) -> Result<u16, DriverError> {
+        let inspected = self
+            .docker()
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| engine_error("cannot inspect the container", e))?;
+        inspected
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|ports| ports.get(&container::port_key(port)).cloned().flatten())
+            .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| {
+                engine_error(
+                    "the engine published no host port",
+                    format!("for port {port} of {container}"),
+                )
+            })
+    }
+
+    /// Creates, configures and starts the container; on any failure what
+    /// was created is removed.
+    async fn create_and_start(
+        &self,
+        id: &InstanceId,
+        spec: &StartSpec,
+        image: &str,
+        facts: &image::ImageFacts,
+    ) -> Result<(String, ExitWatch), DriverError> {
+        let body = container::create_body(&Plan {
+            id,
+            spec,
+            image,
+            workdir: &facts.workdir,
+            installation: &self.installation,
+            publish_address: &self.settings.publish_address,
+        });
+        let name = container::container_name(&spec.name, id);
+        let created = self
+            .docker()
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| {
+                engine_error("cannot create the container", e)
+                    .with_state(ActualState::Failed, Reason::PlatformError)
+            })?;
+        let container = created.id;
+        let configured = async {
+            let archive = container::config_archive(&spec.configuration_yaml)
+                .map_err(|e| engine_error("cannot pack the configuration", e))?;
+            self.docker()
+                .upload_to_container(
+                    &container,
+                    Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                    bollard::body_full(archive.into()),
+                )
+                .await
+                .map_err(|e| engine_error("cannot upload the configuration", e))?;
+            // Watched before it starts: an immediate exit is not missed.
+            let exit = self.events.watch(&container).await;
+            self.docker()
+                .start_container(&container, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| engine_error("cannot start the container", e))?;
+            Ok::<_, DriverError>(exit)
+        }
+        .await;
+        match configured {
+            Ok(exit) => Ok((container, exit)),
+            Err(e) => {
+                let _ = self.remove_containers(id).await;
+                Err(e.with_state(ActualState::Failed, Reason::PlatformError))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Platform for DockerPlatform {
+    type Record = ContainerRecord;
+    type Handle = String;
+
+    fn platform(&self) -> PlatformType {
+        PlatformType::Docker
+    }
+
+    fn scope(&self) -> String {
+        self.engine.id.clone()
+    }
+
+    fn version(&self) -> Option<String> {
+        Some(self.engine.version.clone())
+    }
+
+    async fn launch(
+        &self,
+        id: &InstanceId,
+        spec: &StartSpec,
+    ) -> Result<Launched<ContainerRecord, String>, DriverError> {
+        let image = spec
+            .server_configuration
+            .docker()
+            .image
+            .unwrap_or_else(|| self.settings.default_image.clone());
+        let facts = self.ensure_image(&image).await?;
+        // What an earlier, failed launch of the instance may have left.
+        self.remove_containers(id).await?;
+        self.ensure_volume(id).await?;
+        let (container, exit) = self.create_and_start(id, spec, &image, &facts).await?;
+        let port = match self.published_port(&container, spec.api_port).await {
+            Ok(port) => port,
+            Err(e) => {
+                let _ = self.remove_containers(id).await;
+                return Err(e.with_state(ActualState::Failed, Reason::PlatformError));
+            }
+        };
+        let published = &self.engine.published_host;
+        let advertised = self.settings.advertise_host.as_deref().unwrap_or(published);
+        info!(instance = %id, container = %&container[..12.min(container.len())], port, "container started");
+        Ok(Launched {
+            record: ContainerRecord {
+                container_id: container.clone(),
+                name: container::container_name(&spec.name, id),
+                image,
+            },
+            handle: container,
+            exit,
+            address: ServerAddress {
+                api_url: format!("http://{published}:{port}"),
+                endpoint: format!("http://{advertised}:{port}"),
+                host: advertised.to_string(),
+                port,
+            },
+        })
+    }
+
+    async fn attach(
+        &self,
+        id: &InstanceId,
+        record: &ContainerRecord,
+    ) -> Option<(String, ExitWatch)> {
+        let inspected = self
+            .docker()
+            .inspect_container(&record.container_id, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+        let ours = labels.get(INSTANCE).map(String::as_str) == Some(id.as_str())
+            && labels.get(INSTALLATION) == Some(&self.installation);
+        let running = inspected.state.and_then(|s| s.running) == Some(true);
+        if !ours || !running {
+            return None;
+        }
+        let exit = self.events.watch(&record.container_id).await;
+        Some((record.container_id.clone(), exit))
+    }
+
+    async fn stop(
+        &self,
+        id: &InstanceId,
+        handle: &String,
+        exit: &ExitWatch,
+        grace: Duration,
+    ) -> Result<(), DriverError> {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        // The engine sends the stop signal (SIGINT), waits, then SIGKILL.
+        match self
+            .docker()
+            .stop_container(
+                handle,
+                Some(StopContainerOptionsBuilder::default().t(seconds).build()),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(engine_error("cannot stop the container", e)),
+        }
+        if tokio::time::timeout(DIE_WAIT, exit.wait()).await.is_err() {
+            warn!(instance = %id, "the container stopped but no exit was seen within {DIE_WAIT:?}");
+            self.events.forget(handle);
+        }
+        Ok(())
+    }
+
+    async fn kill(&self, id: &InstanceId, handle: &String) {
+        if let Err(e) = self
+            .docker()
+            .kill_container(
+                handle,
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal("SIGKILL")
+                        .build(),
+                ),
+            )
+            .await
+        {
+            if !is_not_found(&e) {
+                warn!(instance = %id, "cannot kill the container: {e}");
+            }
+        }
+    }
+
+    async fn last_words(
+        &self,
+        _id: &InstanceId,
+        record: &ContainerRecord,
+        starting: bool,
+    ) -> String {
+        let stderr = self
+            .log_lines(&record.container_id, LogStream::Stderr, 10)
+            .await
+            .unwrap_or_default();
+        let lines = if stderr.iter().any(|l| !l.trim().is_empty()) || !starting {
+            stderr
+        } else {
+            // drasi-server logs its errors to stdout.
+            self.log_lines(&record.container_id, LogStream::Stdout, 5)
+                .await
+                .unwrap_or_default()
+        };
+        lines.join("\n").trim().to_string()
+    }
+
+    async fn logs(
+        &self,
+        _id: &InstanceId,
+        record: Option<&ContainerRecord>,
+        spec: &LogsSpec,
+    ) -> Result<Vec<String>, DriverError> {
+        let Some(record) = record else {
+            return Ok(Vec::new());
+        };
+        match self
+            .log_lines(&record.container_id, spec.stream, spec.tail)
+            .await
+        {
+            Ok(lines) => Ok(lines),
+            // Its container is gone (deleted behind DRaaS's back).
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(engine_error("cannot read the container's output", e)),
+        }
+    }
+
+    async fn remove(
+        &self,
+        id: &InstanceId,
+        _record: Option<&ContainerRecord>,
+    ) -> Result<(), DriverError> {
+        self.remove_containers(id).await?;
+        match self
+            .docker()
+            .remove_volume(
+                &container::volume_name(id),
+                Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine_error("cannot remove the data volume", e)),
+        }
+    }
+
+    fn handle_of(&self, record: &ContainerRecord) -> PlatformHandle {
+        PlatformHandle::Container {
+            container_id: record.container_id.clone(),
+        }
+    }
+
+    async fn labelled_instances(&self) -> Vec<InstanceId> {
+        let filters = container::label_filter(&self.installation, None);
+        let mut found = BTreeSet::new();
+        let instance_of = |labels: Option<HashMap<String, String>>| {
+            labels
+                .and_then(|l| l.get(INSTANCE).cloned())
+                .and_then(|id| id.parse::<InstanceId>().ok())
+        };
+        match self
+            .docker()
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            Ok(containers) => {
+                found.extend(containers.into_iter().filter_map(|c| instance_of(c.labels)))
+            }
+            Err(e) => warn!("cannot list containers: {e}"),
+        }
+        match self
+            .docker()
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            Ok(listed) => found.extend(
+                listed
+                    .volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| instance_of(Some(v.labels))),
+            ),
+            Err(e) => warn!("cannot list volumes: {e}"),
+        }
+        found.into_iter().collect()
+    }
+}

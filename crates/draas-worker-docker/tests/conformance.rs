@@ -1,0 +1,215 @@
+//! The driver conformance suite against the Docker platform: the real
+//! Docker engine of this machine, containers of the bundled runtime's image
+//! (built by the driver from the workspace's static binary on first use).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+};
+use bollard::Docker;
+use draas_core::instance::{InstanceId, PlatformHandle, PlatformType};
+use draas_core::keys;
+use draas_core::messages::StartSpec;
+use draas_core::ports::store::{JsonStore, Precondition};
+use draas_core::ports::{PlatformDriver, StateStore};
+use draas_testkit::conformance::driver::{DriverFixture, Impostor};
+use draas_worker::WorkerContext;
+use draas_worker_docker::{DockerSettings, Engine};
+
+/// The image tag the suite's driver builds and runs.
+const IMAGE: &str = "draas-runtime:conformance";
+
+struct Containers {
+    engine: Engine,
+}
+
+fn container_of(handle: &PlatformHandle) -> &str {
+    match handle {
+        PlatformHandle::Container { container_id } => container_id,
+        other => panic!("not a container handle: {other:?}"),
+    }
+}
+
+async fn running(docker: &Docker, id: &str) -> bool {
+    docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|c| c.state)
+        .and_then(|s| s.running)
+        == Some(true)
+}
+
+/// Another container (a runtime of the same image, labelled for nothing):
+/// what a recycled container id would name.
+struct Stranger {
+    docker: Docker,
+    id: String,
+}
+
+impl Impostor for Stranger {
+    fn alive(&mut self) -> bool {
+        let docker = self.docker.clone();
+        let id = self.id.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(running(&docker, &id))
+        })
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let docker = self.docker.clone();
+        let id = self.id.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                let _ = docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+            })
+        });
+    }
+}
+
+#[async_trait]
+impl DriverFixture for Containers {
+    fn platform(&self) -> PlatformType {
+        PlatformType::Docker
+    }
+
+    async fn driver(&self, context: &WorkerContext) -> Arc<dyn PlatformDriver> {
+        let settings = DockerSettings {
+            default_image: IMAGE.into(),
+            runtime_binary: Some(draas_testkit::workspace_binary("draas-runtime")),
+            ..DockerSettings::default()
+        };
+        Arc::new(
+            draas_worker_docker::driver(self.engine.clone(), settings, context)
+                .await
+                .unwrap(),
+        )
+    }
+
+    fn start_spec(&self, id: &InstanceId, generation: u64) -> StartSpec {
+        // Inside its container a server listens on every interface, on
+        // drasi-server's default port: ports are private to containers.
+        let mut configuration = draas_testkit::counter_configuration(8080);
+        configuration.host = "0.0.0.0".into();
+        draas_testkit::start_spec(id, &configuration, PlatformType::Docker, generation)
+    }
+
+    async fn crash(&self, handle: &PlatformHandle) {
+        self.engine
+            .docker
+            .kill_container(
+                container_of(handle),
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal("SIGKILL")
+                        .build(),
+                ),
+            )
+            .await
+            .expect("docker kill");
+    }
+
+    async fn is_running(&self, handle: &PlatformHandle) -> bool {
+        running(&self.engine.docker, container_of(handle)).await
+    }
+
+    async fn leftovers(&self, id: &InstanceId) -> Vec<String> {
+        let docker = &self.engine.docker;
+        let filters = HashMap::from([("label", vec![format!("draas.instanceId={id}")])]);
+        let mut left: Vec<String> = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| format!("container {:?}", c.names.unwrap_or_default()))
+            .collect();
+        let volume = format!("draas-{id}-data");
+        if docker.inspect_volume(&volume).await.is_ok() {
+            left.push(format!("volume {volume}"));
+        }
+        left
+    }
+
+    async fn impersonate(&self, store: &dyn StateStore, id: &InstanceId) -> Box<dyn Impostor> {
+        let docker = self.engine.docker.clone();
+        let name = format!("draas-stranger-{}", uuid::Uuid::new_v4().simple());
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                ContainerCreateBody {
+                    // An empty runtime server: it runs until stopped.
+                    image: Some(IMAGE.into()),
+                    cmd: Some(vec!["--config".into(), "/etc/drasi/server.yaml".into()]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create a stranger");
+        let config = "id: stranger\nhost: 0.0.0.0\nport: 8080\n";
+        let archive = draas_worker_docker::container::config_archive(config).unwrap();
+        docker
+            .upload_to_container(
+                &created.id,
+                Some(
+                    bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+                        .path("/")
+                        .build(),
+                ),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .expect("upload");
+        docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .expect("start the stranger");
+        let mut stranger = Stranger {
+            docker: docker.clone(),
+            id: created.id.clone(),
+        };
+        assert!(stranger.alive(), "the stranger runs");
+        let records = keys::worker_records(PlatformType::Docker, &self.engine.id);
+        let mut record = store
+            .get_json::<serde_json::Value>(&records, id.as_str())
+            .await
+            .expect("read")
+            .expect("a record of the server")
+            .value;
+        record["platform"]["containerId"] = serde_json::json!(created.id);
+        store
+            .put_json(&records, id.as_str(), &record, Precondition::None)
+            .await
+            .expect("write");
+        Box::new(stranger)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_driver_passes_the_driver_conformance_suite() {
+    let engine = Engine::connect(None, Duration::from_secs(10))
+        .await
+        .expect("the Docker engine (the test command starts it)");
+    let store: Arc<dyn StateStore> = Arc::new(draas_store::EmbeddedStore::in_memory().unwrap());
+    let bus = Arc::new(draas_bus::InProcessBus::new());
+    draas_testkit::conformance::driver::run_all(&Containers { engine }, store, bus).await;
+}
