@@ -28,10 +28,10 @@ use serde_json::{json, Value};
 use crate::stats::{ms, ratio, us, Summary};
 
 /// A `draas up` under measurement; killed (and its servers reaped) on drop.
-struct DraasUp {
+pub(crate) struct DraasUp {
     child: Child,
     base: String,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -44,6 +44,16 @@ impl Drop for DraasUp {
 
 impl DraasUp {
     async fn start(draas: &Path, runtime: &Path, port_range: &str) -> anyhow::Result<Self> {
+        Self::start_with(draas, runtime, port_range, &["--docker", "off"]).await
+    }
+
+    /// `draas up` with more arguments.
+    pub(crate) async fn start_with(
+        draas: &Path,
+        runtime: &Path,
+        port_range: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = draas_testkit::free_port();
         let child = Command::new(draas)
@@ -54,6 +64,7 @@ impl DraasUp {
                 "--port-range",
                 port_range,
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--runtime")
@@ -79,11 +90,11 @@ impl DraasUp {
         Ok(up)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let response = self.client.post(self.url(path)).json(&body).send().await?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -98,7 +109,7 @@ impl DraasUp {
     }
 }
 
-fn pipeline() -> Value {
+pub(crate) fn pipeline() -> Value {
     json!({
         "sources": [{"kind": "mock", "id": "sensors", "dataType": {"type": "sensorReading", "sensorCount": 10}, "intervalMs": 100}],
         "queries": [{"id": "readings", "autoStart": true, "queryLanguage": "Cypher",

@@ -9,6 +9,7 @@
 
 mod bus_roundtrip;
 mod control_plane;
+mod docker;
 mod runtime_startup;
 mod stats;
 
@@ -66,6 +67,27 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         records: usize,
     },
+    /// Docker platform: create→Running against a bare container (Engine API
+    /// and `docker run`), crash → Failed, Docker's own restart policy (needs
+    /// a Docker engine).
+    Docker {
+        /// The draas binary (default: next to this binary).
+        #[arg(long)]
+        draas: Option<PathBuf>,
+        /// The runtime binary the image is built from (default: next to
+        /// this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// Create→Running runs.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Crashes to detect.
+        #[arg(long, default_value_t = 30)]
+        kills: usize,
+        /// Restarts of Docker's policy to time (11 s apart).
+        #[arg(long, default_value_t = 10)]
+        restarts: usize,
+    },
 }
 
 /// A sibling binary of this one in the target directory.
@@ -105,6 +127,23 @@ async fn main() -> anyhow::Result<()> {
                 None => sibling("draas-runtime")?,
             };
             control_plane::run(&draas, &runtime, runs, kills, stored, records).await
+        }
+        Bench::Docker {
+            draas,
+            runtime,
+            runs,
+            kills,
+            restarts,
+        } => {
+            let draas = match draas {
+                Some(d) => d,
+                None => sibling("draas")?,
+            };
+            let runtime = match runtime {
+                Some(r) => r,
+                None => sibling("draas-runtime")?,
+            };
+            docker::run(&draas, &runtime, runs, kills, restarts).await
         }
     }
 }

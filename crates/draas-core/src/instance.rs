@@ -552,6 +552,11 @@ impl ServerConfiguration {
                     &format!("/environment/{}", escape_pointer(name)),
                     "environment variable names are letters, digits and '_', not starting with a digit",
                 );
+            } else if name.starts_with("DRAAS_") {
+                issue(
+                    &format!("/environment/{}", escape_pointer(name)),
+                    "names starting with DRAAS_ are reserved for DRaaS",
+                );
             }
         }
         for (section, present, owner) in [

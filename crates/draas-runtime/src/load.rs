@@ -66,15 +66,27 @@ pub fn load(path: &Path) -> Result<LoadedConfig, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse(path.to_path_buf(), text)
+}
+
+/// Reads and parses the configuration held by environment variable `name`
+/// (how a container can be given it without a file). Messages name it
+/// `$NAME`.
+pub fn load_env(name: &str) -> Result<LoadedConfig, LoadError> {
+    let path = PathBuf::from(format!("${name}"));
+    let text = std::env::var(name).map_err(|e| LoadError::Read {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, e),
+    })?;
+    parse(path, text)
+}
+
+fn parse(path: PathBuf, text: String) -> Result<LoadedConfig, LoadError> {
     let config = parse_yaml(&text).map_err(|e| LoadError::Parse {
-        path: path.to_path_buf(),
+        path: path.clone(),
         message: e.message,
     })?;
-    Ok(LoadedConfig {
-        path: path.to_path_buf(),
-        text,
-        config,
-    })
+    Ok(LoadedConfig { path, text, config })
 }
 
 impl LoadedConfig {

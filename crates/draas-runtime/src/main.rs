@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! draas-runtime --config server.yaml [--port N]     run a server
+//! draas-runtime --config-env VAR                    the YAML from an environment variable
 //! draas-runtime validate --config server.yaml       check a file (exit 0/1)
 //! ```
 //!
@@ -35,6 +36,10 @@ struct Cli {
     /// Configuration file (drasi-server YAML schema).
     #[arg(short, long, global = true, default_value = "config/server.yaml")]
     config: PathBuf,
+    /// Read the configuration from this environment variable instead of a
+    /// file (how a container is given it without a file).
+    #[arg(long, global = true, value_name = "VAR")]
+    config_env: Option<String>,
     /// API port; overrides `port` in the file.
     #[arg(short, long, global = true)]
     port: Option<u16>,
@@ -57,7 +62,7 @@ enum Command {
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     match cli.command.take().unwrap_or(Command::Run) {
-        Command::Validate => validate::run(&cli.config, cli.port),
+        Command::Validate => validate::run(&cli.config, cli.config_env.as_deref(), cli.port),
         Command::Run => match run(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -70,7 +75,11 @@ fn main() -> ExitCode {
 
 /// Loads and validates the file, then runs the server on a Tokio runtime.
 fn run(cli: Cli) -> Result<(), String> {
-    let mut loaded = load::load(&cli.config).map_err(|e| e.to_string())?;
+    let loaded = match &cli.config_env {
+        Some(name) => load::load_env(name),
+        None => load::load(&cli.config),
+    };
+    let mut loaded = loaded.map_err(|e| e.to_string())?;
     if let Some(port) = cli.port {
         loaded.config.port = port;
     }

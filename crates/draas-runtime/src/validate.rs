@@ -3,12 +3,22 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::load::{load, LoadError};
+use crate::load::{load, load_env, LoadError};
 
-/// Prints the report for `path` and returns the exit code.
-pub fn run(path: &Path, port: Option<u16>) -> ExitCode {
-    println!("Validating {}", path.display());
-    let mut loaded = match load(path) {
+/// Prints the report for `path` (or environment variable `env`) and
+/// returns the exit code.
+pub fn run(path: &Path, env: Option<&str>, port: Option<u16>) -> ExitCode {
+    let loaded = match env {
+        Some(name) => {
+            println!("Validating ${name}");
+            load_env(name)
+        }
+        None => {
+            println!("Validating {}", path.display());
+            load(path)
+        }
+    };
+    let mut loaded = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             let what = match e {

@@ -404,3 +404,59 @@ fn every_example_configuration_validates() {
     }
     assert!(checked >= 3, "found {checked} examples");
 }
+
+#[tokio::test]
+async fn the_configuration_can_come_from_an_environment_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = draas_testkit::free_port();
+    let yaml = format!("id: from-env\nhost: 127.0.0.1\nport: {port}\n");
+    let validated = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["validate", "--config-env", "SERVER_YAML"])
+        .env("SERVER_YAML", &yaml)
+        .output()
+        .expect("validate");
+    assert!(
+        validated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validated.stdout)
+    );
+    assert!(String::from_utf8_lossy(&validated.stdout).contains("Validating $SERVER_YAML"));
+
+    let mut command = std::process::Command::new(BIN);
+    command
+        .current_dir(dir.path())
+        .args(["--config-env", "SERVER_YAML"])
+        .env("SERVER_YAML", &yaml);
+    let mut server =
+        draas_testkit::process::TestProcess::spawn(command, "from-env", dir.path()).expect("spawn");
+    let health = format!("http://127.0.0.1:{port}/health");
+    draas_testkit::wait_for("/health", std::time::Duration::from_secs(10), || {
+        let health = health.clone();
+        async move { draas_testkit::get_json(&health).await.map(|_| ()) }
+    })
+    .await;
+    assert!(server.is_running());
+
+    // A bad value is reported like a bad file, naming the variable.
+    let bad = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config-env", "SERVER_YAML"])
+        .env("SERVER_YAML", "id: x\nport: 1\nnonsense: true\n")
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("invalid config file '$SERVER_YAML'") && stderr.contains("nonsense"),
+        "{stderr}"
+    );
+    let unset = std::process::Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config-env", "NOT_SET_ANYWHERE"])
+        .env_remove("NOT_SET_ANYWHERE")
+        .output()
+        .expect("run");
+    assert_eq!(unset.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("$NOT_SET_ANYWHERE"));
+}

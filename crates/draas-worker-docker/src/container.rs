@@ -4,8 +4,10 @@
 //!   a human can tell whose it is);
 //! - labels `draas.managed=true`, `draas.instanceId`, `draas.generation`,
 //!   `draas.installation` (which DRaaS owns it, when engines are shared);
-//! - the configuration at [`CONFIG_PATH`], uploaded through the Engine API
-//!   before start (never a path shared with the control plane);
+//! - the configuration through the Engine API, never a path shared with the
+//!   control plane: in the environment ([`CONFIG_VARIABLE`]) for the bundled
+//!   runtime's image (it reads `--config-env`), else uploaded to
+//!   [`CONFIG_PATH`] before start;
 //! - every port the configuration listens on published on a free port of
 //!   the engine's host (the engine picks it: no two containers collide);
 //! - a named volume (`draas-<id>-data`) for Drasi's `./data`;
@@ -29,8 +31,14 @@ pub const INSTANCE: &str = "draas.instanceId";
 pub const GENERATION: &str = "draas.generation";
 /// Label naming the DRaaS installation that owns it.
 pub const INSTALLATION: &str = "draas.installation";
-/// Where the configuration is in the container.
+/// Where the configuration is in the container, when it is a file.
 pub const CONFIG_PATH: &str = "/etc/drasi/server.yaml";
+/// The environment variable holding the configuration, for the bundled
+/// runtime.
+pub const CONFIG_VARIABLE: &str = "DRAAS_RUNTIME_CONFIG";
+/// Largest configuration passed in the environment (Linux limits one
+/// environment string to 128 KiB); larger ones are uploaded as a file.
+pub const MAX_CONFIG_IN_ENV: usize = 64 * 1024;
 
 /// A container's name: `draas-<name>-<last 8 of the id>`.
 pub fn container_name(name: &str, id: &InstanceId) -> String {
@@ -87,6 +95,9 @@ pub struct Plan<'a> {
     pub installation: &'a str,
     /// The host address ports are published on.
     pub publish_address: &'a str,
+    /// Whether the image reads its configuration from the environment (the
+    /// bundled runtime); otherwise it is uploaded to [`CONFIG_PATH`].
+    pub config_in_env: bool,
 }
 
 /// `port/tcp`.
@@ -122,10 +133,16 @@ pub fn create_body(plan: &Plan<'_>) -> ContainerCreateBody {
         .map(|(name, value)| format!("{name}={value}"))
         .collect();
     env.push("NO_COLOR=1".to_string());
+    let cmd = if plan.config_in_env {
+        env.push(format!("{CONFIG_VARIABLE}={}", spec.configuration_yaml));
+        vec!["--config-env".to_string(), CONFIG_VARIABLE.to_string()]
+    } else {
+        vec!["--config".to_string(), CONFIG_PATH.to_string()]
+    };
     let data = format!("{}/data", plan.workdir.trim_end_matches('/'));
     ContainerCreateBody {
         image: Some(plan.image.to_string()),
-        cmd: Some(vec!["--config".to_string(), CONFIG_PATH.to_string()]),
+        cmd: Some(cmd),
         env: Some(env),
         labels: Some(labels(plan.id, Some(spec.generation), plan.installation)),
         exposed_ports: Some(ports.iter().map(|p| port_key(*p)).collect()),
@@ -203,6 +220,7 @@ mod tests {
             workdir: "/var/lib/drasi/",
             installation: "inst-1",
             publish_address: "127.0.0.1",
+            config_in_env: false,
         });
         assert_eq!(body.image.as_deref(), Some("draas-runtime:latest"));
         assert_eq!(
@@ -243,6 +261,29 @@ mod tests {
             Some("draas-i-0123456789abcdef0123456789abcdef-data")
         );
         assert_eq!(mount.target.as_deref(), Some("/var/lib/drasi/data"));
+    }
+
+    #[test]
+    fn the_bundled_runtime_gets_its_configuration_in_the_environment() {
+        let id: InstanceId = "i-0123456789abcdef0123456789abcdef".parse().unwrap();
+        let spec = spec();
+        let body = create_body(&Plan {
+            id: &id,
+            spec: &spec,
+            image: "draas-runtime:latest",
+            workdir: "/var/lib/drasi",
+            installation: "inst-1",
+            publish_address: "127.0.0.1",
+            config_in_env: true,
+        });
+        assert_eq!(
+            body.cmd,
+            Some(vec!["--config-env".into(), "DRAAS_RUNTIME_CONFIG".into()])
+        );
+        assert!(body
+            .env
+            .unwrap()
+            .contains(&"DRAAS_RUNTIME_CONFIG=id: x\n".to_string()));
     }
 
     #[test]

@@ -87,12 +87,29 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<ImageFacts>,
 }
 
 /// Builds the runtime image `tag` from the static `binary` (the bundled
-/// `draas-runtime`). Returns the image id.
+/// `draas-runtime`). Returns the image id. The image the tag named before
+/// is removed when no container uses it, so rebuilds leave nothing behind.
 pub async fn build_runtime_image(
     docker: &Docker,
     binary: &Path,
     tag: &str,
 ) -> Result<String, ImageError> {
+    let previous = docker.inspect_image(tag).await.ok().and_then(|i| i.id);
+    let id = build(docker, binary, tag).await?;
+    if let Some(previous) = previous.filter(|p| *p != id) {
+        // In use by a container (or already gone): it stays, harmlessly.
+        let _ = docker
+            .remove_image(
+                &previous,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+    Ok(id)
+}
+
+async fn build(docker: &Docker, binary: &Path, tag: &str) -> Result<String, ImageError> {
     let context = {
         let binary = binary.to_path_buf();
         tokio::task::spawn_blocking(move || runtime_context(&binary))

@@ -52,6 +52,9 @@ pub struct DockerSettings {
     /// The host put in endpoints (default: the engine's host as this worker
     /// reaches it).
     pub advertise_host: Option<String>,
+    /// Give the bundled runtime its configuration in the environment (no
+    /// upload); other images always get a file.
+    pub config_in_env: bool,
 }
 
 impl Default for DockerSettings {
@@ -61,6 +64,7 @@ impl Default for DockerSettings {
             runtime_binary: None,
             publish_address: "127.0.0.1".to_string(),
             advertise_host: None,
+            config_in_env: true,
         }
     }
 }

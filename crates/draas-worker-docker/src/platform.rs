@@ -255,6 +255,11 @@ impl DockerPlatform {
         image: &str,
         facts: &image::ImageFacts,
     ) -> Result<(String, ExitWatch), DriverError> {
+        // The bundled runtime (an image DRaaS built) reads its configuration
+        // from the environment, which spares the upload (about 60 ms).
+        let config_in_env = self.settings.config_in_env
+            && facts.labels.contains_key(image::RUNTIME_LABEL)
+            && spec.configuration_yaml.len() <= container::MAX_CONFIG_IN_ENV;
         let body = container::create_body(&Plan {
             id,
             spec,
@@ -262,6 +267,7 @@ impl DockerPlatform {
             workdir: &facts.workdir,
             installation: &self.installation,
             publish_address: &self.settings.publish_address,
+            config_in_env,
         });
         let name = container::container_name(&spec.name, id);
         let created = self
@@ -277,16 +283,18 @@ impl DockerPlatform {
             })?;
         let container = created.id;
         let configured = async {
-            let archive = container::config_archive(&spec.configuration_yaml)
-                .map_err(|e| engine_error("cannot pack the configuration", e))?;
-            self.docker()
-                .upload_to_container(
-                    &container,
-                    Some(UploadToContainerOptionsBuilder::default().path("/").build()),
-                    bollard::body_full(archive.into()),
-                )
-                .await
-                .map_err(|e| engine_error("cannot upload the configuration", e))?;
+            if !config_in_env {
+                let archive = container::config_archive(&spec.configuration_yaml)
+                    .map_err(|e| engine_error("cannot pack the configuration", e))?;
+                self.docker()
+                    .upload_to_container(
+                        &container,
+                        Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                        bollard::body_full(archive.into()),
+                    )
+                    .await
+                    .map_err(|e| engine_error("cannot upload the configuration", e))?;
+            }
             // Watched before it starts: an immediate exit is not missed.
             let exit = self.events.watch(&container).await;
             self.docker()

@@ -29,6 +29,8 @@ const IMAGE: &str = "draas-runtime:conformance";
 
 struct Containers {
     engine: Engine,
+    /// How the configuration reaches the containers.
+    config_in_env: bool,
 }
 
 fn container_of(handle: &PlatformHandle) -> &str {
@@ -92,6 +94,7 @@ impl DriverFixture for Containers {
         let settings = DockerSettings {
             default_image: IMAGE.into(),
             runtime_binary: Some(draas_testkit::workspace_binary("draas-runtime")),
+            config_in_env: self.config_in_env,
             ..DockerSettings::default()
         };
         Arc::new(
@@ -204,12 +207,25 @@ impl DriverFixture for Containers {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_docker_driver_passes_the_driver_conformance_suite() {
+async fn suite(config_in_env: bool) {
     let engine = Engine::connect(None, Duration::from_secs(10))
         .await
         .expect("the Docker engine (the test command starts it)");
     let store: Arc<dyn StateStore> = Arc::new(draas_store::EmbeddedStore::in_memory().unwrap());
     let bus = Arc::new(draas_bus::InProcessBus::new());
-    draas_testkit::conformance::driver::run_all(&Containers { engine }, store, bus).await;
+    let fixture = Containers {
+        engine,
+        config_in_env,
+    };
+    draas_testkit::conformance::driver::run_all(&fixture, store, bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_driver_passes_the_driver_conformance_suite() {
+    suite(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_driver_passes_it_with_configurations_uploaded_as_files() {
+    suite(false).await;
 }

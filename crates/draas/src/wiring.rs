@@ -257,6 +257,7 @@ async fn docker_worker(
         runtime_binary: runtime.is_file().then_some(runtime),
         publish_address: args.publish_address.to_string(),
         advertise_host: process.advertise_host.clone(),
+        config_in_env: true,
     };
     let driver = draas_worker_docker::driver(engine, settings, &context)
         .await
