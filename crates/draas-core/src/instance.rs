@@ -254,6 +254,9 @@ pub enum Reason {
     ImageMissing,
     /// A Drasi component reported `Error`.
     ComponentError,
+    /// The platform's health check of the server fails (a container's
+    /// `HEALTHCHECK`).
+    Unhealthy,
     /// The worker that owns the instance stopped heartbeating.
     WorkerUnavailable,
     /// The server was found gone when its worker came back.

@@ -2,8 +2,10 @@
 //! polling).
 //!
 //! One stream per driver, filtered to this installation's containers
-//! (`type=container`, its labels, `kill`/`oom`/`die`), feeds the exit watch
-//! of each container the driver runs. A `die` event carries the exit code;
+//! (`type=container`, its labels, `kill`/`oom`/`die`/`health_status`), feeds
+//! the exit watch of each container the driver runs, and reports a watched
+//! container's health check turning (an image's `HEALTHCHECK`): unhealthy →
+//! `Degraded` (`Unhealthy`), healthy again → `Running`. A `die` event carries the exit code;
 //! a `kill` or `oom` event before it says why: [`Ended`] turns the sequence
 //! into an [`Exit`]. If the stream breaks, it is opened again from the time
 //! of the last event seen (the engine replays what happened meanwhile), and
@@ -65,6 +67,34 @@ struct Watched {
     ended: Ended,
 }
 
+/// Where health changes go: the worker's status recorder.
+pub type HealthSink = Arc<dyn draas_core::ports::StatusSink>;
+
+/// What a `health_status` event says of an instance.
+pub fn health_observation(
+    attributes: &HashMap<String, String>,
+    action: &str,
+) -> Option<draas_core::ports::Observation> {
+    use draas_core::instance::{ActualState, InstanceId, Reason};
+    use draas_core::ports::Observation;
+    let id: InstanceId = attributes.get(crate::container::INSTANCE)?.parse().ok()?;
+    let generation = attributes
+        .get(crate::container::GENERATION)
+        .and_then(|g| g.parse().ok());
+    let status = action
+        .strip_prefix("health_status")?
+        .trim_start_matches(':')
+        .trim();
+    let mut observation = match status {
+        "unhealthy" => Observation::now(id, ActualState::Degraded, Some(Reason::Unhealthy))
+            .message("the container's health check fails"),
+        "healthy" => Observation::now(id, ActualState::Running, Some(Reason::Ready)),
+        _ => return None,
+    };
+    observation.observed_generation = generation;
+    Some(observation)
+}
+
 /// The exits of the containers a driver runs. The event stream is followed
 /// until every clone is dropped.
 #[derive(Clone)]
@@ -76,13 +106,15 @@ pub struct ExitEvents {
 
 impl ExitEvents {
     /// Starts following the engine's events for `installation`'s containers
-    /// (from now: an exit right after this call is not missed).
-    pub fn start(docker: Docker, installation: &str) -> Self {
+    /// (from now: an exit right after this call is not missed); health
+    /// changes go to `health`.
+    pub fn start(docker: Docker, installation: &str, health: Option<HealthSink>) -> Self {
         let stop = tokio_util::sync::CancellationToken::new();
         let watched = Arc::new(Mutex::new(HashMap::new()));
         let follower = Follower {
             docker: docker.clone(),
             watched: watched.clone(),
+            health,
         };
         let since = chrono::Utc::now().timestamp();
         let token = stop.clone();
@@ -104,6 +136,7 @@ impl ExitEvents {
         Follower {
             docker: self.docker.clone(),
             watched: self.watched.clone(),
+            health: None,
         }
     }
 
@@ -135,6 +168,7 @@ impl ExitEvents {
 struct Follower {
     docker: Docker,
     watched: Arc<Mutex<HashMap<String, Watched>>>,
+    health: Option<HealthSink>,
 }
 
 impl Follower {
@@ -200,7 +234,9 @@ impl Follower {
             ),
             (
                 "event".to_string(),
-                vec!["kill".to_string(), "oom".to_string(), "die".to_string()],
+                ["kill", "oom", "die", "health_status"]
+                    .map(str::to_string)
+                    .to_vec(),
             ),
         ]);
         let mut since = since;
@@ -253,6 +289,15 @@ impl Follower {
         let Some(entry) = watched.get_mut(id) else {
             return;
         };
+        if action.starts_with("health_status") {
+            if let (Some(sink), Some(observation)) =
+                (&self.health, health_observation(&attributes, action))
+            {
+                let sink = sink.clone();
+                tokio::spawn(async move { sink.observe(observation).await });
+            }
+            return;
+        }
         match action {
             "kill" => entry.ended.signal = attributes.get("signal").and_then(|s| s.parse().ok()),
             "oom" => entry.ended.oom = true,
@@ -274,6 +319,25 @@ impl Follower {
 mod tests {
     use super::*;
     use draas_core::instance::Reason;
+
+    #[test]
+    fn health_events_become_degraded_or_running() {
+        let attributes = HashMap::from([
+            (
+                "draas.instanceId".to_string(),
+                "i-0123456789abcdef0123456789abcdef".to_string(),
+            ),
+            ("draas.generation".to_string(), "3".to_string()),
+        ]);
+        let sick = health_observation(&attributes, "health_status: unhealthy").unwrap();
+        assert_eq!(sick.state, draas_core::instance::ActualState::Degraded);
+        assert_eq!(sick.reason, Some(Reason::Unhealthy));
+        assert_eq!(sick.observed_generation, Some(3));
+        let well = health_observation(&attributes, "health_status: healthy").unwrap();
+        assert_eq!(well.state, draas_core::instance::ActualState::Running);
+        assert!(health_observation(&attributes, "health_status: starting").is_none());
+        assert!(health_observation(&HashMap::new(), "health_status: healthy").is_none());
+    }
 
     #[test]
     fn how_a_container_ended_follows_its_events() {

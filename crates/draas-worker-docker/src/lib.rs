@@ -77,7 +77,7 @@ pub async fn driver(
 ) -> Result<DockerDriver, draas_core::ports::StoreError> {
     let installation = draas_core::installation::id(context.store.as_ref()).await?;
     Ok(ManagedDriver::new(
-        DockerPlatform::new(engine, settings, installation),
+        DockerPlatform::new(engine, settings, installation, Some(context.sink())),
         context,
     ))
 }

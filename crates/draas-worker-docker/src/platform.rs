@@ -68,9 +68,15 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl DockerPlatform {
-    /// The platform of `engine`, for `installation`'s containers.
-    pub fn new(engine: Engine, settings: DockerSettings, installation: String) -> Self {
-        let events = ExitEvents::start(engine.docker.clone(), &installation);
+    /// The platform of `engine`, for `installation`'s containers; health
+    /// changes of its containers go to `health`.
+    pub fn new(
+        engine: Engine,
+        settings: DockerSettings,
+        installation: String,
+        health: Option<crate::events::HealthSink>,
+    ) -> Self {
+        let events = ExitEvents::start(engine.docker.clone(), &installation, health);
         Self {
             engine,
             settings,

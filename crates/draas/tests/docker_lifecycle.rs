@@ -577,3 +577,78 @@ async fn the_docker_daemon_reports_an_engine_no_worker_serves() {
         "{changes}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_makes_the_instance_degraded() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = docker();
+    // An image of the runtime whose HEALTHCHECK always fails.
+    let base = std::process::Command::new(common::DRAAS)
+        .args(["image", "build", "--tag", IMAGE, "--runtime"])
+        .arg(common::runtime_binary())
+        .output()
+        .expect("draas image build");
+    assert!(
+        base.status.success(),
+        "{}",
+        String::from_utf8_lossy(&base.stderr)
+    );
+    let tag = format!("draas-runtime:e2e-unhealthy-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM {IMAGE}\nHEALTHCHECK --interval=1s --timeout=1s --retries=1 \
+         CMD [\"/usr/local/bin/draas-runtime\", \"validate\", \"--config\", \"/nonexistent.yaml\"]\n"
+    );
+    let mut context = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    context
+        .append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
+        .unwrap();
+    let mut build = docker.build_image(
+        bollard::query_parameters::BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&tag)
+            .rm(true)
+            .build(),
+        None,
+        Some(bollard::body_full(context.into_inner().unwrap().into())),
+    );
+    while let Some(step) = build.next().await {
+        step.expect("the unhealthy image builds");
+    }
+
+    let draas = up(dir.path()).await;
+    docker_platform(&draas).await;
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "sickly", "platformType": "Docker",
+                        "serverConfiguration": {"docker": {"image": tag}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let degraded = draas
+        .wait_state(&id, "Degraded", Duration::from_secs(30))
+        .await;
+    assert_eq!(degraded["status"]["reason"], "Unhealthy", "{degraded}");
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let _ = docker
+        .remove_image(
+            &tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+}
