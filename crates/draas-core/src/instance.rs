@@ -240,7 +240,9 @@ pub enum Reason {
     ExitedWithCode,
     /// The server was killed by a signal it did not ask for.
     KilledBySignal,
-    /// The server was killed for running out of memory.
+    /// The server was killed for running out of memory (Kubernetes's and
+    /// Docker's own word for it).
+    #[serde(rename = "OOMKilled", alias = "OomKilled")]
     OomKilled,
     /// Readiness was not reached within the start timeout.
     StartTimeout,
@@ -252,6 +254,15 @@ pub enum Reason {
     ExecutableMissing,
     /// The container image is missing.
     ImageMissing,
+    /// Kubernetes restarts the server's container after crashes, waiting
+    /// longer each time.
+    CrashLoopBackOff,
+    /// Kubernetes cannot pull the server's image (it keeps trying).
+    ImagePullBackOff,
+    /// The image is not on the node and the pull policy forbids pulling it.
+    ErrImageNeverPull,
+    /// No node can run the server (resources, node selector).
+    Unschedulable,
     /// A Drasi component reported `Error`.
     ComponentError,
     /// The platform's health check of the server fails (a container's
@@ -334,6 +345,11 @@ pub enum PlatformHandle {
         namespace: String,
         /// Deployment name.
         name: String,
+        /// The Deployment's `metadata.generation` when this server was
+        /// launched: every launch (a new configuration, a start after a
+        /// stop) changes it, as a new pid or container id would.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revision: Option<i64>,
     },
 }
 
@@ -348,7 +364,17 @@ impl fmt::Display for PlatformHandle {
                     &container_id[..container_id.len().min(12)]
                 )
             }
-            Self::Deployment { namespace, name } => write!(f, "deployment {namespace}/{name}"),
+            Self::Deployment {
+                namespace,
+                name,
+                revision,
+            } => {
+                write!(f, "deployment {namespace}/{name}")?;
+                match revision {
+                    Some(revision) => write!(f, " (generation {revision})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -451,6 +477,32 @@ pub struct KubernetesOptions {
     /// Labels a node must carry to run the server.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// When the node pulls the image (default: the worker's setting,
+    /// `IfNotPresent` unless configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+/// When a Kubernetes node pulls a server's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImagePullPolicy {
+    /// On every start.
+    Always,
+    /// Only when the node does not have it.
+    IfNotPresent,
+    /// Never: the image must be on the node.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// Kubernetes's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
 }
 
 /// Kubernetes resource requests and limits.
@@ -883,6 +935,19 @@ mod tests {
     fn unknown_reasons_from_newer_peers_still_parse() {
         let r: Reason = serde_json::from_str("\"SomethingNew\"").unwrap();
         assert_eq!(r, Reason::Other);
+    }
+
+    #[test]
+    fn out_of_memory_is_named_as_kubernetes_and_docker_name_it() {
+        assert_eq!(
+            serde_json::to_string(&Reason::OomKilled).unwrap(),
+            "\"OOMKilled\""
+        );
+        // Statuses stored by earlier versions still read.
+        let old: Reason = serde_json::from_str("\"OomKilled\"").unwrap();
+        assert_eq!(old, Reason::OomKilled);
+        let crash: Reason = serde_json::from_str("\"CrashLoopBackOff\"").unwrap();
+        assert_eq!(crash, Reason::CrashLoopBackOff);
     }
 
     #[test]

@@ -235,6 +235,11 @@ fn apply(instance: &mut Instance, observation: &Observation) {
                 runtime.handle = None;
             }
         }
+        RuntimeUpdate::Restarted(code) => {
+            if let Some(runtime) = &mut instance.runtime {
+                runtime.last_exit_code = *code;
+            }
+        }
         RuntimeUpdate::Clear => instance.runtime = None,
     }
 }

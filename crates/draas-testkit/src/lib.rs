@@ -9,6 +9,8 @@
 
 pub mod conformance;
 pub mod fake;
+pub mod kubelet;
+pub mod kubernetes;
 pub mod process;
 pub mod redis_server;
 

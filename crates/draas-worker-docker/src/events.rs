@@ -44,6 +44,7 @@ impl Ended {
                 signal: None,
                 oom_killed: true,
                 description: format!("was killed for running out of memory (exit code {code})"),
+                cause: None,
             };
         }
         let by_signal = self
@@ -56,6 +57,7 @@ impl Ended {
                 signal: Some(signal),
                 oom_killed: false,
                 description: format!("was killed by signal {signal}{}", signal_name(signal)),
+                cause: None,
             },
             None => Exit::code(code),
         }

@@ -86,6 +86,25 @@ pub async fn inspect(docker: &Docker, image: &str) -> Result<Option<ImageFacts>,
     }
 }
 
+/// Makes sure the runtime image `tag` is built from `binary` as it is now:
+/// builds it when missing or built from another binary. Returns whether it
+/// built.
+pub async fn ensure_runtime_image(
+    docker: &Docker,
+    binary: &Path,
+    tag: &str,
+) -> Result<bool, ImageError> {
+    let wanted = fingerprint(binary);
+    let current = inspect(docker, tag).await?.is_some_and(|facts| {
+        wanted.is_some() && facts.labels.get(RUNTIME_LABEL) == wanted.as_ref()
+    });
+    if current {
+        return Ok(false);
+    }
+    build_runtime_image(docker, binary, tag).await?;
+    Ok(true)
+}
+
 /// Builds the runtime image `tag` from the static `binary` (the bundled
 /// `draas-runtime`). Returns the image id. The image the tag named before
 /// is removed when no container uses it, so rebuilds leave nothing behind.

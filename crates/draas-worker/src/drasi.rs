@@ -9,23 +9,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use draas_core::instance::{ActualState, InstanceId, Reason};
 use draas_core::messages::ErrorCode;
 use draas_core::ports::{Components, Observation, Readiness, StatusSink};
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
 
 /// How long one call to a server's API may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A server's API, from the worker's side.
-#[derive(Clone, Debug)]
-pub struct ServerApi {
-    base: String,
-    client: reqwest::Client,
+/// How the worker reaches a server's API. Directly over HTTP where it can
+/// ([`HttpTransport`]); through the Kubernetes API server's service proxy
+/// where the server's network is the cluster's.
+#[async_trait]
+pub trait ServerTransport: Send + Sync + std::fmt::Debug {
+    /// `GET path` (starting with `/`, query included): the status code and
+    /// body, within [`CALL_TIMEOUT`]; `Err` when there was no answer.
+    async fn get(&self, path: &str) -> Result<(u16, Bytes), String>;
+
+    /// `GET path` as a stream of body chunks, without a timeout (an event
+    /// stream lives as long as the server).
+    async fn stream(&self, path: &str)
+        -> Result<BoxStream<'static, Result<Bytes, String>>, String>;
 }
 
-impl ServerApi {
+/// Plain HTTP to `http://host:port`.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    base: String,
+    client: reqwest::Client,
+    streaming: reqwest::Client,
+}
+
+impl HttpTransport {
     /// The API at `base` (`http://host:port`).
     pub fn new(base: impl Into<String>) -> Self {
         let client = reqwest::Client::builder()
@@ -35,21 +54,65 @@ impl ServerApi {
         Self {
             base: base.into(),
             client,
+            streaming: reqwest::Client::new(),
         }
     }
+}
 
-    /// The base URL.
-    pub fn url(&self) -> &str {
-        &self.base
+#[async_trait]
+impl ServerTransport for HttpTransport {
+    async fn get(&self, path: &str) -> Result<(u16, Bytes), String> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
+    }
+
+    async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, String>>, String> {
+        let response = self
+            .streaming
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{path} answered {}", response.status()));
+        }
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| e.to_string()))
+            .boxed())
+    }
+}
+
+/// A server's API, from the worker's side. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ServerApi {
+    transport: Arc<dyn ServerTransport>,
+}
+
+impl ServerApi {
+    /// The API at `base` (`http://host:port`), over plain HTTP.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self::over(Arc::new(HttpTransport::new(base)))
+    }
+
+    /// The API reached through `transport`.
+    pub fn over(transport: Arc<dyn ServerTransport>) -> Self {
+        Self { transport }
     }
 
     /// Whether `/health` answers 200.
     pub async fn healthy(&self) -> bool {
-        self.client
-            .get(format!("{}/health", self.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        matches!(self.transport.get("/health").await, Ok((200..=299, _)))
     }
 
     /// Every component with its status; `None` when the server does not
@@ -68,21 +131,22 @@ impl ServerApi {
     }
 
     async fn list(&self, kind: &str) -> Option<Vec<draas_core::ports::ComponentStatus>> {
-        let body: Value = self
-            .client
-            .get(format!("{}/api/v1/{kind}", self.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let (status, body) = self.transport.get(&format!("/api/v1/{kind}")).await.ok()?;
+        if !(200..300).contains(&status) {
+            return None;
+        }
+        let body: Value = serde_json::from_slice(&body).ok()?;
         serde_json::from_value(body.get("data").cloned().unwrap_or(Value::Array(vec![]))).ok()
     }
 
     /// What the components add up to, if the server answers.
     pub async fn readiness(&self) -> Option<Readiness> {
         Some(self.components().await?.readiness())
+    }
+
+    /// The server's component events (`/api/v1/events`), as a stream.
+    async fn events(&self) -> Result<BoxStream<'static, Result<Bytes, String>>, String> {
+        self.transport.stream("/api/v1/events").await
     }
 }
 
@@ -96,15 +160,10 @@ pub async fn watch_components(
     generation: u64,
     sink: Arc<dyn StatusSink>,
 ) {
-    // No timeout: the stream lives as long as the server.
-    let Ok(response) = reqwest::Client::new()
-        .get(format!("{}/api/v1/events", api.base))
-        .send()
-        .await
-    else {
+    let Ok(chunks) = api.events().await else {
         return;
     };
-    let mut events = eventsource_stream::EventStream::new(response.bytes_stream());
+    let mut events = eventsource_stream::EventStream::new(chunks);
     let mut degraded = false;
     while let Some(Ok(event)) = events.next().await {
         let Ok(body) = serde_json::from_str::<Value>(&event.data) else {

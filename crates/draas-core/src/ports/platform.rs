@@ -174,6 +174,9 @@ pub enum RuntimeUpdate {
     Set(RuntimeInfo),
     /// Keep it but note the last exit code (the server is gone).
     Exited(Option<i32>),
+    /// Keep it, handle included, noting the exit code of the server's last
+    /// run: the platform restarts the server itself (Kubernetes).
+    Restarted(Option<i32>),
     /// Remove it.
     Clear,
 }

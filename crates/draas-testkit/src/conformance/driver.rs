@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use draas_core::instance::{
     ActualState, DesiredState, Instance, InstanceConfiguration, InstanceId, InstanceStatus,
-    PlatformHandle, PlatformType, Reason, ServerConfiguration,
+    PlatformHandle, PlatformType, Reason, RuntimeInfo, ServerConfiguration,
 };
 use draas_core::keys;
 use draas_core::messages::{LogStream, LogsSpec, StartSpec, StopSpec};
@@ -46,8 +46,38 @@ pub trait DriverFixture: Send + Sync {
     fn start_spec(&self, id: &InstanceId, generation: u64) -> StartSpec;
 
     /// Kills the server of `handle` behind the driver's back (`kill -9`,
-    /// `docker kill`).
+    /// `docker kill`; on Kubernetes, its container, which the kubelet then
+    /// restarts).
     async fn crash(&self, handle: &PlatformHandle);
+
+    /// Makes the server of `handle` go away for good behind the driver's
+    /// back. Default: [`crash`](Self::crash), where a crashed server stays
+    /// dead; on Kubernetes, its Deployment is deleted.
+    async fn vanish(&self, handle: &PlatformHandle) {
+        self.crash(handle).await;
+    }
+
+    /// Whether the platform restarts a crashed server itself (Kubernetes):
+    /// then a crash is reported as it happens and the server stays managed
+    /// and comes back `Running`.
+    fn restarts_crashed_servers(&self) -> bool {
+        false
+    }
+
+    /// Whether a stopped server's output can still be read (files and
+    /// stopped containers keep it; a deleted pod's logs are gone).
+    fn output_outlives_the_server(&self) -> bool {
+        true
+    }
+
+    /// Whether the server whose runtime info is `runtime` answers
+    /// `/health`, asked the way a user of the platform would. Default:
+    /// `GET {endpoint}/health`.
+    async fn answers_health(&self, runtime: &RuntimeInfo) -> bool {
+        reqwest::get(format!("{}/health", runtime.endpoint))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
 
     /// Whether the server of `handle` still runs on the platform.
     async fn is_running(&self, handle: &PlatformHandle) -> bool;
@@ -218,12 +248,11 @@ impl Suite<'_> {
         let spec = self.fixture.start_spec(&id, 1);
         let first = driver.start(&id, &spec).await.expect("start");
         assert_eq!(first.state, ActualState::Running, "{first:?}");
-        let health = format!("{}/health", first.runtime.endpoint);
-        let answered = reqwest::get(&health)
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        assert!(answered, "{health} answers once the start returned");
+        assert!(
+            self.fixture.answers_health(&first.runtime).await,
+            "{}/health answers once the start returned",
+            first.runtime.endpoint
+        );
         assert_eq!(driver.running_generation(&id).await, Some(1));
         let live = driver.status(&id).await.expect("status");
         assert!(live.running && live.healthy == Some(true), "{live:?}");
@@ -285,7 +314,12 @@ impl Suite<'_> {
         assert!(
             matches!(
                 failed.status.reason,
-                Some(Reason::KilledBySignal | Reason::ExitedWithCode | Reason::OomKilled)
+                Some(
+                    Reason::KilledBySignal
+                        | Reason::ExitedWithCode
+                        | Reason::OomKilled
+                        | Reason::CrashLoopBackOff
+                )
             ),
             "{:?}",
             failed.status
@@ -300,7 +334,18 @@ impl Suite<'_> {
             failed.status
         );
         assert!(took <= CRASH_REPORTED_WITHIN, "{took:?}");
-        assert_eq!(driver.running().await, 0, "no longer managed");
+        if self.fixture.restarts_crashed_servers() {
+            // The platform starts it again, and it is seen coming back.
+            let back = self
+                .recorded_state(&id, ActualState::Running, Duration::from_secs(30))
+                .await;
+            assert_eq!(back.status.reason, Some(Reason::Ready), "{:?}", back.status);
+            assert_eq!(driver.running().await, 1, "still managed");
+            assert_eq!(driver.running_generation(&id).await, Some(1));
+            assert!(self.fixture.is_running(&handle).await);
+        } else {
+            assert_eq!(driver.running().await, 0, "no longer managed");
+        }
         driver.delete(&id, &stop_spec()).await.expect("delete");
     }
 
@@ -338,7 +383,9 @@ impl Suite<'_> {
             )
             .await
             .expect("logs of a stopped server");
-        assert!(!after.is_empty(), "output outlives the server");
+        if self.fixture.output_outlives_the_server() {
+            assert!(!after.is_empty(), "output outlives the server");
+        }
         driver.delete(&id, &stop_spec()).await.expect("delete");
     }
 
@@ -369,7 +416,7 @@ impl Suite<'_> {
         before.detach().await;
         drop(before);
         // While the worker is down, one server dies.
-        self.fixture.crash(&lost_handle).await;
+        self.fixture.vanish(&lost_handle).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.fixture.is_running(&lost_handle).await {
             assert!(Instant::now() < deadline, "the crashed server is gone");
@@ -401,7 +448,7 @@ impl Suite<'_> {
         let handle = self.start(&before, &id).await;
         before.detach().await;
         drop(before);
-        self.fixture.crash(&handle).await;
+        self.fixture.vanish(&handle).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.fixture.is_running(&handle).await {
             assert!(Instant::now() < deadline, "the crashed server is gone");

@@ -16,6 +16,9 @@ pub struct Exit {
     pub oom_killed: bool,
     /// For humans: "exited with code 1", "was killed by signal 9 (SIGKILL)".
     pub description: String,
+    /// Why, when the platform knows better than an exit status (a
+    /// Kubernetes Deployment deleted behind DRaaS's back).
+    pub cause: Option<Reason>,
 }
 
 impl Exit {
@@ -26,6 +29,7 @@ impl Exit {
             signal: None,
             oom_killed: false,
             description: format!("exited with code {code}"),
+            cause: None,
         }
     }
 
@@ -36,6 +40,7 @@ impl Exit {
             signal: Some(signal),
             oom_killed: false,
             description: format!("was killed by signal {signal}{}", signal_name(signal)),
+            cause: None,
         }
     }
 
@@ -46,12 +51,23 @@ impl Exit {
             signal: None,
             oom_killed: false,
             description: description.into(),
+            cause: None,
+        }
+    }
+
+    /// The server ended because of `cause`, as `description` says.
+    pub fn because(cause: Reason, description: impl Into<String>) -> Self {
+        Self {
+            cause: Some(cause),
+            ..Self::unknown(description)
         }
     }
 
     /// The reason a crash with this exit is reported with.
     pub fn reason(&self) -> Reason {
-        if self.oom_killed {
+        if let Some(cause) = self.cause {
+            cause
+        } else if self.oom_killed {
             Reason::OomKilled
         } else if self.signal.is_some() {
             Reason::KilledBySignal

@@ -26,6 +26,7 @@
 //!                              └──StatusSink──▶ the worker's StatusRecorder
 //! ```
 
+mod condition;
 mod exit;
 mod records;
 mod registry;
@@ -40,14 +41,17 @@ use draas_core::instance::{
     ActualState, InstanceId, PlatformHandle, PlatformType, Reason, RuntimeInfo,
 };
 use draas_core::messages::{ErrorCode, LogsSpec, StartSpec, StopSpec};
+use draas_core::policy::SilentWorker;
 use draas_core::ports::{
     DriverError, LiveStatus, Observation, PlatformDriver, Readiness, RuntimeUpdate, Started,
     StatusSink,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub use condition::Condition;
 pub use exit::{exit_channel, signal_name, Exit, ExitNotifier, ExitWatch};
 pub use records::{Records, ServerAddress, ServerRecord, Takeover};
 pub use registry::Phase;
@@ -60,6 +64,9 @@ use registry::{Registry, Snapshot, Task};
 const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 /// How long a killed server may take to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How often a worker of a platform whose servers outlive a silent worker
+/// (Kubernetes) looks for servers whose worker died, to watch them.
+const ADOPT_EVERY: Duration = Duration::from_secs(5);
 
 /// A server a platform launched.
 pub struct Launched<R, H> {
@@ -163,6 +170,21 @@ pub trait Platform: Send + Sync + 'static {
     /// The handle shown in the instance's runtime info.
     fn handle_of(&self, record: &Self::Record) -> PlatformHandle;
 
+    /// How the worker reaches the API of the server `record` names.
+    /// Default: plain HTTP to `address.api_url`.
+    fn server_api(&self, _record: &Self::Record, address: &ServerAddress) -> ServerApi {
+        ServerApi::new(&address.api_url)
+    }
+
+    /// For a platform that restarts its servers itself (Kubernetes): the
+    /// server's [`Condition`], kept current by the platform. Then readiness
+    /// waits for `Ready` instead of polling `/health`, and every change of a
+    /// running server is reported as it happens. Default `None`: a crash is
+    /// an exit.
+    fn condition(&self, _handle: &Self::Handle) -> Option<watch::Receiver<Condition>> {
+        None
+    }
+
     /// How often [`upkeep`](Self::upkeep) runs, if at all.
     fn upkeep_every(&self) -> Option<Duration> {
         None
@@ -183,6 +205,9 @@ struct Inner<P: Platform> {
     records: Records<P::Record>,
     servers: Registry<P::Record, P::Handle>,
     upkeep_started: AtomicBool,
+    adoption_started: AtomicBool,
+    /// Set by `detach`: background sweeps end.
+    detached: AtomicBool,
 }
 
 /// A [`PlatformDriver`] for platform `P`; see the module docs. Cheap to
@@ -218,6 +243,8 @@ impl<P: Platform> ManagedDriver<P> {
                 records,
                 servers: Registry::default(),
                 upkeep_started: AtomicBool::new(false),
+                adoption_started: AtomicBool::new(false),
+                detached: AtomicBool::new(false),
                 store: context.store.clone(),
                 platform,
             }),
@@ -282,10 +309,16 @@ impl<P: Platform> Inner<P> {
                 Phase::Running,
             );
             self.spawn_monitor(id, serial, exit.clone());
-            self.spawn_component_watch(id, serial, record);
+            self.spawn_condition_watch(id, serial, handle);
+            self.spawn_component_watch(id, serial, record, false);
             info!(instance = %id, "adopted a running server");
         }
         Ok(takeover)
+    }
+
+    /// The API of the server `record` names.
+    fn api(&self, record: &ServerRecord<P::Record>) -> ServerApi {
+        self.platform.server_api(&record.platform, &record.address)
     }
 
     fn runtime_info(&self, record: &ServerRecord<P::Record>) -> RuntimeInfo {
@@ -341,18 +374,20 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Follows the server's component events, unless something already
-    /// does for this registration.
+    /// does for this registration (`again`: the server was restarted by its
+    /// platform, and the earlier watch ended with it).
     fn spawn_component_watch(
         self: &Arc<Self>,
         id: &InstanceId,
         serial: u64,
         record: &ServerRecord<P::Record>,
+        again: bool,
     ) {
-        if self.servers.has_task(id, serial, Task::Components) {
+        if !again && self.servers.has_task(id, serial, Task::Components) {
             return;
         }
         let task = tokio::spawn(watch_components(
-            ServerApi::new(&record.address.api_url),
+            self.api(record),
             id.clone(),
             record.generation,
             self.sink.clone(),
@@ -373,7 +408,7 @@ impl<P: Platform> Inner<P> {
             let Some(current) = me.servers.get(&instance) else {
                 return;
             };
-            let api = ServerApi::new(&current.record.address.api_url);
+            let api = me.api(&current.record);
             let deadline = Instant::now() + CONFIRM_WITHIN;
             let (state, reason, message) = loop {
                 if api.healthy().await {
@@ -409,6 +444,171 @@ impl<P: Platform> Inner<P> {
         });
         self.servers
             .attach(id, serial, Task::Confirm, task.abort_handle());
+    }
+
+    /// Reports every change of a running server's platform condition, for
+    /// a platform that has them (see [`Condition`]).
+    fn spawn_condition_watch(self: &Arc<Self>, id: &InstanceId, serial: u64, handle: &P::Handle) {
+        let Some(mut changes) = self.platform.condition(handle) else {
+            return;
+        };
+        let me = self.clone();
+        let instance = id.clone();
+        let task = tokio::spawn(async move {
+            // A registration is `Running` only once it was ready.
+            let mut was_ready = true;
+            while changes.changed().await.is_ok() {
+                let current = changes.borrow_and_update().clone();
+                let Some(server) = me.servers.get(&instance).filter(|s| s.serial == serial) else {
+                    return;
+                };
+                if server.phase != Phase::Running {
+                    // Starting: `await_ready` reads the condition itself.
+                    // Stopping: nothing is news.
+                    continue;
+                }
+                match current {
+                    Condition::Ready => {
+                        if !was_ready {
+                            info!(instance = %instance, "the server is ready again");
+                            me.spawn_component_watch(&instance, serial, &server.record, true);
+                            me.spawn_confirm(&instance, serial);
+                        }
+                        was_ready = true;
+                    }
+                    Condition::Waiting {
+                        state,
+                        reason,
+                        message,
+                    } => {
+                        was_ready = false;
+                        me.sink
+                            .observe(
+                                Observation::now(instance.clone(), state, reason).message(message),
+                            )
+                            .await;
+                    }
+                    Condition::Failing {
+                        reason,
+                        message,
+                        exit_code,
+                        crashed,
+                    } => {
+                        was_ready = false;
+                        warn!(instance = %instance, "{message}");
+                        let words = if crashed {
+                            me.platform
+                                .last_words(&instance, &server.record.platform, false)
+                                .await
+                        } else {
+                            String::new()
+                        };
+                        let message = if words.is_empty() {
+                            message
+                        } else {
+                            format!("{message}: {words}")
+                        };
+                        me.sink
+                            .observe(
+                                Observation::now(
+                                    instance.clone(),
+                                    ActualState::Failed,
+                                    Some(reason),
+                                )
+                                .message(message)
+                                .runtime(RuntimeUpdate::Restarted(exit_code)),
+                            )
+                            .await;
+                    }
+                }
+            }
+        });
+        self.servers
+            .attach(id, serial, Task::Condition, task.abort_handle());
+    }
+
+    /// Reports what a takeover found: an adopted server is confirmed
+    /// healthy, a vanished one is `Failed`.
+    async fn after_takeover(
+        self: &Arc<Self>,
+        id: &InstanceId,
+        takeover: &Takeover<P::Record, (P::Handle, ExitWatch)>,
+    ) -> bool {
+        match takeover {
+            Takeover::Adopted(..) => {
+                if let Some(server) = self.servers.get(id) {
+                    self.spawn_confirm(id, server.serial);
+                }
+                true
+            }
+            Takeover::Gone(record) => {
+                warn!(instance = %id, "server gone while its worker was down");
+                self.sink
+                    .observe(
+                        Observation::now(
+                            id.clone(),
+                            ActualState::Failed,
+                            Some(Reason::LostWhileWorkerDown),
+                        )
+                        .message(format!(
+                            "the server ({}) was gone when its worker restarted",
+                            self.platform.handle_of(&record.platform)
+                        ))
+                        .runtime(RuntimeUpdate::Exited(None)),
+                    )
+                    .await;
+                false
+            }
+            // Another live worker's server, a stopped one, or gone.
+            Takeover::OwnedBy(_) | Takeover::Stopped(_) | Takeover::NoRecord => false,
+        }
+    }
+
+    /// On a platform whose servers outlive a silent worker (Kubernetes),
+    /// adopts now and then the running servers of workers that died, so
+    /// that someone watches them (started once).
+    fn start_adoption(self: &Arc<Self>) {
+        if self.platform.platform().policy().silent_worker != SilentWorker::LeavesInstancesAlone
+            || self.adoption_started.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ADOPT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.detached.load(Ordering::SeqCst) {
+                    return;
+                }
+                inner.adopt_unwatched().await;
+            }
+        });
+    }
+
+    /// Takes over the running servers of this scope whose owner is not
+    /// this worker and is dead.
+    async fn adopt_unwatched(self: &Arc<Self>) {
+        let Ok(records) = self.records.list().await else {
+            return;
+        };
+        for (id, record) in records {
+            if !record.running || record.owner == self.worker_id || self.servers.get(&id).is_some()
+            {
+                continue;
+            }
+            match self.take_over(&id).await {
+                Ok(takeover) => {
+                    if self.after_takeover(&id, &takeover).await {
+                        info!(instance = %id, owner = %record.owner, "adopted the server of a dead worker");
+                    }
+                }
+                Err(e) => warn!(instance = %id, "cannot take the server over: {e}"),
+            }
+        }
     }
 
     /// Removes the platform objects of instances that no longer exist (they
@@ -499,6 +699,7 @@ impl<P: Platform> Inner<P> {
             return Err(e.with_state(ActualState::Failed, Reason::PlatformError));
         }
         self.spawn_monitor(id, serial, launched.exit);
+        self.spawn_condition_watch(id, serial, &launched.handle);
         info!(instance = %id, generation = spec.generation, "launched");
         let deadline = Instant::now()
             + Duration::from_secs(u64::from(spec.server_configuration.start_timeout_seconds));
@@ -518,9 +719,12 @@ impl<P: Platform> Inner<P> {
                 "the server was replaced or stopped while starting",
             ));
         };
-        let api = ServerApi::new(&server.record.address.api_url);
+        let api = self.api(&server.record);
+        let mut condition = self.platform.condition(&server.handle);
         let mut healthy = false;
+        let mut waiting_for: Option<String> = None;
         let mut polls = 0u32;
+        // Err: the error, and whether the server must be killed first.
         let outcome = loop {
             if let Some(exit) = server.exit.current() {
                 let words = self
@@ -528,16 +732,30 @@ impl<P: Platform> Inner<P> {
                     .last_words(id, &server.record.platform, true)
                     .await;
                 let (code, reason) = classify_startup_failure(&words);
-                break Err(DriverError::new(
-                    code,
-                    format!(
-                        "the server {} before it was ready: {words}",
-                        exit.description
-                    ),
-                )
-                .with_state(ActualState::Failed, reason));
+                break Err((
+                    DriverError::new(
+                        code,
+                        format!(
+                            "the server {} before it was ready: {words}",
+                            exit.description
+                        ),
+                    )
+                    .with_state(ActualState::Failed, reason),
+                    false,
+                ));
             }
-            healthy = healthy || api.healthy().await;
+            match condition.as_ref().map(|c| c.borrow().clone()) {
+                Some(failing @ Condition::Failing { .. }) => {
+                    break Err((self.failed_start(id, &server.record, failing).await, true));
+                }
+                Some(Condition::Ready) => healthy = true,
+                Some(Condition::Waiting { message, .. }) => {
+                    healthy = false;
+                    waiting_for = Some(message);
+                }
+                // No platform condition: `/health` says when startup ended.
+                None => healthy = healthy || api.healthy().await,
+            }
             if healthy {
                 match api.readiness().await {
                     Some(Readiness::Ready) => break Ok((ActualState::Running, None)),
@@ -545,23 +763,46 @@ impl<P: Platform> Inner<P> {
                     Some(Readiness::Starting) | None => {}
                 }
             }
-            if Instant::now() >= deadline {
-                let what = if healthy {
-                    "its components did not all start"
-                } else {
-                    "/health did not answer"
+            let now = Instant::now();
+            if now >= deadline {
+                let what = match (&waiting_for, healthy) {
+                    (_, true) => "its components did not all start".to_string(),
+                    (Some(waiting), false) => waiting.clone(),
+                    (None, false) => "/health did not answer".to_string(),
                 };
-                break Err(DriverError::new(
-                    ErrorCode::StartTimeout,
-                    format!("the server was not ready in time: {what}; it was killed"),
-                )
-                .with_state(ActualState::Failed, Reason::StartTimeout));
+                break Err((
+                    DriverError::new(
+                        ErrorCode::StartTimeout,
+                        format!("the server was not ready in time: {what}; it was killed"),
+                    )
+                    .with_state(ActualState::Failed, Reason::StartTimeout),
+                    true,
+                ));
             }
-            // Servers usually start in milliseconds: look often at first (a
-            // refused connection costs microseconds), then every 25 ms.
-            let pause = if polls < 200 { 1 } else { 25 };
-            polls += 1;
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            match condition.as_mut() {
+                // The platform says when something changes: wait for that
+                // (bounded, to notice the exit and the deadline).
+                Some(changes) if !healthy => {
+                    let bound = Duration::from_millis(250).min(deadline - now);
+                    if let Ok(Err(_)) = tokio::time::timeout(bound, changes.changed()).await {
+                        // The platform stopped following the server; its
+                        // exit watch says what became of it.
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+                _ => {
+                    // Servers usually start in milliseconds: look often at
+                    // first (a refused connection costs microseconds), then
+                    // every 25 ms.
+                    let pause = if polls < 200 && condition.is_none() {
+                        1
+                    } else {
+                        25
+                    };
+                    polls += 1;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
         };
         match outcome {
             Ok((state, message)) => {
@@ -573,9 +814,10 @@ impl<P: Platform> Inner<P> {
                         "the server was stopped while starting",
                     ));
                 }
-                self.spawn_component_watch(id, serial, &server.record);
-                // The server may have exited between the last look and the
-                // phase change, when the monitor would not report it.
+                self.spawn_component_watch(id, serial, &server.record, false);
+                // The server may have exited (or started failing) between
+                // the last look and the phase change, when the monitor
+                // would not report it.
                 if server.exit.has_exited() {
                     let words = self
                         .platform
@@ -588,21 +830,85 @@ impl<P: Platform> Inner<P> {
                     )
                     .with_state(ActualState::Failed, Reason::ExitedWithCode));
                 }
+                if let Some(failing @ Condition::Failing { .. }) =
+                    condition.as_ref().map(|c| c.borrow().clone())
+                {
+                    let e = self.failed_start(id, &server.record, failing).await;
+                    self.kill_and_forget(id, &server).await;
+                    return Err(e);
+                }
                 Ok(Started {
                     runtime: self.runtime_info(&server.record),
                     state,
                     message,
                 })
             }
-            Err(e) => {
-                if e.code == ErrorCode::StartTimeout {
-                    self.platform.kill(id, &server.handle).await;
-                    let _ = tokio::time::timeout(KILL_WAIT, server.exit.wait()).await;
+            Err((e, kill)) => {
+                if kill {
+                    self.kill_and_forget(id, &server).await;
+                } else {
+                    self.forget(id, serial).await;
                 }
-                self.forget(id, serial).await;
                 Err(e)
             }
         }
+    }
+
+    /// Kills registration `server` of `id`, waits (bounded) for it to be
+    /// gone, and forgets it.
+    async fn kill_and_forget(&self, id: &InstanceId, server: &Snapshot<P::Record, P::Handle>) {
+        self.platform.kill(id, &server.handle).await;
+        let _ = tokio::time::timeout(KILL_WAIT, server.exit.wait()).await;
+        self.forget(id, server.serial).await;
+    }
+
+    /// The error of a start the platform says is failing (`failing` is a
+    /// [`Condition::Failing`]): a server that crashed is judged by its last
+    /// words, as one that exited (a rejected configuration is
+    /// `ConfigRejected`, whatever the platform calls the crash).
+    async fn failed_start(
+        &self,
+        id: &InstanceId,
+        record: &ServerRecord<P::Record>,
+        failing: Condition,
+    ) -> DriverError {
+        let Condition::Failing {
+            reason,
+            message,
+            crashed,
+            ..
+        } = failing
+        else {
+            return DriverError::new(ErrorCode::PlatformError, "the server failed to start")
+                .with_state(ActualState::Failed, Reason::PlatformError);
+        };
+        if !crashed {
+            let code = match reason {
+                Reason::ImagePullBackOff | Reason::ErrImageNeverPull | Reason::ImageMissing => {
+                    ErrorCode::ImageMissing
+                }
+                _ => ErrorCode::PlatformError,
+            };
+            return DriverError::new(code, format!("the server could not start: {message}"))
+                .with_state(ActualState::Failed, reason);
+        }
+        let words = self.platform.last_words(id, &record.platform, true).await;
+        let (code, classified) = classify_startup_failure(&words);
+        let reason = if classified == Reason::ExitedWithCode {
+            reason
+        } else {
+            classified
+        };
+        let detail = if words.is_empty() {
+            message
+        } else {
+            format!("{message}: {words}")
+        };
+        DriverError::new(
+            code,
+            format!("the server failed before it was ready: {detail}"),
+        )
+        .with_state(ActualState::Failed, reason)
     }
 
     /// Drops registration `serial` of `id` and marks its record stopped.
@@ -636,7 +942,7 @@ impl<P: Platform> Inner<P> {
 
     /// The live view of registration `server`.
     async fn live(&self, server: &Snapshot<P::Record, P::Handle>) -> LiveStatus {
-        let api = ServerApi::new(&server.record.address.api_url);
+        let api = self.api(&server.record);
         let (healthy, components) = futures::join!(api.healthy(), api.components());
         LiveStatus {
             running: true,
@@ -747,37 +1053,17 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
         let mut adopted = 0;
         for (id, _) in records {
             match inner.take_over(&id).await {
-                Ok(Takeover::Adopted(..)) => {
-                    adopted += 1;
-                    if let Some(server) = inner.servers.get(&id) {
-                        inner.spawn_confirm(&id, server.serial);
+                Ok(takeover) => {
+                    if inner.after_takeover(&id, &takeover).await {
+                        adopted += 1;
                     }
                 }
-                Ok(Takeover::Gone(record)) => {
-                    warn!(instance = %id, "server gone while its worker was down");
-                    inner
-                        .sink
-                        .observe(
-                            Observation::now(
-                                id,
-                                ActualState::Failed,
-                                Some(Reason::LostWhileWorkerDown),
-                            )
-                            .message(format!(
-                                "the server ({}) was gone when its worker restarted",
-                                inner.platform.handle_of(&record.platform)
-                            ))
-                            .runtime(RuntimeUpdate::Exited(None)),
-                        )
-                        .await;
-                }
-                // Another live worker's server, a stopped one, or gone.
-                Ok(Takeover::OwnedBy(_) | Takeover::Stopped(_) | Takeover::NoRecord) => {}
                 Err(e) => warn!(instance = %id, "cannot take the server over: {e}"),
             }
         }
         inner.remove_orphans().await;
         inner.start_upkeep();
+        inner.start_adoption();
         Ok(adopted)
     }
 
@@ -792,6 +1078,7 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
     }
 
     async fn detach(&self) {
+        self.inner.detached.store(true, Ordering::SeqCst);
         self.inner.servers.clear();
     }
 }

@@ -35,13 +35,19 @@ pub struct Tasks {
     monitor: Option<AbortHandle>,
     components: Option<AbortHandle>,
     confirm: Option<AbortHandle>,
+    condition: Option<AbortHandle>,
 }
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for task in [&self.monitor, &self.components, &self.confirm]
-            .into_iter()
-            .flatten()
+        for task in [
+            &self.monitor,
+            &self.components,
+            &self.confirm,
+            &self.condition,
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -57,6 +63,8 @@ pub enum Task {
     Components,
     /// Confirms an adopted server's health.
     Confirm,
+    /// Follows the platform's condition of the server.
+    Condition,
 }
 
 /// One managed server.
@@ -195,6 +203,7 @@ impl<R: Clone, H: Clone> Registry<R, H> {
                     Task::Monitor => &mut e.tasks.monitor,
                     Task::Components => &mut e.tasks.components,
                     Task::Confirm => &mut e.tasks.confirm,
+                    Task::Condition => &mut e.tasks.condition,
                 };
                 if let Some(old) = place.replace(task) {
                     old.abort();
@@ -216,6 +225,7 @@ impl<R: Clone, H: Clone> Registry<R, H> {
                     Task::Monitor => e.tasks.monitor.is_some(),
                     Task::Components => e.tasks.components.is_some(),
                     Task::Confirm => e.tasks.confirm.is_some(),
+                    Task::Condition => e.tasks.condition.is_some(),
                 }
         })
     }
@@ -259,6 +269,7 @@ impl<R: Clone, H: Clone> Registry<R, H> {
             Some(Task::Monitor) => drop(entry.tasks.monitor.take()),
             Some(Task::Components) => drop(entry.tasks.components.take()),
             Some(Task::Confirm) => drop(entry.tasks.confirm.take()),
+            Some(Task::Condition) => drop(entry.tasks.condition.take()),
             None => {}
         }
         Some(entry.snapshot())
