@@ -491,3 +491,357 @@ fn amounts(a: &draas_core::instance::ResourceAmounts) -> BTreeMap<String, Quanti
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use draas_core::instance::{PlatformType, ResourceAmounts, Resources, ServerConfiguration};
+
+    fn id() -> InstanceId {
+        "i-0123456789abcdef0123456789abcdef".parse().unwrap()
+    }
+
+    fn spec() -> StartSpec {
+        let mut server_configuration = ServerConfiguration::for_platform(PlatformType::Kubernetes);
+        server_configuration.shutdown_timeout_seconds = 7;
+        StartSpec {
+            name: "orders".into(),
+            generation: 4,
+            configuration_yaml: "id: x\nport: 8080\n".into(),
+            api_host: "0.0.0.0".into(),
+            api_port: 8080,
+            listening_ports: vec![9000, 8080],
+            server_configuration,
+        }
+    }
+
+    fn plan<'a>(id: &'a InstanceId, spec: &'a StartSpec, bundled: bool) -> Plan<'a> {
+        Plan {
+            id,
+            spec,
+            namespace: "team-a",
+            image: "draas-runtime:1",
+            bundled,
+            pull_policy: ImagePullPolicy::IfNotPresent,
+            installation: "inst-1",
+            fingerprint_key: b"key",
+        }
+    }
+
+    fn container(d: &Deployment) -> &Container {
+        &d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+    }
+
+    #[test]
+    fn names_are_service_names_that_say_whose_they_are() {
+        assert_eq!(object_name("orders", &id()), "draas-orders-89abcdef");
+        let long = "a".repeat(63);
+        let name = object_name(&long, &id());
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(name.starts_with("draas-a") && name.ends_with("-89abcdef"));
+        // A name cut at a '-' does not leave "--".
+        let dashed = format!("{}-b", "a".repeat(47));
+        assert!(!object_name(&dashed, &id()).contains("--"));
+        assert_eq!(
+            config_map_name("draas-orders-89abcdef"),
+            "draas-orders-89abcdef-config"
+        );
+        assert_eq!(
+            instance_selector("inst-1", &id()),
+            "app.kubernetes.io/managed-by=draas,draas.io/installation=inst-1,\
+             draas.io/instance-id=i-0123456789abcdef0123456789abcdef"
+        );
+    }
+
+    #[test]
+    fn every_object_is_labelled_named_and_placed_in_the_namespace() {
+        let (id, mut spec) = (id(), spec());
+        spec.server_configuration
+            .environment
+            .insert("PG_PASSWORD".into(), "s3cret".into());
+        let o = objects(&plan(&id, &spec, true), None);
+        let metas = [
+            &o.config_map.metadata,
+            &o.secret.as_ref().unwrap().metadata,
+            &o.deployment.metadata,
+            &o.service.metadata,
+        ];
+        for meta in metas {
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels[MANAGED_BY], "draas");
+            assert_eq!(labels[INSTANCE_ID], id.as_str());
+            assert_eq!(labels[INSTALLATION], "inst-1");
+            assert_eq!(labels[APP_INSTANCE], "orders");
+            assert_eq!(meta.namespace.as_deref(), Some("team-a"));
+            assert!(applied_hash(meta).is_some_and(|h| h.len() == 32));
+        }
+        assert_eq!(
+            o.deployment.metadata.name.as_deref(),
+            Some("draas-orders-89abcdef")
+        );
+        assert_eq!(
+            o.service.metadata.name.as_deref(),
+            Some("draas-orders-89abcdef")
+        );
+        assert_eq!(
+            o.config_map.data.as_ref().unwrap()[CONFIG_FILE],
+            "id: x\nport: 8080\n"
+        );
+    }
+
+    #[test]
+    fn the_deployment_runs_one_recreated_hardened_server_that_is_probed_and_stopped_gently() {
+        let (id, spec) = (id(), spec());
+        let o = objects(&plan(&id, &spec, true), None);
+        let d = &o.deployment;
+        let s = d.spec.as_ref().unwrap();
+        assert_eq!(s.replicas, Some(1));
+        assert_eq!(
+            s.strategy.as_ref().unwrap().type_.as_deref(),
+            Some("Recreate")
+        );
+        let selector = s.selector.match_labels.as_ref().unwrap();
+        assert_eq!(selector.len(), 2, "only what never changes selects pods");
+        let template = s.template.metadata.as_ref().unwrap();
+        for (k, v) in selector {
+            assert_eq!(template.labels.as_ref().unwrap().get(k), Some(v));
+        }
+        assert_eq!(template.annotations.as_ref().unwrap()[GENERATION], "4");
+        let pod = s.template.spec.as_ref().unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(7));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert!(pod.node_selector.is_none());
+        let c = container(d);
+        assert_eq!(c.image.as_deref(), Some("draas-runtime:1"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.args.as_deref(),
+            Some(&["--config".to_string(), "/etc/drasi/server.yaml".to_string()][..])
+        );
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/health"));
+        assert_eq!(probe.port, IntOrString::String("api".into()));
+        let ports: Vec<_> = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone().unwrap(),
+                    p.container_port,
+                    p.protocol.clone().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("api".into(), 8080, "TCP".into()),
+                ("p-9000".into(), 9000, "TCP".into())
+            ]
+        );
+        let security = c.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert!(
+            c.lifecycle.is_none(),
+            "the bundled runtime stops on SIGTERM too"
+        );
+        assert!(c.env_from.is_none(), "no environment, no Secret");
+        assert!(o.secret.is_none());
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.mount_path.clone(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                ("/etc/drasi".into(), Some(true)),
+                ("/var/lib/drasi".into(), None)
+            ]
+        );
+        assert_eq!(c.working_dir.as_deref(), Some(WORK_DIR));
+    }
+
+    #[test]
+    fn other_images_get_sigint_before_sigterm() {
+        let (id, spec) = (id(), spec());
+        let o = objects(&plan(&id, &spec, false), None);
+        let hook = container(&o.deployment)
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .unwrap();
+        assert!(hook.last().unwrap().contains("kill -INT 1"), "{hook:?}");
+    }
+
+    #[test]
+    fn options_set_resources_node_selector_and_pull_policy() {
+        let (id, mut spec) = (id(), spec());
+        spec.server_configuration.kubernetes = Some(KubernetesOptions {
+            node_selector: BTreeMap::from([("disk".into(), "ssd".into())]),
+            resources: Some(Resources {
+                requests: Some(ResourceAmounts {
+                    cpu: Some("250m".into()),
+                    memory: None,
+                }),
+                limits: Some(ResourceAmounts {
+                    cpu: None,
+                    memory: Some("256Mi".into()),
+                }),
+            }),
+            ..KubernetesOptions::default()
+        });
+        let mut p = plan(&id, &spec, true);
+        p.pull_policy = ImagePullPolicy::Never;
+        let o = objects(&p, None);
+        let pod = o
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert_eq!(pod.node_selector.as_ref().unwrap()["disk"], "ssd");
+        let resources = pod.containers[0].resources.as_ref().unwrap();
+        assert_eq!(
+            resources.requests.as_ref().unwrap()["cpu"],
+            Quantity("250m".into())
+        );
+        assert_eq!(
+            resources.limits.as_ref().unwrap()["memory"],
+            Quantity("256Mi".into())
+        );
+        assert!(!resources.limits.as_ref().unwrap().contains_key("cpu"));
+        assert_eq!(
+            pod.containers[0].image_pull_policy.as_deref(),
+            Some("Never")
+        );
+    }
+
+    #[test]
+    fn the_service_exposes_every_port_over_tcp() {
+        let (id, spec) = (id(), spec());
+        let o = objects(&plan(&id, &spec, true), None);
+        let s = o.service.spec.as_ref().unwrap();
+        assert_eq!(s.type_.as_deref(), Some("ClusterIP"));
+        for port in s.ports.as_ref().unwrap() {
+            assert_eq!(port.protocol.as_deref(), Some("TCP"), "{port:?}");
+            assert_eq!(
+                port.target_port,
+                Some(IntOrString::String(port.name.clone().unwrap()))
+            );
+        }
+        assert_eq!(s.ports.as_ref().unwrap().len(), 2);
+        assert_eq!(
+            s.selector.as_ref().unwrap()[INSTANCE_ID],
+            id.as_str(),
+            "it selects the instance's pod"
+        );
+    }
+
+    #[test]
+    fn the_environment_is_a_secret_whose_fingerprint_reveals_nothing() {
+        let (id, mut spec) = (id(), spec());
+        spec.server_configuration
+            .environment
+            .insert("PG_PASSWORD".into(), "s3cret".into());
+        let o = objects(&plan(&id, &spec, true), None);
+        let secret = o.secret.as_ref().unwrap();
+        assert_eq!(secret.data.as_ref().unwrap()["PG_PASSWORD"].0, b"s3cret");
+        let env_from = container(&o.deployment).env_from.as_ref().unwrap();
+        assert_eq!(
+            env_from[0].secret_ref.as_ref().unwrap().name,
+            "draas-orders-89abcdef-env"
+        );
+        // Keyed: the same values under another installation's key differ,
+        // so a fingerprint cannot be matched against guesses.
+        let mut other = plan(&id, &spec, true);
+        other.fingerprint_key = b"another key";
+        let theirs = objects(&other, None);
+        assert_ne!(
+            applied_hash(&secret.metadata),
+            applied_hash(&theirs.secret.as_ref().unwrap().metadata)
+        );
+        let json = serde_json::to_string(&o.deployment).unwrap();
+        assert!(!json.contains("s3cret"), "no value in the pod spec");
+    }
+
+    #[test]
+    fn fingerprints_change_with_what_they_cover_and_only_that() {
+        let (id, spec) = (id(), spec());
+        let base = objects(&plan(&id, &spec, true), None);
+        assert_eq!(
+            base,
+            objects(&plan(&id, &spec, true), None),
+            "deterministic"
+        );
+
+        let mut changed = spec.clone();
+        changed.configuration_yaml = "id: x\nport: 8081\n".into();
+        let o = objects(&plan(&id, &changed, true), None);
+        assert_ne!(
+            applied_hash(&o.config_map.metadata),
+            applied_hash(&base.config_map.metadata)
+        );
+        assert_eq!(
+            applied_hash(&o.service.metadata),
+            applied_hash(&base.service.metadata)
+        );
+
+        let mut next = spec.clone();
+        next.generation = 5;
+        let o = objects(&plan(&id, &next, true), None);
+        assert_ne!(
+            applied_hash(&o.deployment.metadata),
+            applied_hash(&base.deployment.metadata),
+            "a new generation rolls the pod"
+        );
+        assert_eq!(
+            applied_hash(&o.config_map.metadata),
+            applied_hash(&base.config_map.metadata)
+        );
+
+        // Owned once the Deployment exists: the companions change, the
+        // Deployment does not.
+        let owner = owned_by("draas-orders-89abcdef", "uid-1");
+        let owned = objects(&plan(&id, &spec, true), Some(&owner));
+        assert_ne!(
+            applied_hash(&owned.config_map.metadata),
+            applied_hash(&base.config_map.metadata)
+        );
+        assert_eq!(
+            applied_hash(&owned.deployment.metadata),
+            applied_hash(&base.deployment.metadata)
+        );
+        assert!(owned.deployment.metadata.owner_references.is_none());
+        let reference = &owned.service.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (reference.kind.as_str(), reference.uid.as_str()),
+            ("Deployment", "uid-1")
+        );
+        assert_eq!(reference.block_owner_deletion, Some(true));
+    }
+}

@@ -55,3 +55,178 @@ pub async fn cluster_id(cluster: &TestCluster) -> String {
         .uid
         .unwrap()
 }
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use draas_core::instance::{
+    ActualState, DesiredState, ImagePullPolicy, Instance, InstanceConfiguration, InstanceId,
+    InstanceStatus, PlatformType, ServerConfiguration,
+};
+use draas_core::keys;
+use draas_core::messages::StartSpec;
+use draas_core::ports::store::{JsonStore, Precondition};
+use draas_core::ports::StateStore;
+use draas_testkit::kubelet::{FakeKubelet, KubeletOptions};
+use draas_testkit::kubernetes::TestNamespace;
+use draas_worker::{WorkerContext, WorkerSettings};
+use draas_worker_kubernetes::{Cluster, KubernetesDriver, KubernetesSettings};
+
+/// A namespace of the test cluster with a fake kubelet, and a store and
+/// bus for workers.
+pub struct Setup {
+    pub cluster: TestCluster,
+    pub namespace: TestNamespace,
+    pub kubelet: FakeKubelet,
+    pub store: Arc<dyn StateStore>,
+    pub bus: Arc<draas_bus::InProcessBus>,
+}
+
+impl Setup {
+    pub async fn new(prefix: &str, options: KubeletOptions) -> Self {
+        runtime_image().await;
+        let cluster = draas_testkit::kubernetes::test_cluster().await;
+        let namespace = cluster.namespace(prefix).await;
+        let kubelet = FakeKubelet::start(cluster.client.clone(), &namespace.name, options)
+            .await
+            .expect("the fake kubelet");
+        Self {
+            cluster,
+            namespace,
+            kubelet,
+            store: Arc::new(draas_store::EmbeddedStore::in_memory().unwrap()),
+            bus: Arc::new(draas_bus::InProcessBus::new()),
+        }
+    }
+
+    pub fn settings(&self) -> KubernetesSettings {
+        KubernetesSettings {
+            kubeconfig: Some(self.cluster.kubeconfig.clone()),
+            namespace: Some(self.namespace.name.clone()),
+            image_pull_policy: ImagePullPolicy::Never,
+            ..KubernetesSettings::new(IMAGE)
+        }
+    }
+
+    pub fn context(&self, worker_id: &str) -> WorkerContext {
+        WorkerContext::new(
+            WorkerSettings {
+                worker_id: worker_id.into(),
+                host: "test".into(),
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_ttl: Duration::from_secs(3),
+                concurrency: 8,
+                capacity: None,
+            },
+            self.store.clone(),
+            self.bus.clone(),
+        )
+    }
+
+    pub async fn driver(&self, worker_id: &str) -> KubernetesDriver {
+        let settings = self.settings();
+        let cluster = Cluster::connect(&settings).await.expect("the test cluster");
+        draas_worker_kubernetes::driver(cluster, settings, &self.context(worker_id))
+            .await
+            .unwrap()
+    }
+
+    /// A new instance record (the status recorder updates it).
+    pub async fn instance(&self) -> InstanceId {
+        let id = InstanceId::generate();
+        let now = Utc::now();
+        let instance = Instance {
+            id: id.clone(),
+            name: format!("k-{}", &id.as_str()[id.as_str().len() - 6..]),
+            description: String::new(),
+            platform_type: PlatformType::Kubernetes,
+            created_at: now,
+            updated_at: now,
+            desired_state: DesiredState::Running,
+            generation: 1,
+            server_configuration: ServerConfiguration::for_platform(PlatformType::Kubernetes),
+            configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+            status: InstanceStatus::created(now),
+            runtime: None,
+        };
+        self.store
+            .put_json(
+                keys::INSTANCES,
+                id.as_str(),
+                &instance,
+                Precondition::Absent,
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn recorded(&self, id: &InstanceId) -> Instance {
+        self.store
+            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+    }
+
+    /// Waits until the recorded status of `id` satisfies `check`.
+    pub async fn wait_status(
+        &self,
+        id: &InstanceId,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&Instance) -> bool,
+    ) -> Instance {
+        let deadline = Instant::now() + limit;
+        loop {
+            let instance = self.recorded(id).await;
+            if check(&instance) {
+                return instance;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: not {what} within {limit:?}: {:?}",
+                instance.status
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn finish(self) {
+        self.kubelet.shutdown().await;
+        self.namespace.delete().await;
+    }
+}
+
+/// A small real server (a mock source, a query, a log reaction).
+pub fn start_spec(id: &InstanceId, generation: u64) -> StartSpec {
+    let mut configuration = draas_testkit::counter_configuration(8080);
+    configuration.host = "0.0.0.0".into();
+    draas_testkit::start_spec(id, &configuration, PlatformType::Kubernetes, generation)
+}
+
+/// Whether `state` is `wanted`.
+pub fn is(instance: &Instance, wanted: ActualState) -> bool {
+    instance.status.state == wanted
+}
+
+impl Setup {
+    /// Records `id` running with `runtime`, as the worker's executor does
+    /// when a start succeeds.
+    pub async fn record_running(
+        &self,
+        id: &InstanceId,
+        runtime: &draas_core::instance::RuntimeInfo,
+    ) {
+        let mut instance = self.recorded(id).await;
+        instance.status.state = ActualState::Running;
+        instance.status.updated_at = Utc::now();
+        instance.runtime = Some(runtime.clone());
+        self.store
+            .put_json(keys::INSTANCES, id.as_str(), &instance, Precondition::None)
+            .await
+            .unwrap();
+    }
+}
