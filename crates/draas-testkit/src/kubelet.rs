@@ -981,7 +981,7 @@ fn now() -> String {
 /// does not verify kubelets).
 async fn serve_logs(inner: Arc<Inner>) -> anyhow::Result<(SocketAddr, AbortHandle)> {
     let acceptor =
-        tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(self_signed_identity()?)?);
+        tokio_rustls::TlsAcceptor::from(self_signed_tls()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let task =
@@ -1084,40 +1084,18 @@ impl Inner {
     }
 }
 
-/// A key and self-signed certificate for 127.0.0.1.
-fn self_signed_identity() -> anyhow::Result<native_tls::Identity> {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::BigNum;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-    use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::{X509NameBuilder, X509};
-
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
-    let mut name = X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", "fake-kubelet")?;
-    let name = name.build();
-    let mut cert = X509::builder()?;
-    cert.set_version(2)?;
-    let serial = BigNum::from_u32(1)?.to_asn1_integer()?;
-    cert.set_serial_number(&serial)?;
-    cert.set_subject_name(&name)?;
-    cert.set_issuer_name(&name)?;
-    cert.set_pubkey(&key)?;
-    let (from, until) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(1)?);
-    cert.set_not_before(&from)?;
-    cert.set_not_after(&until)?;
-    let san = SubjectAlternativeName::new()
-        .ip("127.0.0.1")
-        .build(&cert.x509v3_context(None, None))?;
-    cert.append_extension(san)?;
-    cert.sign(&key, MessageDigest::sha256())?;
-    let cert = cert.build();
-    Ok(native_tls::Identity::from_pkcs8(
-        &cert.to_pem()?,
-        &key.private_key_to_pem_pkcs8()?,
-    )?)
+/// A TLS server configuration with a fresh self-signed certificate for
+/// 127.0.0.1.
+fn self_signed_tls() -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+        rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
+    );
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    Ok(Arc::new(config))
 }

@@ -24,8 +24,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tower::util::MapRequestLayer;
 
-/// How long the cluster may take to answer when the worker connects.
-const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// How long the cluster may take to answer when the worker connects, by
+/// default.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
 /// How a Kubernetes worker reaches its cluster and what it runs there.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct KubernetesSettings {
     pub image_pull_policy: ImagePullPolicy,
     /// The cluster's identity; default: the uid of `kube-system`.
     pub cluster_id: Option<String>,
+    /// How long the cluster may take to answer when connecting.
+    pub connect_timeout: Duration,
 }
 
 impl KubernetesSettings {
@@ -57,6 +60,7 @@ impl KubernetesSettings {
             image: image.into(),
             image_pull_policy: ImagePullPolicy::IfNotPresent,
             cluster_id: None,
+            connect_timeout: CONNECT_WITHIN,
         }
     }
 }
@@ -207,9 +211,10 @@ impl Cluster {
             url: url.clone(),
             detail,
         };
-        let version = tokio::time::timeout(CONNECT_WITHIN, client.apiserver_version())
+        let limit = settings.connect_timeout;
+        let version = tokio::time::timeout(limit, client.apiserver_version())
             .await
-            .map_err(|_| unreachable(format!("no answer within {CONNECT_WITHIN:?}")))?
+            .map_err(|_| unreachable(format!("no answer within {limit:?}")))?
             .map_err(|e| unreachable(e.to_string()))?
             .git_version;
         let id = match &settings.cluster_id {

@@ -77,15 +77,77 @@ pub struct DockerDaemonArgs {
     pub docker_host: Option<String>,
 }
 
-/// Whether `draas up` runs a Docker worker.
+/// Whether `draas up` runs a platform's worker (Docker, Kubernetes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DockerMode {
-    /// When an engine answers.
+pub enum PlatformSwitch {
+    /// When the platform answers (an engine, a cluster).
     Auto,
-    /// Always (fail to start without an engine).
+    /// Always (fail to start without it).
     On,
     /// Never.
     Off,
+}
+
+/// Settings of a Kubernetes worker.
+#[derive(Args, Debug, Clone)]
+pub struct KubernetesArgs {
+    /// A kubeconfig file [default: $KUBECONFIG, ~/.kube/config, or the
+    /// in-cluster service account].
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context [default: its current context].
+    #[arg(long = "kube-context", env = "DRAAS_KUBE_CONTEXT")]
+    pub context: Option<String>,
+    /// The namespace of instances that name none [default: the context's
+    /// namespace; in a cluster, the worker's own].
+    #[arg(long = "kubernetes-namespace", env = "DRAAS_KUBERNETES_NAMESPACE", value_parser = parse_namespace)]
+    pub namespace: Option<String>,
+    /// The image of Kubernetes instances that name none: the bundled
+    /// runtime's image, as the cluster's nodes can pull it.
+    #[arg(
+        long = "kubernetes-image",
+        env = "DRAAS_KUBERNETES_IMAGE",
+        default_value = draas_worker_docker::DEFAULT_IMAGE
+    )]
+    pub kubernetes_image: String,
+    /// When nodes pull images, for instances that do not say: Always,
+    /// IfNotPresent or Never.
+    #[arg(
+        long = "kubernetes-image-pull-policy",
+        env = "DRAAS_KUBERNETES_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = parse_pull_policy
+    )]
+    pub image_pull_policy: draas_core::instance::ImagePullPolicy,
+    /// The cluster's identity: workers of one cluster take over each
+    /// other's servers [default: the uid of its kube-system namespace].
+    #[arg(long = "kubernetes-cluster-id", env = "DRAAS_KUBERNETES_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+}
+
+impl KubernetesArgs {
+    /// The worker's settings.
+    pub fn settings(&self) -> draas_worker_kubernetes::KubernetesSettings {
+        draas_worker_kubernetes::KubernetesSettings {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+            image_pull_policy: self.image_pull_policy,
+            cluster_id: self.cluster_id.clone(),
+            ..draas_worker_kubernetes::KubernetesSettings::new(self.kubernetes_image.clone())
+        }
+    }
+}
+
+fn parse_namespace(text: &str) -> Result<String, String> {
+    draas_core::instance::validate_name(text)
+        .map(|()| text.to_string())
+        .map_err(|_| format!("{text:?} is not a namespace name (1-63 of a-z, 0-9, '-')"))
+}
+
+fn parse_pull_policy(text: &str) -> Result<draas_core::instance::ImagePullPolicy, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text:?} is not a pull policy: Always, IfNotPresent or Never"))
 }
 
 /// Settings of a Docker worker.
@@ -128,9 +190,14 @@ pub struct ServeArgs {
 /// `draas worker`.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// The platform to serve: `process` or `docker`.
+    /// The platform to serve: `process`, `docker` or `kubernetes`.
     #[arg(long, env = "DRAAS_PLATFORM", default_value = "process")]
     pub platform: draas_core::instance::PlatformType,
+    /// The worker's id, stable across its restarts (a worker that comes
+    /// back under its id takes its servers back at once) [default: made
+    /// up once and kept in the data directory].
+    #[arg(long = "worker-id", env = "DRAAS_WORKER_ID", value_parser = parse_worker_id)]
+    pub worker_id: Option<String>,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -139,6 +206,23 @@ pub struct WorkerArgs {
     pub process: ProcessArgs,
     #[command(flatten)]
     pub docker: DockerArgs,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+}
+
+fn parse_worker_id(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a worker id (1-128 of letters, digits, '-', '_', '.')"
+        ))
+    }
 }
 
 /// How to reach Redis.
@@ -200,9 +284,16 @@ pub struct UpArgs {
     pub control: ControlArgs,
     /// Run a Docker worker too: `auto` when an engine answers.
     #[arg(long, env = "DRAAS_DOCKER", value_enum, default_value = "auto")]
-    pub docker: DockerMode,
+    pub docker: PlatformSwitch,
     #[command(flatten)]
     pub docker_args: DockerArgs,
+    /// Run a Kubernetes worker too: `auto` when a cluster is configured
+    /// (`--kubeconfig`, `$KUBECONFIG`, `~/.kube/config`, in-cluster) and
+    /// answers.
+    #[arg(long, env = "DRAAS_KUBERNETES", value_enum, default_value = "auto")]
+    pub kubernetes: PlatformSwitch,
+    #[command(flatten)]
+    pub kubernetes_args: KubernetesArgs,
 }
 
 /// Where state lives.
@@ -408,8 +499,49 @@ mod tests {
         let Mode::Up(args) = cli.mode else {
             panic!("up")
         };
-        assert_eq!(args.docker, DockerMode::Off);
+        assert_eq!(args.docker, PlatformSwitch::Off);
         assert_eq!(args.docker_args.image, "draas-runtime:latest");
+        assert_eq!(args.kubernetes, PlatformSwitch::Auto);
+        let cli = Cli::try_parse_from([
+            "draas",
+            "worker",
+            "--platform",
+            "aks",
+            "--redis",
+            "redis://h",
+            "--kubeconfig",
+            "/k/config",
+            "--kubernetes-namespace",
+            "drasi",
+            "--kubernetes-image-pull-policy",
+            "Never",
+            "--worker-id",
+            "k8s-1",
+        ])
+        .unwrap();
+        let Mode::Worker(args) = cli.mode else {
+            panic!("worker")
+        };
+        assert_eq!(
+            args.platform,
+            draas_core::instance::PlatformType::Kubernetes
+        );
+        let settings = args.kubernetes.settings();
+        assert_eq!(settings.namespace.as_deref(), Some("drasi"));
+        assert_eq!(
+            settings.image_pull_policy,
+            draas_core::instance::ImagePullPolicy::Never
+        );
+        assert_eq!(args.worker_id.as_deref(), Some("k8s-1"));
+        for bad in [
+            ["--kubernetes-namespace", "Team_A"],
+            ["--kubernetes-image-pull-policy", "Sometimes"],
+            ["--worker-id", "a b"],
+        ] {
+            let mut argv = vec!["draas", "worker", "--redis", "redis://h"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
         assert!(Cli::try_parse_from(["draas", "up", "--docker", "maybe"]).is_err());
         assert!(
             Cli::try_parse_from(["draas", "docker-daemon"]).is_err(),

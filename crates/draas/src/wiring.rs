@@ -22,8 +22,8 @@ use draas_worker_process::ProcessSettings;
 use tracing::{info, warn};
 
 use crate::config::{
-    ControlArgs, DockerArgs, DockerDaemonArgs, DockerMode, ImageBuildArgs, ProcessArgs, RedisArgs,
-    ServeArgs, UpArgs, WorkerArgs,
+    ControlArgs, DockerArgs, DockerDaemonArgs, ImageBuildArgs, KubernetesArgs, PlatformSwitch,
+    ProcessArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs,
 };
 use crate::shutdown::{self, Shutdown};
 
@@ -50,6 +50,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         docker_worker_if_wanted(&args, &data_dir, store.clone(), bus.clone()).await?
     {
         workers.push(spawn_worker(docker, store.as_ref(), &shutdown).await?);
+    }
+    if let Some(kubernetes) =
+        kubernetes_worker_if_wanted(&args, &data_dir, store.clone(), bus.clone()).await?
+    {
+        workers.push(spawn_worker(kubernetes, store.as_ref(), &shutdown).await?);
     }
 
     // The Process worker runs on this host: allocation may look at it.
@@ -134,6 +139,13 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let (store, bus) = connect_redis(&args.redis).await?;
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
+    if let Some(id) = &args.worker_id {
+        std::fs::write(
+            data_dir.join(format!("{}-worker-id", platform_key(args.platform))),
+            id,
+        )
+        .with_context(|| format!("cannot write the worker id into {}", data_dir.display()))?;
+    }
     let worker = match args.platform {
         PlatformType::Process => process_worker(&data_dir, &args.process, store, bus)?,
         PlatformType::Docker => {
@@ -141,7 +153,17 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             docker_worker(engine, &data_dir, &args.process, &args.docker, store, bus).await?
         }
         PlatformType::Kubernetes => {
-            anyhow::bail!("no worker for the Kubernetes platform in this build (process, docker)")
+            let settings = args.kubernetes.settings();
+            let cluster = draas_worker_kubernetes::Cluster::connect(&settings).await?;
+            kubernetes_worker(
+                cluster,
+                &data_dir,
+                &args.process,
+                &args.kubernetes,
+                store,
+                bus,
+            )
+            .await?
         }
     };
     info!(worker = worker.id(), "worker starting");
@@ -203,12 +225,12 @@ async fn docker_worker_if_wanted(
     store: Arc<dyn StateStore>,
     bus: Arc<dyn MessageBus>,
 ) -> anyhow::Result<Option<Worker>> {
-    if args.docker == DockerMode::Off {
+    if args.docker == PlatformSwitch::Off {
         return Ok(None);
     }
     let engine = match connect_engine(&args.docker_args).await {
         Ok(engine) => engine,
-        Err(e) if args.docker == DockerMode::Auto => {
+        Err(e) if args.docker == PlatformSwitch::Auto => {
             info!("the Docker platform is off: {e}");
             return Ok(None);
         }
@@ -225,6 +247,89 @@ async fn docker_worker_if_wanted(
     )
     .await
     .map(Some)
+}
+
+/// The key of a platform in file names (`<key>-worker-id`).
+fn platform_key(platform: PlatformType) -> &'static str {
+    match platform {
+        PlatformType::Process => "process",
+        PlatformType::Docker => "docker",
+        PlatformType::Kubernetes => "kubernetes",
+    }
+}
+
+/// How long `draas up --kubernetes auto` waits for a configured cluster.
+const CLUSTER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The Kubernetes worker of `draas up`, as `--kubernetes` says: with
+/// `auto`, only when a cluster is configured and answers.
+async fn kubernetes_worker_if_wanted(
+    args: &UpArgs,
+    data_dir: &Path,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+) -> anyhow::Result<Option<Worker>> {
+    if args.kubernetes == PlatformSwitch::Off {
+        return Ok(None);
+    }
+    let mut settings = args.kubernetes_args.settings();
+    if args.kubernetes == PlatformSwitch::Auto {
+        settings.connect_timeout = CLUSTER_PROBE_TIMEOUT;
+    }
+    let cluster = match draas_worker_kubernetes::Cluster::connect(&settings).await {
+        Ok(cluster) => cluster,
+        Err(e) if args.kubernetes == PlatformSwitch::Auto => {
+            info!("the Kubernetes platform is off: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("--kubernetes on, but no cluster")),
+    };
+    kubernetes_worker(
+        cluster,
+        data_dir,
+        &args.process,
+        &args.kubernetes_args,
+        store,
+        bus,
+    )
+    .await
+    .map(Some)
+}
+
+/// A Kubernetes worker on `cluster`.
+async fn kubernetes_worker(
+    cluster: draas_worker_kubernetes::Cluster,
+    data_dir: &Path,
+    process: &ProcessArgs,
+    args: &KubernetesArgs,
+    store: Arc<dyn StateStore>,
+    bus: Arc<dyn MessageBus>,
+) -> anyhow::Result<Worker> {
+    info!(
+        cluster = %cluster.url,
+        version = %cluster.version,
+        namespace = %cluster.default_namespace,
+        "the Kubernetes platform is on"
+    );
+    let host = hostname();
+    let worker_id = worker_id(data_dir, "kubernetes", &host)?;
+    let heartbeat = Duration::from_secs(process.heartbeat_seconds.max(1));
+    let context = WorkerContext::new(
+        WorkerSettings {
+            worker_id,
+            host,
+            heartbeat_interval: heartbeat,
+            heartbeat_ttl: heartbeat * 3,
+            concurrency: draas_worker::DEFAULT_CONCURRENCY,
+            capacity: None,
+        },
+        store,
+        bus,
+    );
+    let driver = draas_worker_kubernetes::driver(cluster, args.settings(), &context)
+        .await
+        .context("cannot read the installation's identity")?;
+    Ok(Worker::new(context, Arc::new(driver)))
 }
 
 /// A Docker worker on `engine`.

@@ -59,6 +59,8 @@ pub struct Draas {
     logs: PathBuf,
     run: usize,
     range: String,
+    /// The extra arguments it was started with (a restart keeps them).
+    extra: Vec<String>,
 }
 
 impl std::ops::Deref for Draas {
@@ -101,7 +103,18 @@ impl Draas {
     }
 
     async fn up_with(dir: &Path, data: PathBuf, port: u16, run: usize, range: String) -> Self {
-        let mut draas = Self::spawn(dir, data, port, run, range, &[]);
+        Self::up_with_extra(dir, data, port, run, range, &[]).await
+    }
+
+    async fn up_with_extra(
+        dir: &Path,
+        data: PathBuf,
+        port: u16,
+        run: usize,
+        range: String,
+        extra: &[&str],
+    ) -> Self {
+        let mut draas = Self::spawn(dir, data, port, run, range, extra);
         let api = draas.api.clone();
         api.wait_for_worker(&mut draas.process).await;
         draas
@@ -126,6 +139,12 @@ impl Draas {
             .arg(runtime_binary())
             .args(["--heartbeat-seconds", "1", "--port-range", &range])
             .args(extra)
+            // Never a cluster the developer happens to have configured.
+            .args(if extra.contains(&"--kubernetes") {
+                &[][..]
+            } else {
+                &["--kubernetes", "off"][..]
+            })
             .env("RUST_LOG", "info,tower_http=debug");
         let process =
             TestProcess::spawn(command, &format!("draas-{run}"), dir).expect("spawn draas up");
@@ -137,6 +156,7 @@ impl Draas {
             logs: dir.to_path_buf(),
             run,
             range,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -150,11 +170,13 @@ impl Draas {
             logs,
             run,
             range,
+            extra,
             ..
         } = self;
         terminate(&mut process);
         drop(process);
-        Self::up_with(&logs, data, port, run + 1, range).await
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::up_with_extra(&logs, data, port, run + 1, range, &extra).await
     }
 }
 
