@@ -5,6 +5,11 @@
 #     (Redis-mode tests start their own on free loopback ports), openssl
 #     (certificates for the rediss:// test);
 #   - a running Docker engine (runtime image test);
+#   - the test Kubernetes cluster: a real kube-apiserver and
+#     kube-controller-manager built from Debian's source package by
+#     shared/tools/k8s-test-cluster.sh (cached in ~/.cache/draas/k8s), started
+#     for the tests and stopped afterwards; tests find it through
+#     $DRAAS_TEST_KUBECONFIG;
 #   - cargo-nextest;
 # and keeps build output in a persistent target directory
 # ($CARGO_TARGET_DIR, default ~/.cache/draas/target).
@@ -43,6 +48,27 @@ if ! docker info >/dev/null 2>&1; then
   done
   docker info >/dev/null 2>&1 || { echo "the Docker engine is not running (see /tmp/dockerd.log)" >&2; exit 1; }
 fi
+
+# --- the test Kubernetes cluster ------------------------------------------
+# The tool lives next to the repository (../shared/tools) in the team's
+# layout; $DRAAS_K8S_TOOL names it elsewhere.
+k8s_tool=""
+for candidate in "${DRAAS_K8S_TOOL:-}" "$root/../shared/tools/k8s-test-cluster.sh" \
+                 /work/shared/tools/k8s-test-cluster.sh; do
+  if [ -n "$candidate" ] && [ -f "$candidate" ]; then k8s_tool="$candidate"; break; fi
+done
+if [ -z "$k8s_tool" ]; then
+  echo "k8s-test-cluster.sh not found: set DRAAS_K8S_TOOL to its path" >&2
+  exit 1
+fi
+log "building the test Kubernetes cluster (cached after the first time)"
+as_root bash "$k8s_tool" build
+log "starting the test Kubernetes cluster"
+kubeconfig_line=$(as_root bash "$k8s_tool" start | grep '^KUBECONFIG=' | tail -n 1)
+export DRAAS_TEST_KUBECONFIG="${kubeconfig_line#KUBECONFIG=}"
+[ -f "$DRAAS_TEST_KUBECONFIG" ] || { echo "the test cluster printed no kubeconfig" >&2; exit 1; }
+stop_cluster() { as_root bash "$k8s_tool" stop >/dev/null 2>&1 || true; }
+trap stop_cluster EXIT
 
 # --- tools ------------------------------------------------------------------
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -980,8 +980,7 @@ fn now() -> String {
 /// free loopback port, with a self-signed certificate (the test API server
 /// does not verify kubelets).
 async fn serve_logs(inner: Arc<Inner>) -> anyhow::Result<(SocketAddr, AbortHandle)> {
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(self_signed_tls()?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(self_signed_tls()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let task =
@@ -1088,9 +1087,9 @@ impl Inner {
 /// 127.0.0.1.
 fn self_signed_tls() -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-        rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
-    );
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
