@@ -106,5 +106,6 @@ check_deps draas-store 'redis|bollard|kube|drasi-lib|draas-(bus|redis|drasi|api|
 check_deps draas-bus 'redis|redb|bollard|kube|drasi-lib|draas-(store|redis|drasi|api|worker)'
 check_deps draas-worker-process "redis|redb|bollard|kube|drasi-lib|draas-(store|bus|redis|drasi|api)"
 check_deps draas-worker-docker "redis|redb|kube|drasi-lib|draas-(store|bus|redis|drasi|api|worker-process)"
+check_deps draas-worker-kubernetes "redis|redb|bollard|drasi-lib|openssl|native-tls|draas-(store|bus|redis|drasi|api|worker-process|worker-docker)"
 log "tests"
 cargo nextest run --workspace --locked "$@"
