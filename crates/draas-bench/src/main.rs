@@ -10,6 +10,7 @@
 mod bus_roundtrip;
 mod control_plane;
 mod docker;
+mod kubernetes;
 mod runtime_startup;
 mod stats;
 
@@ -88,6 +89,25 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         restarts: usize,
     },
+    /// Kubernetes platform: start→Running against a bare server-side apply
+    /// of the same objects, and the API requests per operation (needs the
+    /// test cluster and a Docker engine for the fake kubelet).
+    Kubernetes {
+        /// The draas binary (default: next to this binary).
+        #[arg(long)]
+        draas: Option<PathBuf>,
+        /// The runtime binary the image is built from (default: next to
+        /// this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// The test cluster's kubeconfig (`k8s-test-cluster.sh start` prints
+        /// it).
+        #[arg(long, env = "DRAAS_TEST_KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Runs of each measurement.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
 }
 
 /// A sibling binary of this one in the target directory.
@@ -144,6 +164,22 @@ async fn main() -> anyhow::Result<()> {
                 None => sibling("draas-runtime")?,
             };
             docker::run(&draas, &runtime, runs, kills, restarts).await
+        }
+        Bench::Kubernetes {
+            draas,
+            runtime,
+            kubeconfig,
+            runs,
+        } => {
+            let draas = match draas {
+                Some(d) => d,
+                None => sibling("draas")?,
+            };
+            let runtime = match runtime {
+                Some(r) => r,
+                None => sibling("draas-runtime")?,
+            };
+            kubernetes::run(&draas, &runtime, &kubeconfig, runs).await
         }
     }
 }
