@@ -1222,6 +1222,8 @@ async fn running_instance(
         generation: 1,
         server_configuration: ServerConfiguration::for_platform(platform),
         configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+        restart_policy: Default::default(),
+        update_strategy: Default::default(),
         status: InstanceStatus {
             state: ActualState::Running,
             ..InstanceStatus::created(now)

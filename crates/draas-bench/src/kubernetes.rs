@@ -202,6 +202,8 @@ async fn store_instance(
         generation: 1,
         server_configuration: ServerConfiguration::for_platform(PlatformType::Kubernetes),
         configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+        restart_policy: Default::default(),
+        update_strategy: Default::default(),
         status: InstanceStatus::created(now),
         runtime: None,
     };

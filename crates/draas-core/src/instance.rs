@@ -300,6 +300,9 @@ pub struct InstanceStatus {
     /// When the next automatic restart is due (reconciler backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// The failure the last automatic restart answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<crate::restart::LastFailure>,
     /// When this status was observed.
     pub updated_at: DateTime<Utc>,
 }
@@ -314,6 +317,7 @@ impl InstanceStatus {
             observed_generation: 0,
             restart_count: 0,
             next_retry_at: None,
+            last_failure: None,
             updated_at: now,
         }
     }
@@ -869,6 +873,12 @@ pub struct Instance {
     pub server_configuration: ServerConfiguration,
     /// What it does.
     pub configuration: InstanceConfiguration,
+    /// When the reconciler restarts it (not part of `generation`).
+    #[serde(default)]
+    pub restart_policy: crate::restart::RestartPolicy,
+    /// How a configuration change reaches it while it runs.
+    #[serde(default)]
+    pub update_strategy: crate::restart::UpdateStrategy,
     /// What its worker last reported.
     pub status: InstanceStatus,
     /// Where it runs, while it runs.

@@ -9,6 +9,7 @@
 //! - [`messages`]: commands, replies and events on the bus, with channel names;
 //! - [`ports`]: the traits adapters implement (bus, store, platform driver);
 //! - [`policy`]: what generic code must not assume about a platform;
+//! - [`restart`]: restart policies and update strategies (self-healing);
 //! - [`status`]: recording a status change (store, status buffer, events);
 //! - [`workers`]: which workers are alive;
 //! - [`installation`]: the id that labels this installation's objects;
@@ -28,5 +29,6 @@ pub mod messages;
 pub mod patch;
 pub mod policy;
 pub mod ports;
+pub mod restart;
 pub mod status;
 pub mod workers;

@@ -93,6 +93,8 @@ impl Rig {
             generation: 1,
             server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
             configuration: InstanceConfiguration::empty("127.0.0.1", 20000),
+            restart_policy: Default::default(),
+            update_strategy: Default::default(),
             status: InstanceStatus::created(now),
             runtime: None,
         };

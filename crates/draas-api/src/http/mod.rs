@@ -24,7 +24,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
-use crate::service::{ControlPlane, CreateInstance, ExternalStatusUpdate, ListQuery};
+use crate::service::{
+    ControlPlane, CreateInstance, ExternalStatusUpdate, ListQuery, ReconcileStep,
+};
 use extract::{etag, if_match, require_json_patch, ApiJson, ApiQuery, InstancePath};
 
 /// Largest request body accepted (configurations included).
@@ -43,6 +45,7 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
         .route("/api/server/instances/{id}/start", post(start))
         .route("/api/server/instances/{id}/stop", post(stop))
         .route("/api/server/instances/{id}/restart", post(restart))
+        .route("/api/server/instances/{id}/reconcile", post(reconcile))
         .route(
             "/api/server/instances/{id}/runtime-status",
             get(runtime_status),
@@ -174,6 +177,14 @@ async fn stop(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Respon
 
 async fn restart(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
     Ok(Json(redact::instance(cp.restart(&id).await?)).into_response())
+}
+
+async fn reconcile(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiJson(step): ApiJson<ReconcileStep>,
+) -> ApiResult<Response> {
+    Ok(Json(redact::instance(cp.reconcile(&id, step).await?)).into_response())
 }
 
 async fn runtime_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {

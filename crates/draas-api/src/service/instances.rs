@@ -18,6 +18,7 @@ use draas_core::ports::store::{
     encode, read_modify_write, Change, JsonStore, Precondition, Record, Write,
 };
 use draas_core::ports::StoreError;
+use draas_core::restart::{RestartPolicy, UpdateStrategy};
 use serde::{Deserialize, Serialize};
 
 use super::ports::{ports_of, reservation_writes};
@@ -43,6 +44,14 @@ pub struct CreateInstance {
     /// What it does; an empty server on an allocated port when absent.
     #[serde(default)]
     pub configuration: Option<InstanceConfiguration>,
+    /// When the reconciler restarts it (default: on failure, backoff
+    /// from 1 s to 60 s, at most 10 in a row).
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// How a configuration change reaches it while it runs (default:
+    /// `restart`).
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
 }
 
 fn default_platform() -> PlatformType {
@@ -113,6 +122,16 @@ impl ControlPlane {
                     message,
                 }),
         );
+        errors.extend(
+            request
+                .restart_policy
+                .issues()
+                .into_iter()
+                .map(|(path, message)| FieldError {
+                    path: format!("/restartPolicy{path}"),
+                    message,
+                }),
+        );
         if !errors.is_empty() {
             return Err(ApiError::invalid(
                 "INVALID_INSTANCE",
@@ -157,6 +176,8 @@ impl ControlPlane {
                 generation: 1,
                 server_configuration: server_configuration.clone(),
                 configuration: configuration.clone(),
+                restart_policy: request.restart_policy,
+                update_strategy: request.update_strategy,
                 status: InstanceStatus::created(now),
                 runtime: None,
             };
@@ -254,7 +275,7 @@ impl ControlPlane {
 
     /// Starts the instance and waits for the worker's result.
     pub async fn start(&self, id: &InstanceId) -> ApiResult<Instance> {
-        let instance = self.set_desired(id, DesiredState::Running).await?;
+        let instance = self.run_by_request(id).await?;
         let spec = self.start_spec(&instance)?;
         let timeout = self.start_timeout(&instance);
         let reply = self.send(&instance, Command::Start(spec), timeout).await?;
@@ -264,7 +285,7 @@ impl ControlPlane {
     /// The instance as a worker's reply left it: the status and runtime
     /// info the worker recorded, on the record read before the command (no
     /// second read when the reply carries them).
-    async fn after(&self, mut instance: Instance, reply: Reply) -> ApiResult<Instance> {
+    pub(super) async fn after(&self, mut instance: Instance, reply: Reply) -> ApiResult<Instance> {
         match reply.status {
             Some(status) => {
                 instance.status = status;
@@ -295,7 +316,7 @@ impl ControlPlane {
 
     /// Restarts the instance with its current configuration.
     pub async fn restart(&self, id: &InstanceId) -> ApiResult<Instance> {
-        let instance = self.set_desired(id, DesiredState::Running).await?;
+        let instance = self.run_by_request(id).await?;
         let spec = self.start_spec(&instance)?;
         let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
         let reply = self
@@ -422,6 +443,25 @@ impl ControlPlane {
             .unwrap_or_default())
     }
 
+    /// Desired: Running, by a user's request: restarts in a row start again
+    /// from zero (the user has looked at it), and no automatic restart is
+    /// pending any more.
+    async fn run_by_request(&self, id: &InstanceId) -> ApiResult<Instance> {
+        self.update(id, |instance| {
+            if instance.status.state == ActualState::Deleting {
+                return Err(ApiError::conflict(
+                    "INVALID_STATE",
+                    "the instance is being deleted",
+                ));
+            }
+            instance.desired_state = DesiredState::Running;
+            instance.status.restart_count = 0;
+            instance.status.next_retry_at = None;
+            Ok(())
+        })
+        .await
+    }
+
     async fn set_desired(&self, id: &InstanceId, desired: DesiredState) -> ApiResult<Instance> {
         self.update(id, |instance| {
             if instance.status.state == ActualState::Deleting {
@@ -456,7 +496,7 @@ impl ControlPlane {
         })
     }
 
-    fn start_timeout(&self, instance: &Instance) -> Duration {
+    pub(super) fn start_timeout(&self, instance: &Instance) -> Duration {
         let start = Duration::from_secs(u64::from(
             instance.server_configuration.start_timeout_seconds,
         ));
@@ -465,7 +505,7 @@ impl ControlPlane {
             .max(start + Duration::from_secs(10))
     }
 
-    fn stop_timeout(&self, instance: &Instance) -> Duration {
+    pub(super) fn stop_timeout(&self, instance: &Instance) -> Duration {
         // SIGINT grace, then up to 10 s after SIGKILL, then a margin.
         let grace = Duration::from_secs(u64::from(
             instance.server_configuration.shutdown_timeout_seconds,

@@ -8,6 +8,7 @@
 mod configuration;
 mod instances;
 mod ports;
+mod reconcile;
 mod status;
 
 use std::ops::RangeInclusive;
@@ -29,6 +30,7 @@ use draas_core::workers::live_workers;
 
 pub use configuration::ConfigurationDocument;
 pub use instances::{CreateInstance, InstanceList, ListQuery};
+pub use reconcile::ReconcileStep;
 pub use status::{ExternalStatusUpdate, RecentChanges};
 
 use crate::error::{ApiError, ApiResult};

@@ -173,6 +173,8 @@ impl Suite<'_> {
             generation: 1,
             server_configuration: ServerConfiguration::for_platform(platform),
             configuration: InstanceConfiguration::empty("127.0.0.1", 0),
+            restart_policy: Default::default(),
+            update_strategy: Default::default(),
             status: InstanceStatus::created(now),
             runtime: None,
         };

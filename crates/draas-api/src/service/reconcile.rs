@@ -1,0 +1,215 @@
+//! The reconciler's steps (`POST /api/server/instances/{id}/reconcile`).
+//!
+//! The reconciler plans from a record it read a moment ago; each step names
+//! the bookkeeping it was planned on (restart count, generation), and is
+//! refused with `409 STALE_PLAN` when the record changed since. So two
+//! reconcilers, or one that repeats itself after a lost reply, never
+//! restart a server twice for one failure.
+
+use chrono::{DateTime, Utc};
+use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId};
+use draas_core::keys;
+use draas_core::messages::Command;
+use draas_core::ports::store::{read_modify_write, Change, Record};
+use draas_core::restart::LastFailure;
+use serde::Deserialize;
+
+use super::{cas_error, ControlPlane, MAX_ATTEMPTS};
+use crate::error::{ApiError, ApiResult};
+
+/// One step of the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    tag = "action",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum ReconcileStep {
+    /// Record when the next automatic restart is due.
+    ScheduleRetry {
+        /// When.
+        at: DateTime<Utc>,
+        /// The restarts in a row the plan saw.
+        restart_count: u32,
+    },
+    /// Start the failed server again, counting one more restart in a row.
+    Recover {
+        /// The restarts in a row the plan saw.
+        restart_count: u32,
+    },
+    /// Forget the restarts in a row of a server that has run long enough.
+    ResetRestarts {
+        /// The restarts in a row the plan saw.
+        restart_count: u32,
+    },
+    /// Restart the running server with its new configuration.
+    ApplyConfiguration {
+        /// The generation the plan saw.
+        generation: u64,
+    },
+}
+
+fn stale(detail: String) -> ApiError {
+    ApiError::conflict("STALE_PLAN", detail)
+}
+
+/// Whether `instance` is still as a restart step was planned: meant to run,
+/// failed (or stopped), `restart_count` restarts in a row.
+fn still_failed(instance: &Instance, restart_count: u32) -> ApiResult<()> {
+    let status = &instance.status;
+    if instance.desired_state != DesiredState::Running
+        || !matches!(status.state, ActualState::Failed | ActualState::Stopped)
+        || status.restart_count != restart_count
+    {
+        return Err(stale(format!(
+            "the instance is now {:?} (desired {:?}) after {} restarts in a row; the plan saw it failed after {restart_count}",
+            status.state, instance.desired_state, status.restart_count
+        )));
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Executes one step of the reconciler, if the record is still as the
+    /// step was planned on.
+    pub async fn reconcile(&self, id: &InstanceId, step: ReconcileStep) -> ApiResult<Instance> {
+        match step {
+            ReconcileStep::ScheduleRetry { at, restart_count } => {
+                self.bookkeeping(id, |instance| {
+                    still_failed(instance, restart_count)?;
+                    instance.status.next_retry_at = Some(at);
+                    Ok(())
+                })
+                .await
+            }
+            ReconcileStep::ResetRestarts { restart_count } => {
+                self.bookkeeping(id, |instance| {
+                    let status = &mut instance.status;
+                    if !matches!(status.state, ActualState::Running | ActualState::Degraded)
+                        || status.restart_count != restart_count
+                    {
+                        return Err(stale(format!(
+                            "the instance is now {:?} after {} restarts in a row",
+                            status.state, status.restart_count
+                        )));
+                    }
+                    status.restart_count = 0;
+                    status.next_retry_at = None;
+                    Ok(())
+                })
+                .await
+            }
+            ReconcileStep::Recover { restart_count } => {
+                let instance = self
+                    .bookkeeping(id, |instance| {
+                        still_failed(instance, restart_count)?;
+                        let status = &mut instance.status;
+                        status.last_failure = Some(LastFailure {
+                            reason: status.reason,
+                            message: status.message.clone(),
+                            at: status.updated_at,
+                        });
+                        status.restart_count = restart_count + 1;
+                        status.next_retry_at = None;
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(
+                    instance = %id,
+                    restarts = restart_count + 1,
+                    "restarting a failed instance (restart policy {:?})",
+                    instance.restart_policy.policy
+                );
+                let spec = self.start_spec(&instance)?;
+                let timeout = self.start_timeout(&instance);
+                let reply = self.send(&instance, Command::Start(spec), timeout).await?;
+                self.after(instance, reply).await
+            }
+            ReconcileStep::ApplyConfiguration { generation } => {
+                let instance = self.load(id).await?.value;
+                if instance.desired_state != DesiredState::Running
+                    || !matches!(
+                        instance.status.state,
+                        ActualState::Running | ActualState::Degraded
+                    )
+                    || instance.generation != generation
+                    || instance.status.observed_generation == generation
+                {
+                    return Err(stale(format!(
+                        "the instance is now {:?} at generation {} running {}; the plan saw generation {generation} to apply",
+                        instance.status.state,
+                        instance.generation,
+                        instance.status.observed_generation
+                    )));
+                }
+                tracing::info!(instance = %id, generation, "applying a new configuration (update strategy restart)");
+                let spec = self.start_spec(&instance)?;
+                let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
+                let reply = self
+                    .send(&instance, Command::Restart(spec), timeout)
+                    .await?;
+                self.after(instance, reply).await
+            }
+        }
+    }
+
+    /// Changes the reconciler's bookkeeping in the status of instance `id`
+    /// (not the desired side: `updatedAt` stays).
+    async fn bookkeeping<F>(&self, id: &InstanceId, mut change: F) -> ApiResult<Instance>
+    where
+        F: FnMut(&mut Instance) -> ApiResult<()> + Send,
+    {
+        read_modify_write(
+            self.store.as_ref(),
+            keys::INSTANCES,
+            id.as_str(),
+            MAX_ATTEMPTS,
+            |current: Option<Record<Instance>>| {
+                let mut instance = current
+                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
+                    .value;
+                change(&mut instance)?;
+                Ok(Change::Put {
+                    value: instance.clone(),
+                    also: Vec::new(),
+                    output: instance,
+                })
+            },
+        )
+        .await
+        .map(|(instance, _)| instance)
+        .map_err(|e| cas_error(id, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_from_their_json_shape_and_refuse_anything_else() {
+        let step: ReconcileStep =
+            serde_json::from_str(r#"{"action": "recover", "restartCount": 2}"#).unwrap();
+        assert_eq!(step, ReconcileStep::Recover { restart_count: 2 });
+        let step: ReconcileStep = serde_json::from_str(
+            r#"{"action": "scheduleRetry", "at": "2026-11-24T12:00:00Z", "restartCount": 1}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            step,
+            ReconcileStep::ScheduleRetry {
+                restart_count: 1,
+                ..
+            }
+        ));
+        for bad in [
+            r#"{"action": "explode"}"#,
+            r#"{"action": "recover"}"#,
+            r#"{"action": "recover", "restartCount": 1, "extra": true}"#,
+            r#"{"restartCount": 1}"#,
+        ] {
+            assert!(serde_json::from_str::<ReconcileStep>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! # draas-reconciler
+//!
+//! Converges what runs to what was asked, as the original design's
+//! reconciliation service does, without anyone watching: a failed instance
+//! that should run is restarted according to its restart policy (with
+//! exponential backoff, visible in its status as `restartCount` and
+//! `nextRetryAt`), a configuration change reaches a running server, an
+//! instance left `Unknown` by a dead worker is handed to a live one.
+//!
+//! - [`plan`]: what to do about one instance, now: a pure function of the
+//!   instance record and the time, tested exhaustively without I/O.
+
+pub mod plan;
+
+pub use plan::{plan, Action, Decision, PlanSettings};
