@@ -99,6 +99,7 @@ check_deps() {
 check_deps draas-core "$forbidden_backends|draas-(api|worker)|tokio|axum|reqwest"
 check_deps draas-api "$forbidden_backends|draas-worker"
 check_deps draas-worker "$forbidden_backends|draas-api"
+check_deps draas-reconciler "$forbidden_backends|draas-(api|worker)|axum"
 # Adapters: each depends on draas-core and its client library only. The one
 # exception, allowed in writing: draas-redis uses draas-bus's event fan-out.
 check_deps draas-redis 'redb|bollard|kube|drasi-lib|draas-(store|drasi|api|worker|worker-process)'

@@ -63,6 +63,9 @@ impl DraasUp {
                 &format!("127.0.0.1:{port}"),
                 "--port-range",
                 port_range,
+                // What is measured here is the command path, not healing.
+                "--reconcile",
+                "off",
             ])
             .args(extra)
             .arg("--data-dir")

@@ -8,8 +8,16 @@
 //! instance left `Unknown` by a dead worker is handed to a live one.
 //!
 //! - [`plan`]: what to do about one instance, now: a pure function of the
-//!   instance record and the time, tested exhaustively without I/O.
+//!   instance record and the time, tested exhaustively without I/O;
+//! - [`client`]: the control plane's REST API and event stream, the only
+//!   way the reconciler sees and changes anything (so it runs anywhere);
+//! - [`run`]: the loop: plans an instance when an event names it, when its
+//!   planned wait ends, and on a periodic full pass; executes the steps.
 
+pub mod client;
 pub mod plan;
+pub mod run;
 
+pub use client::{ClientError, ControlPlaneClient};
 pub use plan::{plan, Action, Decision, PlanSettings};
+pub use run::{run, ReconcilerSettings};

@@ -396,12 +396,38 @@ pub struct ControlArgs {
     /// Ports given to instances that choose none, as FIRST-LAST.
     #[arg(long, env = "DRAAS_PORT_RANGE", default_value = "21000-21999", value_parser = parse_range)]
     pub port_range: RangeInclusive<u16>,
+    /// Run the reconciler in this process (restarts failed instances by
+    /// their restart policy, applies configuration changes, hands
+    /// instances of dead workers to live ones): `on` or `off`.
+    #[arg(long, env = "DRAAS_RECONCILE", value_enum, default_value = "on")]
+    pub reconcile: Switch,
+    /// Seconds between the reconciler's full passes (events trigger it at
+    /// once in between).
+    #[arg(long, env = "DRAAS_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_interval: u64,
+}
+
+/// On or off.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 impl ControlArgs {
     /// The command deadline.
     pub fn command_timeout(&self) -> Duration {
         Duration::from_secs(self.command_timeout)
+    }
+
+    /// The in-process reconciler's settings, when it runs.
+    pub fn reconciler(&self) -> Option<draas_reconciler::ReconcilerSettings> {
+        (self.reconcile == Switch::On).then(|| draas_reconciler::ReconcilerSettings {
+            full_pass_every: Duration::from_secs(self.reconcile_interval),
+            ..draas_reconciler::ReconcilerSettings::default()
+        })
     }
 }
 

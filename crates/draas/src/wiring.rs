@@ -68,7 +68,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::new(DrasiValidator),
         settings,
     ));
-    serve_api(args.listen, control, shutdown.clone()).await?;
+    serve_api(
+        args.listen,
+        control,
+        args.control.reconciler(),
+        shutdown.clone(),
+    )
+    .await?;
 
     info!("waiting for the workers to finish running commands");
     let joined = tokio::select! {
@@ -125,7 +131,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.watchdog_seconds.max(1)),
         shutdown.graceful.clone(),
     ));
-    serve_api(args.listen, control, shutdown.clone()).await?;
+    serve_api(
+        args.listen,
+        control,
+        args.control.reconciler(),
+        shutdown.clone(),
+    )
+    .await?;
     shutdown.graceful.cancel();
     let _ = watchdog.await;
     info!("stopped");
@@ -511,16 +523,39 @@ async fn wait_for_worker(store: &dyn StateStore, worker_id: &str) -> anyhow::Res
 }
 
 /// Serves the API until shutdown, then drains briefly (open event streams
-/// never end on their own); a second signal ends the drain at once.
+/// never end on their own); a second signal ends the drain at once. With
+/// `reconciler`, runs the reconciler too, as a client of this API (the
+/// same way `draas reconcile` would from elsewhere).
 async fn serve_api(
     listen: std::net::SocketAddr,
     control: Arc<ControlPlane>,
+    reconciler: Option<draas_reconciler::ReconcilerSettings>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    info!("DRaaS API listening on http://{}", listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    info!("DRaaS API listening on http://{bound}");
+    let _reconciler = match reconciler {
+        Some(settings) => {
+            let mut local = bound;
+            if local.ip().is_unspecified() {
+                local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let client = draas_reconciler::ControlPlaneClient::new(
+                &format!("http://{local}"),
+                // The control plane answers within its own command deadlines.
+                Duration::from_secs(900),
+            )?;
+            Some(AbortOnDrop(tokio::spawn(draas_reconciler::run(
+                client,
+                settings,
+                shutdown.graceful.clone(),
+            ))))
+        }
+        None => None,
+    };
     let app = router(control).layer(tower_http::trace::TraceLayer::new_for_http());
     let stop = shutdown.graceful.clone();
     let mut server = tokio::spawn(
@@ -541,4 +576,13 @@ async fn serve_api(
     }
     server.abort();
     Ok(())
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

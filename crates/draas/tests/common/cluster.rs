@@ -37,6 +37,8 @@ pub async fn serve(dir: &Path, name: &str, redis: &RedisServer, range: &str) -> 
             range,
             "--watchdog-seconds",
             "1",
+            "--reconcile",
+            "off",
         ])
         .env("RUST_LOG", "info,tower_http=debug");
     let mut process = TestProcess::spawn(command, name, dir).expect("spawn draas serve");

@@ -145,6 +145,13 @@ impl Draas {
             } else {
                 &["--kubernetes", "off"][..]
             })
+            // Tests of other features see failures stay as they are; the
+            // reconciler's own tests turn it on.
+            .args(if extra.contains(&"--reconcile") {
+                &[][..]
+            } else {
+                &["--reconcile", "off"][..]
+            })
             .env("RUST_LOG", "info,tower_http=debug");
         let process =
             TestProcess::spawn(command, &format!("draas-{run}"), dir).expect("spawn draas up");

@@ -1,0 +1,200 @@
+//! The control plane as the reconciler sees it: its REST API and its event
+//! stream, nothing else (so the reconciler runs anywhere).
+
+use std::time::Duration;
+
+use draas_core::instance::{Instance, InstanceId};
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+use crate::plan::Action;
+
+/// What went wrong talking to the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer (connection refused, timeout).
+    #[error("the control plane did not answer: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    /// The instance is gone.
+    #[error("instance {0} no longer exists")]
+    Gone(String),
+    /// The record changed since the plan (someone else acted).
+    #[error("the plan is stale: {0}")]
+    Stale(String),
+    /// Any other refusal, with the problem's `code` and detail.
+    #[error("{status} {code}: {detail}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The problem's `code`.
+        code: String,
+        /// The problem's `detail`.
+        detail: String,
+    },
+}
+
+/// A client of one control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Page size of a full pass.
+const PAGE: usize = 1000;
+
+impl ControlPlaneClient {
+    /// A client of the control plane at `base` (e.g. `http://127.0.0.1:5000`).
+    pub fn new(base: &str, request_timeout: Duration) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(request_timeout)
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Every instance, page by page.
+    pub async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let page: Value = answer(
+                self.http
+                    .get(self.url("/api/server/instances"))
+                    .query(&[("offset", all.len()), ("limit", PAGE)])
+                    .send()
+                    .await?,
+                "instances",
+            )
+            .await?;
+            let items: Vec<Instance> =
+                serde_json::from_value(page["items"].clone()).map_err(|e| {
+                    ClientError::Refused {
+                        status: 200,
+                        code: "UNREADABLE".into(),
+                        detail: format!("an instance list this reconciler cannot read: {e}"),
+                    }
+                })?;
+            let total = page["total"].as_u64().unwrap_or(0) as usize;
+            let got = items.len();
+            all.extend(items);
+            if got == 0 || all.len() >= total {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One instance.
+    pub async fn instance(&self, id: &str) -> Result<Instance, ClientError> {
+        let value = answer(
+            self.http
+                .get(self.url(&format!("/api/server/instances/{id}")))
+                .send()
+                .await?,
+            id,
+        )
+        .await?;
+        serde_json::from_value(value).map_err(|e| ClientError::Refused {
+            status: 200,
+            code: "UNREADABLE".into(),
+            detail: format!("an instance this reconciler cannot read: {e}"),
+        })
+    }
+
+    /// Carries out `action` on instance `id`.
+    pub async fn act(&self, id: &InstanceId, action: &Action) -> Result<(), ClientError> {
+        let id = id.as_str();
+        let request = match action {
+            Action::Start => self
+                .http
+                .post(self.url(&format!("/api/server/instances/{id}/start"))),
+            Action::ScheduleRetry { at, restarts } => self.step(
+                id,
+                json!({"action": "scheduleRetry", "at": at, "restartCount": restarts}),
+            ),
+            Action::Recover { restarts } => {
+                self.step(id, json!({"action": "recover", "restartCount": restarts}))
+            }
+            Action::ResetRestarts { restarts } => self.step(
+                id,
+                json!({"action": "resetRestarts", "restartCount": restarts}),
+            ),
+            Action::ApplyConfiguration { generation } => self.step(
+                id,
+                json!({"action": "applyConfiguration", "generation": generation}),
+            ),
+        };
+        answer(request.send().await?, id).await.map(|_| ())
+    }
+
+    fn step(&self, id: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/api/server/instances/{id}/reconcile")))
+            .json(&body)
+    }
+
+    /// The ids of instances that events name, from the event stream
+    /// (resumed after `last_event` when given); each item also carries the
+    /// event's cursor. Ends when the connection does.
+    pub async fn instance_events(
+        &self,
+        last_event: Option<&str>,
+    ) -> Result<impl Stream<Item = (String, Option<String>)>, ClientError> {
+        // The stream lives as long as the connection: no overall timeout.
+        let mut request = reqwest::Client::new()
+            .get(self.url("/api/events"))
+            .header("accept", "text/event-stream");
+        if let Some(cursor) = last_event {
+            request = request.header("last-event-id", cursor);
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            return Err(refusal(response).await);
+        }
+        use eventsource_stream::Eventsource;
+        Ok(response
+            .bytes_stream()
+            .eventsource()
+            .take_while(|e| futures::future::ready(e.is_ok()))
+            .filter_map(|e| async move {
+                let event = e.ok()?;
+                let data: Value = serde_json::from_str(&event.data).ok()?;
+                let id = data["event"]["instanceId"].as_str()?.to_string();
+                let cursor = (!event.id.is_empty()).then_some(event.id);
+                Some((id, cursor))
+            }))
+    }
+}
+
+/// The JSON body of a successful answer, or the error it is.
+async fn answer(response: reqwest::Response, what: &str) -> Result<Value, ClientError> {
+    if response.status().is_success() {
+        return Ok(response.json().await?);
+    }
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(ClientError::Gone(what.to_string()));
+    }
+    Err(refusal(response).await)
+}
+
+async fn refusal(response: reqwest::Response) -> ClientError {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["code"].as_str().unwrap_or("UNKNOWN").to_string();
+    let detail = body["detail"].as_str().unwrap_or_default().to_string();
+    if code == "STALE_PLAN" {
+        ClientError::Stale(detail)
+    } else {
+        ClientError::Refused {
+            status,
+            code,
+            detail,
+        }
+    }
+}
