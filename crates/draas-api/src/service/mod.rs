@@ -154,7 +154,21 @@ impl ControlPlane {
     /// Applies `change` to instance `id` and stores it, retrying when the
     /// record changed meanwhile (a worker recorded a status, say). `change`
     /// runs again on each attempt, against the fresh record.
-    pub async fn update<F>(&self, id: &InstanceId, mut change: F) -> ApiResult<Instance>
+    pub async fn update<F>(&self, id: &InstanceId, change: F) -> ApiResult<Instance>
+    where
+        F: FnMut(&mut Instance) -> ApiResult<()> + Send,
+    {
+        self.modify(id, true, change).await
+    }
+
+    /// [`Self::update`], saying with `desired` whether the change is of the
+    /// desired side (which moves `updatedAt`) or only bookkeeping.
+    pub(crate) async fn modify<F>(
+        &self,
+        id: &InstanceId,
+        desired: bool,
+        mut change: F,
+    ) -> ApiResult<Instance>
     where
         F: FnMut(&mut Instance) -> ApiResult<()> + Send,
     {
@@ -168,7 +182,9 @@ impl ControlPlane {
                     .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
                     .value;
                 change(&mut instance)?;
-                instance.updated_at = Utc::now();
+                if desired {
+                    instance.updated_at = Utc::now();
+                }
                 Ok(Change::Put {
                     value: instance.clone(),
                     also: Vec::new(),

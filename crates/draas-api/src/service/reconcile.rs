@@ -8,13 +8,11 @@
 
 use chrono::{DateTime, Utc};
 use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId};
-use draas_core::keys;
 use draas_core::messages::Command;
-use draas_core::ports::store::{read_modify_write, Change, Record};
 use draas_core::restart::LastFailure;
 use serde::Deserialize;
 
-use super::{cas_error, ControlPlane, MAX_ATTEMPTS};
+use super::ControlPlane;
 use crate::error::{ApiError, ApiResult};
 
 /// One step of the reconciler.
@@ -76,7 +74,7 @@ impl ControlPlane {
     pub async fn reconcile(&self, id: &InstanceId, step: ReconcileStep) -> ApiResult<Instance> {
         match step {
             ReconcileStep::ScheduleRetry { at, restart_count } => {
-                self.bookkeeping(id, |instance| {
+                self.modify(id, false, |instance| {
                     still_failed(instance, restart_count)?;
                     instance.status.next_retry_at = Some(at);
                     Ok(())
@@ -84,7 +82,7 @@ impl ControlPlane {
                 .await
             }
             ReconcileStep::ResetRestarts { restart_count } => {
-                self.bookkeeping(id, |instance| {
+                self.modify(id, false, |instance| {
                     let status = &mut instance.status;
                     if !matches!(status.state, ActualState::Running | ActualState::Degraded)
                         || status.restart_count != restart_count
@@ -102,7 +100,7 @@ impl ControlPlane {
             }
             ReconcileStep::Recover { restart_count } => {
                 let instance = self
-                    .bookkeeping(id, |instance| {
+                    .modify(id, false, |instance| {
                         still_failed(instance, restart_count)?;
                         let status = &mut instance.status;
                         status.last_failure = Some(LastFailure {
@@ -152,34 +150,6 @@ impl ControlPlane {
                 self.after(instance, reply).await
             }
         }
-    }
-
-    /// Changes the reconciler's bookkeeping in the status of instance `id`
-    /// (not the desired side: `updatedAt` stays).
-    async fn bookkeeping<F>(&self, id: &InstanceId, mut change: F) -> ApiResult<Instance>
-    where
-        F: FnMut(&mut Instance) -> ApiResult<()> + Send,
-    {
-        read_modify_write(
-            self.store.as_ref(),
-            keys::INSTANCES,
-            id.as_str(),
-            MAX_ATTEMPTS,
-            |current: Option<Record<Instance>>| {
-                let mut instance = current
-                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
-                    .value;
-                change(&mut instance)?;
-                Ok(Change::Put {
-                    value: instance.clone(),
-                    also: Vec::new(),
-                    output: instance,
-                })
-            },
-        )
-        .await
-        .map(|(instance, _)| instance)
-        .map_err(|e| cas_error(id, e))
     }
 }
 
