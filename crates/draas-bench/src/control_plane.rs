@@ -107,6 +107,39 @@ impl DraasUp {
         Ok(body)
     }
 
+    /// Creates an instance from the create request `body`; its id.
+    pub(crate) async fn create(&self, body: Value) -> anyhow::Result<String> {
+        let created = self.post("/api/server/instances", body).await?;
+        Ok(created["instance"]["id"]
+            .as_str()
+            .context("id")?
+            .to_string())
+    }
+
+    /// `POST create` then `POST start` of `body`, timed until the start
+    /// answered with a Running instance; the id and the time.
+    pub(crate) async fn create_and_start(&self, body: Value) -> anyhow::Result<(String, Duration)> {
+        let started = Instant::now();
+        let id = self.create(body).await?;
+        let instance = self
+            .post(&format!("/api/server/instances/{id}/start"), json!({}))
+            .await?;
+        if instance["status"]["state"] != "Running" {
+            bail!("not running: {instance}");
+        }
+        Ok((id, started.elapsed()))
+    }
+
+    /// Deletes instance `id`.
+    pub(crate) async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        self.client
+            .delete(self.url(&format!("/api/server/instances/{id}")))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
     fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -141,21 +174,10 @@ async fn create_to_running(draas: &Path, runtime: &Path, runs: usize) -> anyhow:
     let up = DraasUp::start(draas, runtime, "22000-22999").await?;
     let mut managed = Vec::new();
     for i in 0..runs {
-        let started = Instant::now();
-        let created = up
-            .post("/api/server/instances", json!({"name": format!("bench-{i}"), "platformType": "Process", "configuration": pipeline()}))
+        let (id, took) = up
+            .create_and_start(json!({"name": format!("bench-{i}"), "platformType": "Process", "configuration": pipeline()}))
             .await?;
-        let id = created["instance"]["id"]
-            .as_str()
-            .context("id")?
-            .to_string();
-        let instance = up
-            .post(&format!("/api/server/instances/{id}/start"), json!({}))
-            .await?;
-        if instance["status"]["state"] != "Running" {
-            bail!("not running: {instance}");
-        }
-        managed.push(started.elapsed());
+        managed.push(took);
         up.post(&format!("/api/server/instances/{id}/stop"), json!({}))
             .await?;
     }
@@ -234,16 +256,9 @@ async fn bare_spawn_to_ready(runtime: &Path) -> anyhow::Result<Duration> {
 
 async fn crash_detection(draas: &Path, runtime: &Path, kills: usize) -> anyhow::Result<()> {
     let up = DraasUp::start(draas, runtime, "23000-23999").await?;
-    let created = up
-        .post(
-            "/api/server/instances",
-            json!({"name": "victim", "platformType": "Process", "configuration": pipeline()}),
-        )
+    let id = up
+        .create(json!({"name": "victim", "platformType": "Process", "configuration": pipeline()}))
         .await?;
-    let id = created["instance"]["id"]
-        .as_str()
-        .context("id")?
-        .to_string();
     let response = up.client.get(up.url("/api/events")).send().await?;
     let mut events = eventsource_stream::EventStream::new(response.bytes_stream());
     let mut samples = Vec::new();

@@ -170,28 +170,11 @@ pub async fn run(
     configuration["port"] = json!(8080);
     let mut managed = Vec::new();
     for i in 0..runs {
-        let started = Instant::now();
-        let created = up
-            .post(
-                "/api/server/instances",
-                json!({"name": format!("bench-{i}"), "platformType": "Docker", "configuration": configuration}),
-            )
+        let (id, took) = up
+            .create_and_start(json!({"name": format!("bench-{i}"), "platformType": "Docker", "configuration": configuration}))
             .await?;
-        let id = created["instance"]["id"]
-            .as_str()
-            .context("id")?
-            .to_string();
-        let instance = up
-            .post(&format!("/api/server/instances/{id}/start"), json!({}))
-            .await?;
-        if instance["status"]["state"] != "Running" {
-            bail!("not running: {instance}");
-        }
-        managed.push(started.elapsed());
-        up.client
-            .delete(up.url(&format!("/api/server/instances/{id}")))
-            .send()
-            .await?;
+        managed.push(took);
+        up.delete(&id).await?;
     }
 
     // Bare, through the Engine API.
@@ -298,16 +281,9 @@ async fn crash_detection(up: &DraasUp, docker: &Docker, kills: usize) -> anyhow:
     let mut configuration = pipeline();
     configuration["host"] = json!("0.0.0.0");
     configuration["port"] = json!(8080);
-    let created = up
-        .post(
-            "/api/server/instances",
-            json!({"name": "victim", "platformType": "Docker", "configuration": configuration}),
-        )
+    let id = up
+        .create(json!({"name": "victim", "platformType": "Docker", "configuration": configuration}))
         .await?;
-    let id = created["instance"]["id"]
-        .as_str()
-        .context("id")?
-        .to_string();
     let response = up.client.get(up.url("/api/events")).send().await?;
     let mut events = eventsource_stream::EventStream::new(response.bytes_stream());
     let mut samples = Vec::new();

@@ -313,28 +313,11 @@ async fn measure(
     }
     let mut managed = Vec::new();
     for i in 0..runs {
-        let started = Instant::now();
-        let created = up
-            .post(
-                "/api/server/instances",
-                json!({"name": format!("bench-{i}"), "platformType": "Kubernetes", "configuration": configuration}),
-            )
+        let (id, took) = up
+            .create_and_start(json!({"name": format!("bench-{i}"), "platformType": "Kubernetes", "configuration": configuration}))
             .await?;
-        let id = created["instance"]["id"]
-            .as_str()
-            .context("id")?
-            .to_string();
-        let instance = up
-            .post(&format!("/api/server/instances/{id}/start"), json!({}))
-            .await?;
-        if instance["status"]["state"] != "Running" {
-            bail!("not running: {instance}");
-        }
-        managed.push(started.elapsed());
-        up.client
-            .delete(up.url(&format!("/api/server/instances/{id}")))
-            .send()
-            .await?;
+        managed.push(took);
+        up.delete(&id).await?;
     }
     drop(up);
 
