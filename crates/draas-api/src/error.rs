@@ -101,6 +101,7 @@ impl ApiError {
                 (StatusCode::GATEWAY_TIMEOUT, "WORKER_DEADLINE_EXCEEDED")
             }
             ErrorCode::Unsupported => (StatusCode::NOT_IMPLEMENTED, "UNSUPPORTED"),
+            ErrorCode::StaleFence => (StatusCode::CONFLICT, "STALE_FENCE"),
             ErrorCode::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
             ErrorCode::PlatformError | ErrorCode::Other => {
                 (StatusCode::BAD_GATEWAY, "PLATFORM_ERROR")

@@ -57,6 +57,7 @@ async fn api(with_worker: bool) -> Api {
                 heartbeat_ttl: Duration::from_secs(5),
                 concurrency: 4,
                 capacity: None,
+                orphan_sweep_every: std::time::Duration::from_secs(30),
             },
             store.clone(),
             bus.clone(),

@@ -81,6 +81,7 @@ fn spawn_worker(
             heartbeat_ttl: Duration::from_secs(5),
             concurrency,
             capacity: None,
+            orphan_sweep_every: std::time::Duration::from_secs(30),
         },
         store,
         bus,

@@ -343,6 +343,7 @@ async fn measure(
                 heartbeat_ttl: Duration::from_secs(3),
                 concurrency: 8,
                 capacity: None,
+                orphan_sweep_every: std::time::Duration::from_secs(30),
             },
             store.clone(),
             bus.clone(),

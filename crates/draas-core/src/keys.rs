@@ -10,6 +10,8 @@ pub const WORKERS: &str = "workers";
 /// Commands a worker executed, keyed by command id (the reply), so a
 /// redelivered command is answered without being executed twice.
 pub const EXECUTED_COMMANDS: &str = "executed-commands";
+/// Leases (see `lease`), keyed by what they are for.
+pub const LEASES: &str = "leases";
 /// The status buffer.
 pub const STATUS_LOG: &str = "status-changes";
 /// Entries the status buffer keeps.

@@ -25,6 +25,7 @@ pub mod config;
 pub mod installation;
 pub mod instance;
 pub mod keys;
+pub mod lease;
 pub mod messages;
 pub mod patch;
 pub mod policy;

@@ -63,6 +63,11 @@ pub struct CommandEnvelope {
     pub instance_id: InstanceId,
     /// What to do.
     pub command: Command,
+    /// The fencing token of the reconciler's lease, on commands the
+    /// reconciler caused: a worker refuses it when the lease has moved on
+    /// to a newer term (see `lease`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 impl CommandEnvelope {
@@ -76,6 +81,15 @@ impl CommandEnvelope {
             deadline: now + chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::MAX),
             instance_id,
             command,
+            fence: None,
+        }
+    }
+
+    /// The same command, fenced with `token`.
+    pub fn fenced(self, token: Option<u64>) -> Self {
+        Self {
+            fence: token,
+            ..self
         }
     }
 }
@@ -233,6 +247,9 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// The worker cannot execute this command.
     Unsupported,
+    /// The command came from a reconciler whose lease has moved on to a
+    /// newer term (its fencing token is stale): not executed.
+    StaleFence,
     /// A code this build does not know.
     #[serde(other)]
     Other,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use draas_core::instance::{Instance, InstanceId};
+use draas_core::lease::Lease;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
@@ -39,6 +40,9 @@ pub struct ControlPlaneClient {
     base: String,
     http: reqwest::Client,
 }
+
+/// The header carrying the lease's fencing token on each step.
+pub const FENCING_TOKEN_HEADER: &str = "draas-fencing-token";
 
 /// Page size of a full pass.
 const PAGE: usize = 1000;
@@ -107,13 +111,17 @@ impl ControlPlaneClient {
         })
     }
 
-    /// Carries out `action` on instance `id`.
-    pub async fn act(&self, id: &InstanceId, action: &Action) -> Result<(), ClientError> {
+    /// Carries out `action` on instance `id`, fenced with the lease's
+    /// `fence` token when this reconciler holds one.
+    pub async fn act(
+        &self,
+        id: &InstanceId,
+        action: &Action,
+        fence: Option<u64>,
+    ) -> Result<(), ClientError> {
         let id = id.as_str();
-        let request = match action {
-            Action::Start => self
-                .http
-                .post(self.url(&format!("/api/server/instances/{id}/start"))),
+        let mut request = match action {
+            Action::Start { from } => self.step(id, json!({"action": "start", "state": from})),
             Action::ScheduleRetry { at, restarts } => self.step(
                 id,
                 json!({"action": "scheduleRetry", "at": at, "restartCount": restarts}),
@@ -130,7 +138,50 @@ impl ControlPlaneClient {
                 json!({"action": "applyConfiguration", "generation": generation}),
             ),
         };
+        if let Some(token) = fence {
+            request = request.header(FENCING_TOKEN_HEADER, token);
+        }
         answer(request.send().await?, id).await.map(|_| ())
+    }
+
+    /// Claims or renews the reconciler lease for `holder`; `Ok(None)`
+    /// while another holder has it.
+    pub async fn claim_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, ClientError> {
+        let response = self
+            .http
+            .post(self.url("/api/reconciler/lease"))
+            .json(&json!({"holder": holder, "ttlSeconds": ttl.as_secs().max(1)}))
+            .send()
+            .await?;
+        match answer(response, "the reconciler lease").await {
+            Ok(value) => {
+                serde_json::from_value(value)
+                    .map(Some)
+                    .map_err(|e| ClientError::Refused {
+                        status: 200,
+                        code: "UNREADABLE".into(),
+                        detail: format!("a lease this reconciler cannot read: {e}"),
+                    })
+            }
+            Err(ClientError::Refused { code, .. }) if code == "LEASE_HELD" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up (at shutdown), so another reconciler takes over
+    /// at once.
+    pub async fn release_lease(&self, holder: &str) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .delete(self.url("/api/reconciler/lease"))
+            .query(&[("holder", holder)])
+            .send()
+            .await?;
+        answer(response, "the reconciler lease").await.map(|_| ())
     }
 
     fn step(&self, id: &str, body: Value) -> reqwest::RequestBuilder {

@@ -12,9 +12,15 @@
 //! - [`client`]: the control plane's REST API and event stream, the only
 //!   way the reconciler sees and changes anything (so it runs anywhere);
 //! - [`run`]: the loop: plans an instance when an event names it, when its
-//!   planned wait ends, and on a periodic full pass; executes the steps.
+//!   planned wait ends, and on a periodic full pass; executes the steps;
+//! - [`lease`]: only the holder of the control plane's reconciler lease
+//!   acts, and its steps carry the term's fencing token;
+//! - [`cursor`]: the event stream followed from a cursor kept in a file,
+//!   so a restarted reconciler replays what it missed.
 
 pub mod client;
+pub mod cursor;
+pub mod lease;
 pub mod plan;
 pub mod run;
 

@@ -61,9 +61,13 @@ pub enum Action {
         /// The restarts in a row so far.
         restarts: u32,
     },
-    /// Start a server that should run and was never started, or whose
-    /// worker is gone (a live worker that can reach it adopts it).
-    Start,
+    /// Start a server that should run and was never started (`Created`),
+    /// or whose worker is gone (`Unknown`: a live worker that can reach it
+    /// adopts it).
+    Start {
+        /// The state the plan saw.
+        from: ActualState,
+    },
     /// Restart the server with its new configuration.
     ApplyConfiguration {
         /// The generation to run.
@@ -93,8 +97,17 @@ pub fn plan(instance: &Instance, now: DateTime<Utc>, settings: &PlanSettings) ->
         // Its worker is gone: a live worker of the same reach adopts the
         // server (or starts it, if it is gone too). Whatever the restart
         // policy: this is not a restart.
-        ActualState::Unknown => Decision::Act(Action::Start),
-        ActualState::Created => after_settling(instance, now, settings, Action::Start),
+        ActualState::Unknown => Decision::Act(Action::Start {
+            from: ActualState::Unknown,
+        }),
+        ActualState::Created => after_settling(
+            instance,
+            now,
+            settings,
+            Action::Start {
+                from: ActualState::Created,
+            },
+        ),
         ActualState::Stopped => match policy.policy {
             RestartMode::Always => recover(instance, now),
             // Stopped while it should run and not by failing: a user's
@@ -369,7 +382,9 @@ mod tests {
             i.status.restart_count = 99;
             assert_eq!(
                 plan(&i, t0(), &PlanSettings::default()),
-                Decision::Act(Action::Start)
+                Decision::Act(Action::Start {
+                    from: ActualState::Unknown
+                })
             );
         }
     }
@@ -386,7 +401,9 @@ mod tests {
         );
         assert_eq!(
             plan(&i, later(2_000), &settings),
-            Decision::Act(Action::Start)
+            Decision::Act(Action::Start {
+                from: ActualState::Created
+            })
         );
     }
 
@@ -476,13 +493,17 @@ mod tests {
                                                         "{case}"
                                                     );
                                                 }
-                                                Action::Start => assert!(
-                                                    matches!(
-                                                        state,
-                                                        ActualState::Unknown | ActualState::Created
-                                                    ),
-                                                    "{case}"
-                                                ),
+                                                Action::Start { from } => {
+                                                    assert!(
+                                                        matches!(
+                                                            state,
+                                                            ActualState::Unknown
+                                                                | ActualState::Created
+                                                        ),
+                                                        "{case}"
+                                                    );
+                                                    assert_eq!(*from, state, "{case}");
+                                                }
                                                 Action::ApplyConfiguration { generation: g } => {
                                                     assert_eq!(*g, 2, "{case}");
                                                     assert_eq!(

@@ -1,22 +1,25 @@
 //! The reconciler's loop: plans an instance whenever an event names it,
 //! when a wait it planned ends, and on a periodic full pass that catches
 //! anything an event missed; executes what the plan says, one step per
-//! instance at a time.
+//! instance at a time, and only while it holds the lease.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use draas_core::instance::{Instance, InstanceId};
 use futures::StreamExt;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, ControlPlaneClient};
+use crate::cursor::{follow_events, CursorFile, Named};
+use crate::lease::hold_lease;
 use crate::plan::{plan, Action, Decision, PlanSettings};
 
 /// Settings of a reconciler.
@@ -30,6 +33,14 @@ pub struct ReconcilerSettings {
     pub concurrency: usize,
     /// The wait before reconnecting a lost event stream.
     pub reconnect_after: Duration,
+    /// This reconciler's name in the lease.
+    pub holder: String,
+    /// How long a lease term lasts unless renewed (renewed every third of
+    /// it): the longest a dead holder blocks its successor.
+    pub lease_ttl: Duration,
+    /// Where the event cursor is kept across restarts (a reconciler run
+    /// alone); `None` keeps it in memory.
+    pub cursor_file: Option<PathBuf>,
 }
 
 impl Default for ReconcilerSettings {
@@ -39,9 +50,15 @@ impl Default for ReconcilerSettings {
             plan: PlanSettings::default(),
             concurrency: 16,
             reconnect_after: Duration::from_millis(500),
+            holder: format!("reconciler-{}", std::process::id()),
+            lease_ttl: Duration::from_secs(10),
+            cursor_file: None,
         }
     }
 }
+
+/// How often a changed cursor is written to its file.
+const SAVE_CURSOR_EVERY: Duration = Duration::from_millis(500);
 
 /// Runs the reconciler against `client` until `shutdown`.
 pub async fn run(
@@ -49,40 +66,85 @@ pub async fn run(
     settings: ReconcilerSettings,
     shutdown: CancellationToken,
 ) {
-    let (named, mut names) = mpsc::unbounded_channel::<String>();
+    let cursor_file = settings.cursor_file.clone().map(CursorFile::new);
+    let saved = match &cursor_file {
+        Some(file) => file.load().await,
+        None => None,
+    };
+    if let Some(cursor) = &saved {
+        info!(%cursor, "the reconciler resumes the event stream from its saved cursor");
+    }
+    let (lease_tx, mut lease) = watch::channel(None::<u64>);
+    let lease_task = tokio::spawn(hold_lease(
+        client.clone(),
+        settings.holder.clone(),
+        settings.lease_ttl,
+        lease_tx,
+        shutdown.clone(),
+    ));
+    let (named, mut names) = mpsc::unbounded_channel::<Named>();
     let events = tokio::spawn(follow_events(
         client.clone(),
-        named.clone(),
+        saved.clone(),
+        named,
         settings.reconnect_after,
         shutdown.clone(),
     ));
     let mut state = Loop {
-        client,
+        client: client.clone(),
         settings: settings.clone(),
         permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
         timers: DelayQueue::new(),
         timer_keys: HashMap::new(),
         busy: HashSet::new(),
         steps: JoinSet::new(),
+        fence: None,
+        unplanned: HashSet::new(),
     };
-    let mut full_pass = tokio::time::interval(settings.full_pass_every);
+    let every = settings.full_pass_every;
+    let mut full_pass = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     full_pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    info!(
-        every = ?settings.full_pass_every,
-        "the reconciler runs"
-    );
+    let mut save = tokio::time::interval(SAVE_CURSOR_EVERY);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cursor = saved.clone();
+    let mut unsaved = false;
+    // The first term after a start with a saved cursor needs no full pass:
+    // the stream replays every change since (the periodic pass follows).
+    let mut resume_from_cursor = saved.is_some();
+    info!(every = ?every, holder = %settings.holder, "the reconciler runs");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = full_pass.tick() => match state.client.instances().await {
-                Ok(all) => {
-                    for instance in all {
-                        state.consider(instance);
+            Ok(()) = lease.changed() => {
+                let fence = *lease.borrow_and_update();
+                let was = std::mem::replace(&mut state.fence, fence);
+                match (was, fence) {
+                    (None, Some(token)) => {
+                        info!(token, "this reconciler holds the lease: it acts");
+                        let named = std::mem::take(&mut state.unplanned);
+                        if std::mem::take(&mut resume_from_cursor) {
+                            for id in named {
+                                state.look_at(id).await;
+                            }
+                        } else {
+                            state.full_pass().await;
+                        }
                     }
+                    (Some(_), None) => {
+                        info!("this reconciler lost the lease: it only watches");
+                        state.forget_all();
+                    }
+                    _ => {}
                 }
-                Err(e) => warn!("reconciler: full pass skipped: {e}"),
-            },
-            Some(id) = names.recv() => state.look_at(id).await,
+            }
+            _ = full_pass.tick() => state.full_pass().await,
+            Some(Named { instance, cursor: seen }) = names.recv() => {
+                state.look_at(instance).await;
+                if seen.is_some() {
+                    cursor = seen;
+                    unsaved = true;
+                }
+            }
             Some(expired) = state.timers.next() => {
                 let id = expired.into_inner();
                 state.timer_keys.remove(&id);
@@ -96,10 +158,26 @@ pub async fn run(
                     state.look_at(id).await;
                 }
             }
+            _ = save.tick(), if unsaved => {
+                if let (Some(file), Some(at)) = (&cursor_file, &cursor) {
+                    file.save(at).await;
+                }
+                unsaved = false;
+            }
         }
     }
     events.abort();
     state.steps.abort_all();
+    if let (Some(file), Some(at)) = (&cursor_file, &cursor) {
+        file.save(at).await;
+    }
+    lease_task.abort();
+    if state.fence.is_some() {
+        // Hand over at once rather than after the lease runs out.
+        if let Err(e) = client.release_lease(&settings.holder).await {
+            debug!("reconciler: could not release the lease: {e}");
+        }
+    }
 }
 
 struct Loop {
@@ -111,11 +189,37 @@ struct Loop {
     /// Instances with a step in flight (planned again when it ends).
     busy: HashSet<String>,
     steps: JoinSet<String>,
+    /// The lease's fencing token while this reconciler holds it.
+    fence: Option<u64>,
+    /// Instances events named while this reconciler did not hold the
+    /// lease: planned when it gets it after resuming from a cursor (else a
+    /// full pass covers them).
+    unplanned: HashSet<String>,
 }
 
 impl Loop {
+    /// Plans every instance.
+    async fn full_pass(&mut self) {
+        if self.fence.is_none() {
+            return;
+        }
+        self.unplanned.clear();
+        match self.client.instances().await {
+            Ok(all) => {
+                for instance in all {
+                    self.consider(instance);
+                }
+            }
+            Err(e) => warn!("reconciler: full pass skipped: {e}"),
+        }
+    }
+
     /// Reads instance `id` and plans it.
     async fn look_at(&mut self, id: String) {
+        if self.fence.is_none() {
+            self.unplanned.insert(id);
+            return;
+        }
         if self.busy.contains(&id) {
             return;
         }
@@ -132,9 +236,15 @@ impl Loop {
         }
     }
 
+    fn forget_all(&mut self) {
+        self.timers.clear();
+        self.timer_keys.clear();
+    }
+
     /// Plans `instance` and starts its step, or its wait.
     fn consider(&mut self, instance: Instance) {
         let id = instance.id.as_str().to_string();
+        let Some(fence) = self.fence else { return };
         if self.busy.contains(&id) {
             return;
         }
@@ -159,7 +269,7 @@ impl Loop {
                 let instance_id = instance.id.clone();
                 self.steps.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    execute(&client, &instance_id, &action).await;
+                    execute(&client, &instance_id, &action, fence).await;
                     id
                 });
             }
@@ -167,58 +277,18 @@ impl Loop {
     }
 }
 
-async fn execute(client: &ControlPlaneClient, id: &InstanceId, action: &Action) {
-    match client.act(id, action).await {
-        Ok(()) => info!(instance = %id, ?action, "reconciled"),
+async fn execute(client: &ControlPlaneClient, id: &InstanceId, action: &Action, fence: u64) {
+    match client.act(id, action, Some(fence)).await {
+        Ok(()) => info!(instance = %id, ?action, fence, "reconciled"),
         // Someone acted first: the next plan starts from what they did.
         Err(ClientError::Stale(detail)) => debug!(instance = %id, "plan overtaken: {detail}"),
         Err(ClientError::Gone(_)) => {}
+        // The lease moved on: the new holder acts.
+        Err(ClientError::Refused { code, detail, .. }) if code == "STALE_FENCE" => {
+            warn!(instance = %id, "step refused, this reconciler's lease has moved on: {detail}")
+        }
         // The step failed (the server did not start, no live worker): the
         // record says so, and the next plan answers it.
         Err(e) => warn!(instance = %id, ?action, "reconcile step failed: {e}"),
-    }
-}
-
-/// Feeds the ids of instances named by events into `named`, reconnecting
-/// (from the last cursor seen) whenever the stream ends.
-async fn follow_events(
-    client: ControlPlaneClient,
-    named: mpsc::UnboundedSender<String>,
-    reconnect_after: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut cursor: Option<String> = None;
-    while !shutdown.is_cancelled() {
-        match client.instance_events(cursor.as_deref()).await {
-            Ok(stream) => {
-                let mut stream = std::pin::pin!(stream);
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        next = stream.next() => match next {
-                            Some((id, seen)) => {
-                                if seen.is_some() {
-                                    cursor = seen;
-                                }
-                                if named.send(id).is_err() {
-                                    return;
-                                }
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            }
-            Err(ClientError::Refused { code, .. }) if code == "INVALID_CURSOR" => {
-                // The cursor is older than the kept history: start from now
-                // (the full pass covers the gap).
-                cursor = None;
-            }
-            Err(e) => debug!("reconciler: event stream: {e}"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(reconnect_after) => {}
-        }
     }
 }

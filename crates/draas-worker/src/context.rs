@@ -26,6 +26,10 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Most instances this worker will run, if limited.
     pub capacity: Option<u32>,
+    /// How often the driver looks for platform objects (processes,
+    /// containers, Deployments) of instances that no longer exist, and
+    /// removes them.
+    pub orphan_sweep_every: Duration,
 }
 
 /// The parts of one worker: its settings, the store and bus it uses, and

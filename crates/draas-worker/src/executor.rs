@@ -22,6 +22,7 @@ use std::time::Duration;
 use chrono::Utc;
 use draas_core::instance::{ActualState, Instance, InstanceId, Reason};
 use draas_core::keys;
+use draas_core::lease::{Lease, RECONCILER_LEASE};
 use draas_core::messages::{
     Command, CommandEnvelope, CommandReply, ErrorCode, Outcome, StartSpec, StopSpec,
     MESSAGE_VERSION,
@@ -333,6 +334,9 @@ impl Inner {
     }
 
     async fn execute(&self, envelope: &CommandEnvelope) -> Outcome {
+        if let Some(refused) = self.stale_fence(envelope).await {
+            return refused;
+        }
         let id = &envelope.instance_id;
         match &envelope.command {
             Command::Start(spec) => self.start(id, spec).await,
@@ -496,6 +500,44 @@ impl Inner {
                 .await?
                 .map(|r| r.value)),
             Err(RecordError::Store(e)) => Err(e),
+        }
+    }
+}
+
+impl Inner {
+    /// The refusal of a command fenced with a token older than the
+    /// reconciler lease's current term (see `draas_core::lease`); `None`
+    /// when it may run. A lease that cannot be read refuses too: the
+    /// command is the reconciler's, which retries.
+    async fn stale_fence(&self, envelope: &CommandEnvelope) -> Option<Outcome> {
+        let token = envelope.fence?;
+        match self
+            .store
+            .get_json::<Lease>(keys::LEASES, RECONCILER_LEASE)
+            .await
+        {
+            Ok(Some(lease)) if lease.value.token > token => {
+                warn!(
+                    token,
+                    current = lease.value.token,
+                    holder = %lease.value.holder,
+                    "refused a command of a reconciler whose lease has moved on"
+                );
+                Some(error(
+                    ErrorCode::StaleFence,
+                    format!(
+                        "fencing token {token} is stale: the reconciler lease is in term {} (held by {})",
+                        lease.value.token, lease.value.holder
+                    ),
+                ))
+            }
+            Ok(_) => None,
+            Err(e) => Some(error(
+                ErrorCode::StoreUnavailable,
+                format!(
+                    "the command was not executed: its fencing token could not be checked ({e})"
+                ),
+            )),
         }
     }
 }

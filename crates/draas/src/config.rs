@@ -28,6 +28,11 @@ pub enum Mode {
     /// A platform worker alone (distributed mode), joined to the control
     /// plane through Redis.
     Worker(WorkerArgs),
+    /// The reconciler alone (distributed mode): restarts failed instances,
+    /// applies configuration changes and hands instances of dead workers
+    /// to live ones, through a control plane's REST API and event stream.
+    /// Run several: only the holder of the control plane's lease acts.
+    Reconcile(ReconcileArgs),
     /// Watches a Docker engine's DRaaS containers and reports their state to
     /// a control plane (`POST /api/status/updates`): for an engine that no
     /// Docker worker serves.
@@ -75,6 +80,67 @@ pub struct DockerDaemonArgs {
     /// [default: the local socket].
     #[arg(long = "docker-host", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+}
+
+/// `draas reconcile`.
+#[derive(Args, Debug, Clone)]
+pub struct ReconcileArgs {
+    /// The control plane's base URL (e.g. http://127.0.0.1:5000).
+    #[arg(long = "control-plane", env = "DRAAS_CONTROL_PLANE", value_parser = parse_base_url)]
+    pub control_plane: String,
+    /// Seconds between full passes (events trigger it at once in between).
+    #[arg(long = "reconcile-interval", env = "DRAAS_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// This reconciler's name in the lease [default: reconciler-<pid>].
+    #[arg(long = "reconciler-id", env = "DRAAS_RECONCILER_ID", value_parser = parse_holder)]
+    pub reconciler_id: Option<String>,
+    /// Seconds a lease term lasts unless renewed: how long a dead holder
+    /// keeps the others waiting.
+    #[arg(long = "lease-ttl", env = "DRAAS_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub lease_ttl: u64,
+    /// The file keeping the event cursor across restarts
+    /// [default: <data dir>/reconciler.cursor].
+    #[arg(long = "cursor-file", env = "DRAAS_RECONCILER_CURSOR")]
+    pub cursor_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+impl ReconcileArgs {
+    /// The reconciler's settings.
+    pub fn settings(&self) -> draas_reconciler::ReconcilerSettings {
+        let defaults = draas_reconciler::ReconcilerSettings::default();
+        draas_reconciler::ReconcilerSettings {
+            full_pass_every: Duration::from_secs(self.interval),
+            holder: self
+                .reconciler_id
+                .clone()
+                .unwrap_or(defaults.holder.clone()),
+            lease_ttl: Duration::from_secs(self.lease_ttl),
+            cursor_file: Some(
+                self.cursor_file
+                    .clone()
+                    .unwrap_or_else(|| self.data.resolve().join("reconciler.cursor")),
+            ),
+            ..defaults
+        }
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| format!("expected an http:// or https:// URL, got {text:?}"))?;
+    if rest.trim_end_matches('/').is_empty() || rest.contains(char::is_whitespace) {
+        return Err(format!("{text:?} names no host"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn parse_holder(text: &str) -> Result<String, String> {
+    draas_core::lease::validate_holder(text)?;
+    Ok(text.to_string())
 }
 
 /// Whether `draas up` runs a platform's worker (Docker, Kubernetes).
@@ -343,6 +409,10 @@ pub struct ProcessArgs {
     /// Seconds between worker heartbeats.
     #[arg(long, env = "DRAAS_HEARTBEAT_SECONDS", default_value_t = 2)]
     pub heartbeat_seconds: u64,
+    /// Seconds between the worker's sweeps for platform objects of
+    /// instances that no longer exist (removed when found).
+    #[arg(long = "orphan-sweep-seconds", env = "DRAAS_ORPHAN_SWEEP_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub orphan_sweep_seconds: u64,
     /// The host name or address users reach this machine's servers on, put
     /// in the endpoints of servers that bind every interface (`0.0.0.0`)
     /// [default: this machine's name].
@@ -405,6 +475,10 @@ pub struct ControlArgs {
     /// once in between).
     #[arg(long, env = "DRAAS_RECONCILE_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_interval: u64,
+    /// Seconds a term of the reconciler lease lasts unless renewed (with
+    /// several control-plane replicas, only the holder's reconciler acts).
+    #[arg(long = "lease-ttl", env = "DRAAS_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub lease_ttl: u64,
 }
 
 /// On or off.
@@ -426,6 +500,7 @@ impl ControlArgs {
     pub fn reconciler(&self) -> Option<draas_reconciler::ReconcilerSettings> {
         (self.reconcile == Switch::On).then(|| draas_reconciler::ReconcilerSettings {
             full_pass_every: Duration::from_secs(self.reconcile_interval),
+            lease_ttl: Duration::from_secs(self.lease_ttl),
             ..draas_reconciler::ReconcilerSettings::default()
         })
     }

@@ -6,6 +6,7 @@
 //! draas up                          control plane + Process worker, embedded bus and store
 //! draas serve  --redis URL          control plane only (distributed mode)
 //! draas worker --redis URL --platform process|docker
+//! draas reconcile --control-plane URL
 //! draas docker-daemon --control-plane URL
 //! draas image build
 //! ```
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
             Mode::Up(args) => wiring::up(args).await,
             Mode::Serve(args) => wiring::serve(args).await,
             Mode::Worker(args) => wiring::worker(args).await,
+            Mode::Reconcile(args) => wiring::reconcile(args).await,
             Mode::DockerDaemon(args) => wiring::docker_daemon(args).await,
             Mode::Image {
                 command: config::ImageCommand::Build(args),

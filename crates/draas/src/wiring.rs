@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::{
     ControlArgs, DockerArgs, DockerDaemonArgs, ImageBuildArgs, KubernetesArgs, PlatformSwitch,
-    ProcessArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs,
+    ProcessArgs, ReconcileArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs,
 };
 use crate::shutdown::{self, Shutdown};
 
@@ -205,6 +205,28 @@ pub async fn docker_daemon(args: DockerDaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `draas reconcile`: the reconciler alone, against a control plane's
+/// REST API; only the holder of the lease acts.
+pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    let settings = args.settings();
+    if let Some(file) = &settings.cursor_file {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    }
+    let shutdown = shutdown::install().context("cannot install signal handlers")?;
+    let client = draas_reconciler::ControlPlaneClient::new(
+        &args.control_plane,
+        // The control plane answers within its own command deadlines.
+        Duration::from_secs(900),
+    )?;
+    info!(control_plane = %args.control_plane, holder = %settings.holder, "reconciler starting");
+    draas_reconciler::run(client, settings, shutdown.graceful.clone()).await;
+    info!("stopped");
+    Ok(())
+}
+
 /// `draas image build`: the bundled runtime's image.
 pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<()> {
     let engine = Engine::connect(args.docker_host.as_deref(), ENGINE_TIMEOUT).await?;
@@ -332,6 +354,7 @@ async fn kubernetes_worker(
             host,
             heartbeat_interval: heartbeat,
             heartbeat_ttl: heartbeat * 3,
+            orphan_sweep_every: Duration::from_secs(process.orphan_sweep_seconds),
             concurrency: draas_worker::DEFAULT_CONCURRENCY,
             capacity: None,
         },
@@ -362,6 +385,7 @@ async fn docker_worker(
             host,
             heartbeat_interval: heartbeat,
             heartbeat_ttl: heartbeat * 3,
+            orphan_sweep_every: Duration::from_secs(process.orphan_sweep_seconds),
             concurrency: draas_worker::DEFAULT_CONCURRENCY,
             capacity: None,
         },
@@ -448,6 +472,7 @@ fn process_worker(
             host: host.clone(),
             heartbeat_interval: heartbeat,
             heartbeat_ttl: heartbeat * 3,
+            orphan_sweep_every: Duration::from_secs(args.orphan_sweep_seconds),
             concurrency: draas_worker::DEFAULT_CONCURRENCY,
             capacity: None,
         },
@@ -538,7 +563,8 @@ async fn serve_api(
     let bound = listener.local_addr()?;
     info!("DRaaS API listening on http://{bound}");
     let _reconciler = match reconciler {
-        Some(settings) => {
+        Some(mut settings) => {
+            settings.holder = format!("control-plane-{bound}-{}", std::process::id());
             let mut local = bound;
             if local.ip().is_unspecified() {
                 local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

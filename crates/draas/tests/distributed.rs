@@ -6,51 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{serve, WorkerProcess};
+use common::cluster::{processes_in, redis, serve, wait_workers, workdir, WorkerProcess};
 use common::{alive, counter_pipeline, port_range, Api, Reaper};
 use draas_testkit::redis_server::RedisServer;
 use draas_testkit::wait_for;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::json;
-
-fn redis(dir: &Path) -> RedisServer {
-    let redis_dir = dir.join("redis");
-    std::fs::create_dir_all(&redis_dir).unwrap();
-    RedisServer::start(&redis_dir)
-}
-
-/// Waits until `api` sees `n` live Process workers.
-async fn wait_workers(api: &Api, n: usize) {
-    wait_for(
-        &format!("{n} live workers"),
-        Duration::from_secs(30),
-        || async {
-            let (_, body) = api.get("/api/server/platforms").await;
-            let live = body["platforms"][0]["workers"]
-                .as_array()
-                .map_or(0, Vec::len);
-            (live == n).then_some(())
-        },
-    )
-    .await;
-}
-
-/// Processes whose working directory is `dir`.
-fn processes_in(dir: &Path) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
-            (cwd == dir && alive(pid as u64)).then_some(pid)
-        })
-        .collect()
-}
 
 /// Entries of a Redis stream.
 async fn stream_length(redis: &RedisServer, key: &str) -> u64 {
@@ -81,10 +46,6 @@ async fn wait_for_process_record(api: &Api, redis: &RedisServer, id: &str) {
         async move { store.get(&records, id).await.ok().flatten().map(|_| ()) }
     })
     .await;
-}
-
-fn workdir(worker: &WorkerProcess, id: &str) -> PathBuf {
-    worker.data.join("process/instances").join(id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

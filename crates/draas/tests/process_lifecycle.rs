@@ -448,3 +448,77 @@ async fn a_second_signal_ends_the_wait_for_running_commands() {
 fn free_closed_port() -> u16 {
     draas_testkit::free_port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_and_restart_wait_for_the_state_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let draas = Draas::up(dir.path()).await;
+    let id = draas.create("waited", None).await;
+    let path = |verb: &str, query: &str| format!("/api/server/instances/{id}/{verb}?{query}");
+
+    // Bad queries are refused before anything happens.
+    for query in [
+        "wait=Exploded",
+        "timeout=5",
+        "wait=Running&timeout=0",
+        "wait=Running&timeout=soon",
+        "wait=Running&later=1",
+    ] {
+        let (status, body) = draas.post(&path("start", query), None).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["code"], "INVALID_QUERY", "{query}: {body}");
+    }
+    assert_eq!(draas.state(&id).await, "Created");
+
+    let (status, body) = draas
+        .post(&path("start", "wait=Running&timeout=30"), None)
+        .await;
+    assert_eq!(
+        (status, &body["status"]["state"]),
+        (200, &json!("Running")),
+        "{body}"
+    );
+    let (status, body) = draas
+        .post(&path("restart", "wait=Running&timeout=30"), None)
+        .await;
+    assert_eq!(
+        (status, &body["status"]["state"]),
+        (200, &json!("Running")),
+        "{body}"
+    );
+
+    // A state that the command does not lead to: a clear 504 once the
+    // timeout has passed, naming the state it is in.
+    let asked = Instant::now();
+    let (status, body) = draas
+        .post(&path("stop", "wait=Running&timeout=1"), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("STATE_NOT_REACHED")),
+        "{body}"
+    );
+    assert!(asked.elapsed() >= Duration::from_secs(1));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Stopped") && detail.contains("Running"),
+        "{detail}"
+    );
+    assert_eq!(
+        draas.state(&id).await,
+        "Stopped",
+        "the stop itself was done"
+    );
+
+    let (status, body) = draas.post(&path("start", "wait=Running"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = draas
+        .post(&path("stop", "wait=Stopped&timeout=30"), None)
+        .await;
+    assert_eq!(
+        (status, &body["status"]["state"]),
+        (200, &json!("Stopped")),
+        "{body}"
+    );
+}

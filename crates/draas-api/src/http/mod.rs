@@ -4,6 +4,7 @@
 
 mod extract;
 mod redact;
+mod wait;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,8 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use draas_core::instance::ActualState;
-use draas_core::messages::{Event, LogStream, EVENT_CHANNELS};
+use draas_core::messages::{LogStream, EVENT_CHANNELS};
 use draas_core::ports::BusError;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use crate::service::{
     ControlPlane, CreateInstance, ExternalStatusUpdate, ListQuery, ReconcileStep,
 };
 use extract::{etag, if_match, require_json_patch, ApiJson, ApiQuery, InstancePath};
+use wait::WaitQuery;
 
 /// Largest request body accepted (configurations included).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -55,6 +56,10 @@ pub fn router(control_plane: Arc<ControlPlane>) -> Router {
             get(get_server_configuration).patch(patch_server_configuration),
         )
         .route("/api/server/instances/{id}/logs", get(logs))
+        .route(
+            "/api/reconciler/lease",
+            get(get_lease).post(claim_lease).delete(release_lease),
+        )
         .route("/api/server/platforms", get(platforms))
         .route("/api/server/dead-letters", get(dead_letters))
         .route(
@@ -98,15 +103,6 @@ async fn list(State(cp): Cp, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<
     Ok(Json(list).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WaitQuery {
-    /// Wait until the instance reaches this state.
-    wait: Option<ActualState>,
-    /// For at most this many seconds (default 30, at most 300).
-    timeout: Option<u64>,
-}
-
 async fn get_instance(
     State(cp): Cp,
     InstancePath(id): InstancePath,
@@ -115,39 +111,20 @@ async fn get_instance(
     let Some(wanted) = q.wait else {
         return Ok(Json(redact::instance(cp.load(&id).await?.value)).into_response());
     };
-    let limit = Duration::from_secs(q.timeout.unwrap_or(30).min(300));
+    let limit = q.limit();
     // Subscribe before reading, so a change between the two is not missed.
     let mut events = cp.bus().subscribe(&EVENT_CHANNELS).await?;
     let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let instance = cp.load(&id).await?.value;
-        if instance.status.state == wanted {
-            return Ok(Json(redact::instance(instance)).into_response());
-        }
-        let next = tokio::time::timeout_at(deadline, async {
-            while let Some(published) = events.next().await {
-                if matches!(&published.envelope.event, Event::InstanceStatusChanged(c) if c.instance_id == id)
-                {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        match next {
-            Ok(true) => continue,
-            Ok(false) | Err(_) => {
-                let state = cp.load(&id).await?.value.status.state;
-                if state == wanted {
-                    continue;
-                }
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "WAIT_TIMEOUT",
-                    format!("the instance is {state:?}, not {wanted:?}, after {limit:?}"),
-                ));
-            }
-        }
+    match wait::until_state(&cp, &id, wanted, deadline, &mut events).await? {
+        Ok(instance) => Ok(Json(redact::instance(instance)).into_response()),
+        Err(seen) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "WAIT_TIMEOUT",
+            format!(
+                "the instance is {:?}, not {wanted:?}, after {limit:?}",
+                seen.status.state
+            ),
+        )),
     }
 }
 
@@ -167,24 +144,107 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn start(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
-    Ok(Json(redact::instance(cp.start(&id).await?)).into_response())
+async fn start(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> ApiResult<Response> {
+    let instance = wait::mutation(&cp, &id, q, "start", cp.start(&id)).await?;
+    Ok(Json(redact::instance(instance)).into_response())
 }
 
-async fn stop(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
-    Ok(Json(redact::instance(cp.stop(&id).await?)).into_response())
+async fn stop(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> ApiResult<Response> {
+    let instance = wait::mutation(&cp, &id, q, "stop", cp.stop(&id)).await?;
+    Ok(Json(redact::instance(instance)).into_response())
 }
 
-async fn restart(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
-    Ok(Json(redact::instance(cp.restart(&id).await?)).into_response())
+async fn restart(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> ApiResult<Response> {
+    let instance = wait::mutation(&cp, &id, q, "restart", cp.restart(&id)).await?;
+    Ok(Json(redact::instance(instance)).into_response())
 }
+
+/// The header carrying a reconciler's fencing token (see
+/// `draas_core::lease`).
+pub const FENCING_TOKEN_HEADER: &str = "draas-fencing-token";
 
 async fn reconcile(
     State(cp): Cp,
     InstancePath(id): InstancePath,
+    headers: HeaderMap,
     ApiJson(step): ApiJson<ReconcileStep>,
 ) -> ApiResult<Response> {
-    Ok(Json(redact::instance(cp.reconcile(&id, step).await?)).into_response())
+    let fence = headers
+        .get(FENCING_TOKEN_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "INVALID_FENCE",
+                        format!("{FENCING_TOKEN_HEADER} must be a lease's token (a number)"),
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(Json(redact::instance(cp.reconcile(&id, step, fence).await?)).into_response())
+}
+
+// === the reconciler's lease ===
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LeaseRequest {
+    /// Who asks (a reconciler's id).
+    holder: String,
+    /// For how long.
+    ttl_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseQuery {
+    holder: String,
+}
+
+fn lease_body(lease: &draas_core::lease::Lease) -> serde_json::Value {
+    let mut body = json!(lease);
+    body["live"] = json!(lease.is_live(chrono::Utc::now()));
+    body
+}
+
+async fn get_lease(State(cp): Cp) -> ApiResult<Response> {
+    match cp.lease().await? {
+        Some(lease) => Ok(Json(lease_body(&lease)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no reconciler has taken the lease yet",
+        )),
+    }
+}
+
+async fn claim_lease(
+    State(cp): Cp,
+    ApiJson(request): ApiJson<LeaseRequest>,
+) -> ApiResult<Response> {
+    let lease = cp
+        .claim_lease(&request.holder, Duration::from_secs(request.ttl_seconds))
+        .await?;
+    Ok(Json(lease_body(&lease)).into_response())
+}
+
+async fn release_lease(State(cp): Cp, ApiQuery(q): ApiQuery<ReleaseQuery>) -> ApiResult<Response> {
+    let released = cp.release_lease(&q.holder).await?;
+    Ok(Json(json!({ "released": released })).into_response())
 }
 
 async fn runtime_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {

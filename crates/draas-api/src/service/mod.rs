@@ -7,6 +7,7 @@
 
 mod configuration;
 mod instances;
+mod lease;
 mod ports;
 mod reconcile;
 mod status;
@@ -30,6 +31,7 @@ use draas_core::workers::live_workers;
 
 pub use configuration::ConfigurationDocument;
 pub use instances::{CreateInstance, InstanceList, ListQuery};
+pub use lease::LEASE_TTL;
 pub use reconcile::ReconcileStep;
 pub use status::{ExternalStatusUpdate, RecentChanges};
 
@@ -243,12 +245,24 @@ impl ControlPlane {
         command: Command,
         timeout: Duration,
     ) -> ApiResult<Reply> {
+        self.send_fenced(instance, command, timeout, None).await
+    }
+
+    /// [`Self::send`], fenced with the reconciler lease's `fence` token
+    /// (workers refuse it once the lease has moved on).
+    pub async fn send_fenced(
+        &self,
+        instance: &Instance,
+        command: Command,
+        timeout: Duration,
+        fence: Option<u64>,
+    ) -> ApiResult<Reply> {
         let workers = self.live_workers(Some(instance.platform_type)).await?;
         if workers.is_empty() {
             return Err(ApiError::no_worker(instance.platform_type));
         }
         let channel = self.route(instance, &workers)?;
-        let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout);
+        let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout).fenced(fence);
         let reply = self.bus.request(&channel, envelope, timeout).await?;
         match reply.outcome {
             Outcome::Ok {
@@ -278,12 +292,16 @@ pub struct Reply {
 
 /// The API error of a failed read-modify-write of instance `id`.
 pub(crate) fn cas_error(id: &InstanceId, e: CasError<ApiError>) -> ApiError {
+    cas_error_of(&format!("instance {id}"), e)
+}
+
+/// The API error of a failed read-modify-write of `what`.
+pub(crate) fn cas_error_of(what: &str, e: CasError<ApiError>) -> ApiError {
     match e {
         CasError::Rejected(e) => e,
         CasError::Store(e) => e.into(),
-        CasError::Exhausted { .. } => ApiError::conflict(
-            "CONCURRENT_UPDATE",
-            format!("instance {id} kept changing; retry"),
-        ),
+        CasError::Exhausted { .. } => {
+            ApiError::conflict("CONCURRENT_UPDATE", format!("{what} kept changing; retry"))
+        }
     }
 }

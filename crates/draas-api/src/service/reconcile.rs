@@ -41,6 +41,13 @@ pub enum ReconcileStep {
         /// The restarts in a row the plan saw.
         restart_count: u32,
     },
+    /// Start a server that should run and was never started (`Created`),
+    /// or whose worker is gone (`Unknown`: a live worker that can reach it
+    /// adopts it, or starts it if it is gone too).
+    Start {
+        /// The state the plan saw.
+        state: ActualState,
+    },
     /// Restart the running server with its new configuration.
     ApplyConfiguration {
         /// The generation the plan saw.
@@ -70,9 +77,38 @@ fn still_failed(instance: &Instance, restart_count: u32) -> ApiResult<()> {
 
 impl ControlPlane {
     /// Executes one step of the reconciler, if the record is still as the
-    /// step was planned on.
-    pub async fn reconcile(&self, id: &InstanceId, step: ReconcileStep) -> ApiResult<Instance> {
+    /// step was planned on and, with a `fence` token, if that is the live
+    /// reconciler lease's (`409 STALE_FENCE` otherwise; the command sent
+    /// carries it, so workers refuse it too once the lease moves on).
+    pub async fn reconcile(
+        &self,
+        id: &InstanceId,
+        step: ReconcileStep,
+        fence: Option<u64>,
+    ) -> ApiResult<Instance> {
+        if let Some(token) = fence {
+            self.check_fence(token).await?;
+        }
         match step {
+            ReconcileStep::Start { state } => {
+                let instance = self.load(id).await?.value;
+                if instance.desired_state != DesiredState::Running
+                    || instance.status.state != state
+                    || !matches!(state, ActualState::Created | ActualState::Unknown)
+                {
+                    return Err(stale(format!(
+                        "the instance is now {:?} (desired {:?}); the plan saw it {state:?}",
+                        instance.status.state, instance.desired_state
+                    )));
+                }
+                tracing::info!(instance = %id, "starting an instance that should run ({state:?})");
+                let spec = self.start_spec(&instance)?;
+                let timeout = self.start_timeout(&instance);
+                let reply = self
+                    .send_fenced(&instance, Command::Start(spec), timeout, fence)
+                    .await?;
+                self.after(instance, reply).await
+            }
             ReconcileStep::ScheduleRetry { at, restart_count } => {
                 self.modify(id, false, |instance| {
                     still_failed(instance, restart_count)?;
@@ -121,7 +157,9 @@ impl ControlPlane {
                 );
                 let spec = self.start_spec(&instance)?;
                 let timeout = self.start_timeout(&instance);
-                let reply = self.send(&instance, Command::Start(spec), timeout).await?;
+                let reply = self
+                    .send_fenced(&instance, Command::Start(spec), timeout, fence)
+                    .await?;
                 self.after(instance, reply).await
             }
             ReconcileStep::ApplyConfiguration { generation } => {
@@ -145,7 +183,7 @@ impl ControlPlane {
                 let spec = self.start_spec(&instance)?;
                 let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
                 let reply = self
-                    .send(&instance, Command::Restart(spec), timeout)
+                    .send_fenced(&instance, Command::Restart(spec), timeout, fence)
                     .await?;
                 self.after(instance, reply).await
             }
@@ -166,6 +204,14 @@ mod tests {
             r#"{"action": "scheduleRetry", "at": "2026-11-24T12:00:00Z", "restartCount": 1}"#,
         )
         .unwrap();
+        let start: ReconcileStep =
+            serde_json::from_str(r#"{"action": "start", "state": "Unknown"}"#).unwrap();
+        assert_eq!(
+            start,
+            ReconcileStep::Start {
+                state: ActualState::Unknown
+            }
+        );
         assert!(matches!(
             step,
             ReconcileStep::ScheduleRetry {
@@ -177,6 +223,8 @@ mod tests {
             r#"{"action": "explode"}"#,
             r#"{"action": "recover"}"#,
             r#"{"action": "recover", "restartCount": 1, "extra": true}"#,
+            r#"{"action": "start"}"#,
+            r#"{"action": "start", "state": "Exploded"}"#,
             r#"{"restartCount": 1}"#,
         ] {
             assert!(serde_json::from_str::<ReconcileStep>(bad).is_err(), "{bad}");

@@ -118,6 +118,7 @@ impl Setup {
                 heartbeat_ttl: Duration::from_secs(3),
                 concurrency: 8,
                 capacity: None,
+                orphan_sweep_every: std::time::Duration::from_secs(30),
             },
             self.store.clone(),
             self.bus.clone(),

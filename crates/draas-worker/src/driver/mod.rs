@@ -206,6 +206,8 @@ struct Inner<P: Platform> {
     servers: Registry<P::Record, P::Handle>,
     upkeep_started: AtomicBool,
     adoption_started: AtomicBool,
+    sweep_started: AtomicBool,
+    orphan_sweep_every: Duration,
     /// Set by `detach`: background sweeps end.
     detached: AtomicBool,
 }
@@ -244,6 +246,8 @@ impl<P: Platform> ManagedDriver<P> {
                 servers: Registry::default(),
                 upkeep_started: AtomicBool::new(false),
                 adoption_started: AtomicBool::new(false),
+                sweep_started: AtomicBool::new(false),
+                orphan_sweep_every: context.settings.orphan_sweep_every,
                 detached: AtomicBool::new(false),
                 store: context.store.clone(),
                 platform,
@@ -612,9 +616,35 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Removes the platform objects of instances that no longer exist (they
-    /// were deleted while this worker was down, or by `?force=true`).
+    /// were deleted while this worker was down, or by `?force=true`, or
+    /// someone made them by hand with this installation's labels): what the
+    /// platform finds labelled, and the servers recorded in this scope by
+    /// this worker or by dead ones. Safe at any time: an instance's record
+    /// is written before any of its objects, and removed after them.
     async fn remove_orphans(&self) {
-        for id in self.platform.labelled_instances().await {
+        let mut candidates: std::collections::BTreeSet<InstanceId> = self
+            .platform
+            .labelled_instances()
+            .await
+            .into_iter()
+            .collect();
+        if let Ok(records) = self.records.list().await {
+            let live: Vec<String> = draas_core::workers::live_workers(
+                self.store.as_ref(),
+                Some(self.platform.platform()),
+                Utc::now(),
+            )
+            .await
+            .map(|workers| workers.into_iter().map(|w| w.worker_id).collect())
+            .unwrap_or_default();
+            candidates.extend(
+                records
+                    .into_iter()
+                    .filter(|(_, r)| r.owner == self.worker_id || !live.contains(&r.owner))
+                    .map(|(id, _)| id),
+            );
+        }
+        for id in candidates {
             match self
                 .store
                 .get(draas_core::keys::INSTANCES, id.as_str())
@@ -622,8 +652,25 @@ impl<P: Platform> Inner<P> {
             {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    info!(instance = %id, "removing what is left of a deleted instance");
+                    info!(instance = %id, "removing what is left of an instance that no longer exists");
                     let record = self.records.get(&id).await.ok().flatten().map(|r| r.value);
+                    if let Some(server) = self.servers.get(&id) {
+                        // Unwatched first: its exit is no crash to report.
+                        self.servers.remove(&id, server.serial, None);
+                        let _ = self
+                            .platform
+                            .stop(&id, &server.handle, &server.exit, Duration::ZERO)
+                            .await;
+                    } else if let Some(record) = &record {
+                        if let Some((handle, exit)) =
+                            self.platform.attach(&id, &record.platform).await
+                        {
+                            let _ = self
+                                .platform
+                                .stop(&id, &handle, &exit, Duration::ZERO)
+                                .await;
+                        }
+                    }
                     match self
                         .platform
                         .remove(&id, record.as_ref().map(|r| &r.platform))
@@ -638,6 +685,29 @@ impl<P: Platform> Inner<P> {
                 Err(e) => warn!(instance = %id, "cannot tell whether it still exists: {e}"),
             }
         }
+    }
+
+    /// Sweeps for orphans now and then, for as long as the driver lives
+    /// (started once).
+    fn start_orphan_sweep(self: &Arc<Self>) {
+        if self.sweep_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let every = self.orphan_sweep_every.max(Duration::from_secs(1));
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.detached.load(Ordering::SeqCst) {
+                    return;
+                }
+                inner.remove_orphans().await;
+            }
+        });
     }
 
     /// Runs the platform's upkeep now and then, for as long as the driver
@@ -1062,6 +1132,7 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
             }
         }
         inner.remove_orphans().await;
+        inner.start_orphan_sweep();
         inner.start_upkeep();
         inner.start_adoption();
         Ok(adopted)

@@ -9,7 +9,7 @@ use draas_testkit::process::TestProcess;
 use draas_testkit::redis_server::RedisServer;
 use draas_testkit::{free_port, wait_for};
 
-use super::{runtime_binary, Api, DRAAS};
+use super::{alive, runtime_binary, Api, DRAAS};
 
 /// A `draas serve` process.
 pub struct Serve {
@@ -24,9 +24,30 @@ impl std::ops::Deref for Serve {
     }
 }
 
-/// Starts `draas serve` on `redis`, logging into `dir/<name>.*`.
+/// Starts `draas serve` on `redis`, logging into `dir/<name>.*`, without
+/// its reconciler.
 pub async fn serve(dir: &Path, name: &str, redis: &RedisServer, range: &str) -> Serve {
-    let port = free_port();
+    serve_with(
+        dir,
+        name,
+        redis,
+        range,
+        free_port(),
+        &["--reconcile", "off"],
+    )
+    .await
+}
+
+/// Starts `draas serve` on `port` with `extra` arguments (which must say
+/// `--reconcile`).
+pub async fn serve_with(
+    dir: &Path,
+    name: &str,
+    redis: &RedisServer,
+    range: &str,
+    port: u16,
+    extra: &[&str],
+) -> Serve {
     let mut command = Command::new(DRAAS);
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -37,9 +58,8 @@ pub async fn serve(dir: &Path, name: &str, redis: &RedisServer, range: &str) -> 
             range,
             "--watchdog-seconds",
             "1",
-            "--reconcile",
-            "off",
         ])
+        .args(extra)
         .env("RUST_LOG", "info,tower_http=debug");
     let mut process = TestProcess::spawn(command, name, dir).expect("spawn draas serve");
     let api = Api::new(port);
@@ -55,6 +75,21 @@ pub async fn serve(dir: &Path, name: &str, redis: &RedisServer, range: &str) -> 
     })
     .await;
     Serve { process, api }
+}
+
+/// Starts `draas reconcile` against `api` as `name` (also its lease
+/// holder name), keeping its cursor in `dir/<name>.cursor`; `run` numbers
+/// its log files.
+pub fn reconciler(dir: &Path, name: &str, api: &Api, run: usize, extra: &[&str]) -> TestProcess {
+    let mut command = Command::new(DRAAS);
+    command
+        .args(["reconcile", "--control-plane", &api.url("")])
+        .args(["--reconciler-id", name])
+        .arg("--cursor-file")
+        .arg(dir.join(format!("{name}.cursor")))
+        .args(extra)
+        .env("RUST_LOG", "info,draas_reconciler=debug");
+    TestProcess::spawn(command, &format!("{name}-{run}"), dir).expect("spawn draas reconcile")
 }
 
 /// A `draas worker` process.
@@ -174,4 +209,45 @@ fn spawn_worker(
         .args(extra)
         .env("RUST_LOG", "info");
     TestProcess::spawn(command, &format!("{name}-{run}"), dir).expect("spawn draas worker")
+}
+
+/// A redis-server for a test, with its data in `dir/redis`.
+pub fn redis(dir: &Path) -> RedisServer {
+    let redis_dir = dir.join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    RedisServer::start(&redis_dir)
+}
+
+/// Waits until `api` sees `n` live Process workers.
+pub async fn wait_workers(api: &Api, n: usize) {
+    wait_for(
+        &format!("{n} live workers"),
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = api.get("/api/server/platforms").await;
+            let live = body["platforms"][0]["workers"]
+                .as_array()
+                .map_or(0, Vec::len);
+            (live == n).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Processes whose working directory is `dir`.
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            (cwd == dir && alive(pid as u64)).then_some(pid)
+        })
+        .collect()
+}
+
+/// The working directory of instance `id`'s server on `worker`.
+pub fn workdir(worker: &WorkerProcess, id: &str) -> PathBuf {
+    worker.data.join("process/instances").join(id)
 }

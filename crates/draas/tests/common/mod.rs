@@ -236,7 +236,21 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::call`] with request headers.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
         let mut request = self.client.request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
