@@ -56,6 +56,13 @@ impl DraasUp {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = draas_testkit::free_port();
+        // What is measured is the command path, not healing, unless the
+        // benchmark says otherwise.
+        let reconcile: &[&str] = if extra.contains(&"--reconcile") {
+            &[]
+        } else {
+            &["--reconcile", "off"]
+        };
         let child = Command::new(draas)
             .args([
                 "up",
@@ -63,10 +70,8 @@ impl DraasUp {
                 &format!("127.0.0.1:{port}"),
                 "--port-range",
                 port_range,
-                // What is measured here is the command path, not healing.
-                "--reconcile",
-                "off",
             ])
+            .args(reconcile)
             .args(extra)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -95,6 +100,16 @@ impl DraasUp {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self.client.get(self.url(path)).send().await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {

@@ -41,7 +41,7 @@ use crate::control_plane::{pipeline, DraasUp};
 use crate::stats::{ms, ratio, Summary};
 
 /// The image the benchmark builds and runs.
-const IMAGE: &str = "draas-runtime:bench";
+pub(crate) const IMAGE: &str = "draas-runtime:bench";
 
 /// The configuration a bare container runs: the same pipeline, on every
 /// interface, on 8080.
@@ -55,7 +55,11 @@ fn bare_config(id: &str) -> String {
 }
 
 /// Polls `base` every 2 ms until `/health` answers and every query runs.
-async fn until_ready(client: &reqwest::Client, base: &str, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn until_ready(
+    client: &reqwest::Client,
+    base: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(r) = client.get(format!("{base}/api/v1/queries")).send().await {
@@ -87,7 +91,7 @@ async fn published(docker: &Docker, container: &str) -> anyhow::Result<u16> {
         .context("no published port")
 }
 
-async fn remove(docker: &Docker, container: &str) {
+pub(crate) async fn remove(docker: &Docker, container: &str) {
     let _ = docker
         .remove_container(
             container,
@@ -103,7 +107,7 @@ async fn remove(docker: &Docker, container: &str) {
 
 /// A bare container of the image: created with its configuration in the
 /// environment and started, through the Engine API. Returns its id.
-async fn bare_container(
+pub(crate) async fn bare_container(
     docker: &Docker,
     name: &str,
     restart: Option<RestartPolicyNameEnum>,
@@ -267,7 +271,7 @@ pub async fn run(
 }
 
 /// The host pid of `container`'s process.
-async fn pid_of(docker: &Docker, container: &str) -> anyhow::Result<i32> {
+pub(crate) async fn pid_of(docker: &Docker, container: &str) -> anyhow::Result<i32> {
     let pid = docker
         .inspect_container(container, None::<InspectContainerOptions>)
         .await?

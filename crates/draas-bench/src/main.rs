@@ -10,6 +10,7 @@
 mod bus_roundtrip;
 mod control_plane;
 mod docker;
+mod healing;
 mod kubernetes;
 mod runtime_startup;
 mod stats;
@@ -89,6 +90,27 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         restarts: usize,
     },
+    /// Self-healing: kill -9 → /health again under DRaaS (Process, Docker),
+    /// supervisord's autorestart and Docker's --restart on-failure, side by
+    /// side; fleet convergence after a worker restart (needs a Docker
+    /// engine, supervisord and redis-server).
+    Healing {
+        /// The draas binary (default: next to this binary).
+        #[arg(long)]
+        draas: Option<PathBuf>,
+        /// The runtime binary (default: next to this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// Kills per system (and runtime starts for the floor).
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Kills of the Docker restart-policy container (11 s apart).
+        #[arg(long, default_value_t = 10)]
+        docker_kills: usize,
+        /// Instances of the convergence figure.
+        #[arg(long, default_value_t = 100)]
+        fleet: usize,
+    },
     /// Kubernetes platform: start→Running against a bare server-side apply
     /// of the same objects, and the API requests per operation (needs the
     /// test cluster and a Docker engine for the fake kubelet).
@@ -130,6 +152,23 @@ async fn main() -> anyhow::Result<()> {
             runtime_startup::run(&runtime, runs).await
         }
         Bench::Bus { samples, commands } => bus_roundtrip::run(samples, commands).await,
+        Bench::Healing {
+            draas,
+            runtime,
+            kills,
+            docker_kills,
+            fleet,
+        } => {
+            let draas = match draas {
+                Some(d) => d,
+                None => sibling("draas")?,
+            };
+            let runtime = match runtime {
+                Some(r) => r,
+                None => sibling("draas-runtime")?,
+            };
+            healing::run(&draas, &runtime, kills, docker_kills, fleet).await
+        }
         Bench::ControlPlane {
             draas,
             runtime,

@@ -67,6 +67,21 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// Someone else (a user's `docker rm -f`, another worker) is removing the
+/// container already.
+fn is_removal_in_progress(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("already in progress")
+    )
+}
+
+/// How long a removal someone else started may take.
+const REMOVAL_WAIT: Duration = Duration::from_secs(10);
+
 impl DockerPlatform {
     /// The platform of `engine`, for `installation`'s containers; health
     /// changes of its containers go to `health`.
@@ -183,10 +198,35 @@ impl DockerPlatform {
             {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) => {}
+                Err(e) if is_removal_in_progress(&e) => self.until_gone(&container).await?,
                 Err(e) => return Err(engine_error("cannot remove a container", e)),
             }
         }
         Ok(())
+    }
+
+    /// Waits (bounded) until `container` no longer exists.
+    async fn until_gone(&self, container: &str) -> Result<(), DriverError> {
+        let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+        loop {
+            match self
+                .docker()
+                .inspect_container(container, None::<InspectContainerOptions>)
+                .await
+            {
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(engine_error("cannot inspect a container being removed", e)),
+                Ok(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(DriverError::new(
+                        ErrorCode::PlatformError,
+                        format!(
+                            "container {container} was still being removed after {REMOVAL_WAIT:?}"
+                        ),
+                    ))
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// The volume of `id`'s `./data`, created if missing.

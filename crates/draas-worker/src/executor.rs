@@ -425,7 +425,13 @@ impl Inner {
                     Err(e) => not_recorded("the server runs", &e),
                 }
             }
-            Err(e) => self.failed(id, e).await,
+            Err(mut e) => {
+                if !already && e.state.is_none() && e.code == ErrorCode::PlatformError {
+                    // Recorded `Starting` above: the platform failed it.
+                    e.state = Some((ActualState::Failed, Reason::PlatformError));
+                }
+                self.failed(id, e).await
+            }
         }
     }
 

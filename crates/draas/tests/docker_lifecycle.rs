@@ -652,3 +652,115 @@ async fn a_failing_health_check_makes_the_instance_degraded() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_container_is_recreated_and_an_orphan_container_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = docker();
+    let draas = Draas::up_with_args(
+        dir.path(),
+        &[
+            "--docker",
+            "on",
+            "--docker-image",
+            IMAGE,
+            "--reconcile",
+            "on",
+            "--reconcile-interval",
+            "1",
+            "--orphan-sweep-seconds",
+            "1",
+        ],
+    )
+    .await;
+    docker_platform(&draas).await;
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "vanishing", "platformType": "Docker"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let orphan = draas_core::instance::InstanceId::generate().to_string();
+    let _cleanup = Cleanup(vec![id.clone(), orphan.clone()]);
+    let (status, instance) = draas
+        .post(
+            &format!("/api/server/instances/{id}/start?wait=Running&timeout=60"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let first = instance["runtime"]["handle"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Someone removes the container: the instance should run, so it is
+    // created again.
+    docker
+        .remove_container(
+            &first,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    let again = draas_testkit::wait_for("a new container", Duration::from_secs(30), || async {
+        let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
+        (i["status"]["state"] == "Running"
+            && i["runtime"]["handle"]["containerId"].as_str() != Some(first.as_str()))
+        .then_some(i)
+    })
+    .await;
+    assert_eq!(again["status"]["restartCount"], 1, "{again}");
+    let second = again["runtime"]["handle"]["containerId"].as_str().unwrap();
+    assert_eq!(containers_of(&docker, &id).await, vec![second.to_string()]);
+
+    // A container labelled as this installation's, of no instance: removed
+    // by the worker's periodic sweep.
+    let labels = docker
+        .inspect_container(second, None::<InspectContainerOptions>)
+        .await
+        .unwrap()
+        .config
+        .and_then(|c| c.labels)
+        .unwrap();
+    let installation = labels["draas.installation"].clone();
+    docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(IMAGE.into()),
+                labels: Some(HashMap::from([
+                    ("draas.managed".to_string(), "true".to_string()),
+                    ("draas.installation".to_string(), installation),
+                    ("draas.instanceId".to_string(), orphan.clone()),
+                ])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers_of(&docker, &orphan).await.len(), 1);
+    draas_testkit::wait_for(
+        "the orphan to be removed",
+        Duration::from_secs(20),
+        || async {
+            containers_of(&docker, &orphan)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    // The instance's own container is left alone.
+    assert_eq!(containers_of(&docker, &id).await, vec![second.to_string()]);
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+}

@@ -1,0 +1,617 @@
+//! Self-healing: kill -9 of a running Drasi server → its `/health`
+//! answering again, under DRaaS and under what users otherwise rely on,
+//! side by side in one run on the same runtime binary and configuration;
+//! and the convergence of a fleet after its worker restarts.
+//!
+//! Method (each figure is printed with its own description):
+//! - **the runtime's own start**: the bundled runtime spawned directly on
+//!   the configuration until `/health` answers: the floor of any restart;
+//! - **DRaaS, Process** (`draas up`, reconciler on) and **DRaaS, Docker**
+//!   (`draas up --docker on`): an instance of the mock pipeline with restart
+//!   policy `on-failure` and `resetAfterSeconds: 1`; before each kill the
+//!   instance has run long enough for its restarts in a row to be reset
+//!   (`restartCount` 0), so each figure is an occasional crash (the first
+//!   restart in a row, immediate by policy); SIGKILL to the server's
+//!   process (the container's process from the host, for Docker); the
+//!   clock stops when the old process is gone and the instance's endpoint
+//!   answers `/health`, polled every 2 ms;
+//! - **supervisord** (Debian's `supervisor`): a `[program]` running the
+//!   same runtime on the same configuration with `autorestart=true`,
+//!   `startsecs=1`; each kill after 1.5 s of running; same clock;
+//! - **Docker `--restart on-failure`**: a container of the same image and
+//!   configuration; Docker doubles its restart delay unless the container
+//!   ran 10 s, so each kill comes after 11 s of running (its best case);
+//! - **fleet convergence**: `draas serve` + `draas worker` over a real
+//!   redis-server, N running instances; the worker is killed with SIGKILL,
+//!   and once all N are `Unknown` (declared dead) it is started again; the
+//!   clock runs from its spawn until all N are `Running` again (re-adopted,
+//!   same processes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bollard::models::RestartPolicyNameEnum;
+use bollard::Docker;
+use futures::StreamExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crate::control_plane::{pipeline, DraasUp};
+use crate::docker::{bare_container, pid_of, remove, until_ready, IMAGE};
+use crate::stats::{ms, Summary};
+
+/// Whether process `pid` still exists (a zombie does not count).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(after != 'Z' && after != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The children of process `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent && alive(pid)).then_some(pid)
+        })
+        .collect()
+}
+
+async fn healthy(client: &reqwest::Client, base: &str) -> bool {
+    client
+        .get(format!("{base}/health"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Kills `pid`, then times until it is gone and `base()` answers
+/// `/health` (polled every 2 ms, at most 60 s).
+async fn time_healing<F, Fut>(
+    client: &reqwest::Client,
+    pid: i32,
+    mut base: F,
+) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let killed = Instant::now();
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    loop {
+        if !alive(pid) {
+            if let Some(base) = base().await {
+                if healthy(client, &base).await {
+                    return Ok(killed.elapsed());
+                }
+            }
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            bail!("not healthy again within 60 s of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A server configuration file for the bare runtime on `port`.
+fn config_file(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
+    let mut config = pipeline();
+    config["id"] = json!("healing");
+    config["host"] = json!("127.0.0.1");
+    config["port"] = json!(port);
+    config["persistConfig"] = json!(false);
+    let path = dir.join("server.yaml");
+    std::fs::write(&path, serde_json::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// The runtime's own start: spawn → `/health`.
+async fn runtime_start(runtime: &Path, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = reqwest::Client::new();
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let port = draas_testkit::free_port();
+        let config = config_file(dir.path(), port)?;
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        let mut child = Command::new(runtime)
+            .current_dir(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn the runtime")?;
+        while !healthy(&client, &base).await {
+            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+                bail!("the runtime did not become healthy");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        samples.push(started.elapsed());
+        let _ = kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+    Ok(samples)
+}
+
+/// Where a DRaaS instance's server process is.
+enum Platform<'a> {
+    Process,
+    Docker(&'a Docker),
+}
+
+/// kill -9 → healthy again, `kills` times, for one instance under `up`.
+async fn under_draas(
+    up: &DraasUp,
+    id: &str,
+    platform: Platform<'_>,
+    kills: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let path = format!("/api/server/instances/{id}");
+    let mut samples = Vec::new();
+    for _ in 0..kills {
+        // Running, and run long enough that this is an occasional crash.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let instance = loop {
+            let instance = up.get(&path).await?;
+            if instance["status"]["state"] == "Running" && instance["status"]["restartCount"] == 0 {
+                break instance;
+            }
+            if Instant::now() > deadline {
+                bail!("not Running with its restarts reset: {instance}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let pid = match &platform {
+            Platform::Process => i32::try_from(
+                instance["runtime"]["handle"]["pid"]
+                    .as_u64()
+                    .context("pid")?,
+            )?,
+            Platform::Docker(docker) => {
+                let container = instance["runtime"]["handle"]["containerId"]
+                    .as_str()
+                    .context("container id")?;
+                pid_of(docker, container).await?
+            }
+        };
+        let took = time_healing(&up.client, pid, || async {
+            let instance = up.get(&path).await.ok()?;
+            (instance["status"]["state"] == "Running")
+                .then(|| instance["runtime"]["endpoint"].as_str().map(str::to_string))
+                .flatten()
+        })
+        .await?;
+        samples.push(took);
+    }
+    Ok(samples)
+}
+
+/// An instance of the pipeline on `platform_type`, started and Running.
+async fn healing_instance(
+    up: &DraasUp,
+    platform_type: &str,
+    configuration: Value,
+) -> anyhow::Result<String> {
+    let id = up
+        .create(json!({
+            "name": format!("healing-{}", platform_type.to_lowercase()),
+            "platformType": platform_type,
+            "configuration": configuration,
+            "restartPolicy": {"policy": "on-failure", "resetAfterSeconds": 1, "maxRestarts": 0},
+        }))
+        .await?;
+    let started = up
+        .post(
+            &format!("/api/server/instances/{id}/start?wait=Running&timeout=60"),
+            json!({}),
+        )
+        .await?;
+    if started["status"]["state"] != "Running" {
+        bail!("not running: {started}");
+    }
+    Ok(id)
+}
+
+/// supervisord running the runtime with `autorestart=true`.
+struct Supervisord {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Supervisord {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Supervisord {
+    fn start(runtime: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = draas_testkit::free_port();
+        let config = config_file(dir.path(), port)?;
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work)?;
+        let d = dir.path().display();
+        let conf = format!(
+            "[supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\n\
+             [program:drasi]\ncommand={} --config {}\ndirectory={}\nautorestart=true\nstartsecs=1\n\
+             startretries=100\nstopsignal=INT\nstdout_logfile=NONE\nstderr_logfile=NONE\n",
+            runtime.display(),
+            config.display(),
+            work.display()
+        );
+        let conf_path = dir.path().join("supervisord.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new("supervisord")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn supervisord (apt-get install supervisor)")?;
+        Ok(Self {
+            child,
+            _dir: dir,
+            port,
+        })
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn server_pid(&self) -> Option<i32> {
+        children_of(self.child.id() as i32).into_iter().next()
+    }
+}
+
+async fn under_supervisord(runtime: &Path, kills: usize) -> anyhow::Result<Vec<Duration>> {
+    let supervisor = Supervisord::start(runtime)?;
+    let client = reqwest::Client::new();
+    let base = supervisor.base();
+    let mut samples = Vec::new();
+    for _ in 0..kills {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !healthy(&client, &base).await {
+            if Instant::now() > deadline {
+                bail!("supervisord's server is not healthy");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Past startsecs: supervisord counts it as started.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let pid = supervisor
+            .server_pid()
+            .context("supervisord runs no server")?;
+        let base = base.clone();
+        samples.push(time_healing(&client, pid, || std::future::ready(Some(base.clone()))).await?);
+    }
+    Ok(samples)
+}
+
+async fn under_docker_policy(docker: &Docker, kills: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = reqwest::Client::new();
+    let port = draas_testkit::free_port();
+    let name = format!("draas-bench-healing-{}", std::process::id());
+    let container = bare_container(
+        docker,
+        &name,
+        Some(RestartPolicyNameEnum::ON_FAILURE),
+        &port.to_string(),
+    )
+    .await?;
+    let base = format!("http://127.0.0.1:{port}");
+    let result = async {
+        until_ready(&client, &base, Duration::from_secs(30)).await?;
+        let mut samples = Vec::new();
+        for _ in 0..kills {
+            tokio::time::sleep(Duration::from_secs(11)).await;
+            let pid = pid_of(docker, &container).await?;
+            let base = base.clone();
+            samples
+                .push(time_healing(&client, pid, || std::future::ready(Some(base.clone()))).await?);
+        }
+        Ok(samples)
+    }
+    .await;
+    remove(docker, &container).await;
+    result
+}
+
+fn row(what: &str, samples: &[Duration], floor: Duration) {
+    let s = Summary::of(samples);
+    println!(
+        "| {what} | {} | {} ms | {} ms | {} ms | {:.2}x |",
+        s.n,
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max),
+        s.p50.as_secs_f64() / floor.as_secs_f64()
+    );
+}
+
+/// Runs the healing benchmarks and prints Markdown.
+pub async fn run(
+    draas: &Path,
+    runtime: &Path,
+    kills: usize,
+    docker_kills: usize,
+    fleet: usize,
+) -> anyhow::Result<()> {
+    let engine = draas_worker_docker::Engine::connect(None, Duration::from_secs(10)).await?;
+    let docker = engine.docker.clone();
+    draas_worker_docker::image::build_runtime_image(&docker, runtime, IMAGE).await?;
+
+    let own = runtime_start(runtime, kills).await?;
+    let floor = Summary::of(&own).p50;
+
+    let process = {
+        let up = DraasUp::start_with(
+            draas,
+            runtime,
+            "27000-27499",
+            &["--docker", "off", "--reconcile", "on"],
+        )
+        .await?;
+        let id = healing_instance(&up, "Process", pipeline()).await?;
+        under_draas(&up, &id, Platform::Process, kills).await?
+    };
+    let in_docker = {
+        let up = DraasUp::start_with(
+            draas,
+            runtime,
+            "27500-27999",
+            &[
+                "--docker",
+                "on",
+                "--docker-image",
+                IMAGE,
+                "--reconcile",
+                "on",
+            ],
+        )
+        .await?;
+        let mut configuration = pipeline();
+        configuration["host"] = json!("0.0.0.0");
+        configuration["port"] = json!(8080);
+        let id = healing_instance(&up, "Docker", configuration).await?;
+        let samples = under_draas(&up, &id, Platform::Docker(&docker), kills).await;
+        let _ = up.delete(&id).await;
+        samples?
+    };
+    let supervisord = under_supervisord(runtime, kills).await?;
+    let docker_policy = under_docker_policy(&docker, docker_kills).await?;
+
+    println!("### Self-healing: kill -9 → `/health` answering again (same runtime, same configuration, one run)\n");
+    println!("| | kills | p50 | p99 | max | p50 vs the runtime's own start |");
+    println!("|---|---|---|---|---|---|");
+    row(
+        "the runtime's own start (spawn → `/health`), the floor",
+        &own,
+        floor,
+    );
+    row(
+        "**DRaaS, Process** (`draas up`, reconciler)",
+        &process,
+        floor,
+    );
+    row(
+        "**DRaaS, Docker** (`draas up --docker on`, reconciler)",
+        &in_docker,
+        floor,
+    );
+    row("supervisord `autorestart=true`", &supervisord, floor);
+    row(
+        "Docker `--restart on-failure` (each kill after 11 s)",
+        &docker_policy,
+        floor,
+    );
+    println!();
+
+    convergence(draas, runtime, fleet).await
+}
+
+/// A child process killed (SIGKILL) on drop.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(draas: &Path, runtime: &Path, redis: &str, data: &Path) -> anyhow::Result<Spawned> {
+    Ok(Spawned(
+        Command::new(draas)
+            .args([
+                "worker",
+                "--platform",
+                "process",
+                "--redis",
+                redis,
+                "--heartbeat-seconds",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--runtime")
+            .arg(runtime)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn draas worker")?,
+    ))
+}
+
+/// Instances in `state`, as the control plane counts them.
+async fn count(client: &reqwest::Client, base: &str, state: &str) -> anyhow::Result<u64> {
+    let body: Value = client
+        .get(format!("{base}/api/server/instances?state={state}&limit=1"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    body["total"].as_u64().context("total")
+}
+
+async fn convergence(draas: &Path, runtime: &Path, fleet: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir_all(&redis_dir)?;
+    let redis = draas_testkit::redis_server::RedisServer::start(&redis_dir);
+    let port = draas_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _serve = Spawned(
+        Command::new(draas)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--redis",
+                &redis.url(),
+            ])
+            .args([
+                "--port-range",
+                "28000-28999",
+                "--watchdog-seconds",
+                "1",
+                "--reconcile",
+                "on",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn draas serve")?,
+    );
+    let data = dir.path().join("worker");
+    let mut worker = spawn_worker(draas, runtime, &redis.url(), &data)?;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = client
+            .get(format!("{base}/api/server/platforms"))
+            .send()
+            .await
+            .ok();
+        if let Some(r) = live {
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            if body["platforms"][0]["workers"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty())
+            {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no live worker");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The fleet, started 8 at a time.
+    let create = |n: usize| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let created: Value = client
+                .post(format!("{base}/api/server/instances"))
+                .json(&json!({"name": format!("fleet-{n}"), "platformType": "Process", "configuration": pipeline()}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let id = created["instance"]["id"]
+                .as_str()
+                .context("id")?
+                .to_string();
+            let started: Value = client
+                .post(format!(
+                    "{base}/api/server/instances/{id}/start?wait=Running&timeout=60"
+                ))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if started["status"]["state"] != "Running" {
+                bail!("not running: {started}");
+            }
+            anyhow::Ok(())
+        }
+    };
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter((0..fleet).map(create))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for result in results {
+        result?;
+    }
+
+    drop(worker);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&client, &base, "Unknown").await? < fleet as u64 {
+        if Instant::now() > deadline {
+            bail!("the fleet was not declared Unknown");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = Instant::now();
+    worker = spawn_worker(draas, runtime, &redis.url(), &data)?;
+    let deadline = restarted + Duration::from_secs(120);
+    while count(&client, &base, "Running").await? < fleet as u64 {
+        if Instant::now() > deadline {
+            bail!("the fleet did not converge");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = restarted.elapsed();
+    // Delete the fleet (its servers stop with it).
+    let all: Value = client
+        .get(format!("{base}/api/server/instances?limit=1000"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    for instance in all["items"].as_array().into_iter().flatten() {
+        if let Some(id) = instance["id"].as_str() {
+            let _ = client
+                .delete(format!("{base}/api/server/instances/{id}"))
+                .send()
+                .await;
+        }
+    }
+    drop(worker);
+    println!(
+        "### Fleet convergence after a worker restart ({fleet} running instances, Redis mode)\n"
+    );
+    println!("| from the worker's spawn to all {fleet} `Running` again (re-adopted) | goal |");
+    println!("|---|---|");
+    println!("| {} ms | ≤ 2000 ms |\n", ms(took));
+    Ok(())
+}
