@@ -226,6 +226,58 @@ pub fn classify_startup_failure(words: &str) -> (ErrorCode, Reason) {
 mod tests {
     use super::*;
 
+    /// Collects observations.
+    #[derive(Default)]
+    struct Collected(std::sync::Mutex<Vec<Observation>>);
+
+    #[async_trait::async_trait]
+    impl StatusSink for Collected {
+        async fn observe(&self, observation: Observation) {
+            self.0.lock().unwrap().push(observation);
+        }
+    }
+
+    /// A server on loopback whose `/api/v1/events` sends `events` as SSE,
+    /// then ends; its base URL.
+    async fn event_server(events: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+                events.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn a_component_in_error_makes_the_instance_degraded_naming_it() {
+        let base = event_server(concat!(
+            "data: {\"componentId\":\"counter\",\"componentType\":\"Source\",\"status\":\"Running\"}\n\n",
+            "data: {\"componentId\":\"values\",\"componentType\":\"Query\",\"status\":\"Error\",\"message\":\"index unavailable\"}\n\n",
+        ))
+        .await;
+        let sink = Arc::new(Collected::default());
+        let id: InstanceId = "i-0123456789abcdef0123456789abcdef".parse().unwrap();
+        watch_components(ServerApi::new(base), id.clone(), 7, sink.clone()).await;
+        let seen = sink.0.lock().unwrap();
+        assert_eq!(seen.len(), 1, "only the error is reported");
+        let degraded = &seen[0];
+        assert_eq!(degraded.instance_id, id);
+        assert_eq!(degraded.state, ActualState::Degraded);
+        assert_eq!(degraded.reason, Some(Reason::ComponentError));
+        assert_eq!(
+            degraded.message.as_deref(),
+            Some("query 'values' is in Error: index unavailable")
+        );
+    }
+
     #[test]
     fn startup_failures_are_classified_from_the_servers_words() {
         assert_eq!(
