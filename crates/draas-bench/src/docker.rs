@@ -79,7 +79,7 @@ pub(crate) async fn until_ready(
 }
 
 /// The host port `container` publishes 8080 on.
-async fn published(docker: &Docker, container: &str) -> anyhow::Result<u16> {
+pub(crate) async fn published(docker: &Docker, container: &str) -> anyhow::Result<u16> {
     docker
         .inspect_container(container, None::<InspectContainerOptions>)
         .await?

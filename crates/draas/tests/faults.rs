@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{
     processes_in, reconciler, redis, serve, serve_with, wait_workers, workdir, WorkerProcess,
@@ -31,22 +31,6 @@ fn kill9(pid: u64) {
 
 fn pid(instance: &Value) -> Option<u64> {
     instance["runtime"]["handle"]["pid"].as_u64()
-}
-
-/// Polls instance `id` until `done` says yes (at most `limit`).
-async fn until(api: &Api, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, instance) = api.get(&format!("/api/server/instances/{id}")).await;
-        if done(&instance) {
-            return instance;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not reached in {limit:?}: {instance}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Creates instance `name` with the counter pipeline and starts it.
@@ -267,10 +251,11 @@ async fn only_the_lease_holder_of_two_reconcilers_acts_and_the_other_takes_over_
 
     // A crash is repaired once, by the holder only.
     kill9(pid(&instance).unwrap());
-    let healed = until(&api, &id, Duration::from_secs(10), |i| {
-        i["status"]["state"] == "Running" && i["status"]["restartCount"] == 1
-    })
-    .await;
+    let healed = api
+        .until(&id, Duration::from_secs(10), |i| {
+            i["status"]["state"] == "Running" && i["status"]["restartCount"] == 1
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, now) = api.get(&format!("/api/server/instances/{id}")).await;
     assert_eq!(now["status"]["restartCount"], 1, "restarted once: {now}");
@@ -284,10 +269,11 @@ async fn only_the_lease_holder_of_two_reconcilers_acts_and_the_other_takes_over_
     let taken = held_by(&api, "second", Duration::from_secs(10)).await;
     assert!(taken["token"].as_u64().unwrap() > term, "{taken}");
     kill9(pid(&healed).unwrap());
-    let again = until(&api, &id, Duration::from_secs(15), |i| {
-        i["status"]["state"] == "Running" && pid(i).is_some_and(|p| Some(p) != pid(&healed))
-    })
-    .await;
+    let again = api
+        .until(&id, Duration::from_secs(15), |i| {
+            i["status"]["state"] == "Running" && pid(i).is_some_and(|p| Some(p) != pid(&healed))
+        })
+        .await;
     assert_eq!(again["status"]["restartCount"], 2, "{again}");
     wait_for_a_step(&second).await;
 }
@@ -354,10 +340,11 @@ async fn a_restarted_reconciler_replays_what_it_missed_from_its_cursor() {
     // Started again, it replays the crash from its cursor and heals it
     // (once its dead self's lease term has run out).
     let second = reconciler(dir.path(), "keeper", &api, 1, &args);
-    let healed = until(&api, &id, Duration::from_secs(15), |i| {
-        i["status"]["state"] == "Running"
-    })
-    .await;
+    let healed = api
+        .until(&id, Duration::from_secs(15), |i| {
+            i["status"]["state"] == "Running"
+        })
+        .await;
     assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
     assert!(
         second
@@ -395,10 +382,11 @@ async fn a_killed_control_plane_is_survived_and_the_reconciler_resumes_from_its_
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     api = serve_with(dir.path(), "serve-1", &redis, &range, port, &off).await;
-    let healed = until(&api, &id, Duration::from_secs(15), |i| {
-        i["status"]["state"] == "Running" && pid(i) != pid(&instance)
-    })
-    .await;
+    let healed = api
+        .until(&id, Duration::from_secs(15), |i| {
+            i["status"]["state"] == "Running" && pid(i) != pid(&instance)
+        })
+        .await;
     assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
     wait_for_a_step(&reconciler).await;
 }
@@ -497,10 +485,11 @@ async fn a_killed_and_restarted_worker_leaves_no_duplicate_and_no_orphan() {
 
     worker.restart();
     for (id, before) in &servers {
-        let after = until(&api, id, Duration::from_secs(20), |i| {
-            i["status"]["state"] == "Running"
-        })
-        .await;
+        let after = api
+            .until(id, Duration::from_secs(20), |i| {
+                i["status"]["state"] == "Running"
+            })
+            .await;
         // Exactly one server per instance, in its own directory.
         let pids = processes_in(&workdir(&worker, id));
         assert_eq!(pids.len(), 1, "{id}: {pids:?}");

@@ -14,22 +14,6 @@ use serde_json::{json, Value};
 
 const RECONCILE: &[&str] = &["--reconcile", "on", "--reconcile-interval", "1"];
 
-/// Polls instance `id` until `done` says yes (at most `limit`).
-async fn until(draas: &Draas, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, instance) = draas.get(&format!("/api/server/instances/{id}")).await;
-        if done(&instance) {
-            return instance;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not reached in {limit:?}: {instance}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn running(draas: &Draas, create: Value) -> (String, Value) {
     let (status, created) = draas.post("/api/server/instances", Some(create)).await;
     assert_eq!(status, 201, "{created}");
@@ -71,10 +55,11 @@ async fn a_killed_server_runs_again_without_anyone_asking() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
-    let healed = until(&draas, &id, Duration::from_secs(10), |i| {
-        i["status"]["state"] == "Running" && pid(i).is_some_and(|p| p != first)
-    })
-    .await;
+    let healed = draas
+        .until(&id, Duration::from_secs(10), |i| {
+            i["status"]["state"] == "Running" && pid(i).is_some_and(|p| p != first)
+        })
+        .await;
     assert!(!alive(first));
     assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
     assert!(healed["status"].get("nextRetryAt").is_none(), "{healed}");
@@ -171,12 +156,13 @@ async fn a_crash_loop_backs_off_longer_each_time_and_stops_at_the_limit() {
         .post(&format!("/api/server/instances/{id}/start"), None)
         .await;
     assert_eq!(status, 502);
-    until(&draas, &id, Duration::from_secs(5), |i| {
-        i["status"]["restartCount"]
-            .as_u64()
-            .is_some_and(|c| (1..3).contains(&c))
-    })
-    .await;
+    draas
+        .until(&id, Duration::from_secs(5), |i| {
+            i["status"]["restartCount"]
+                .as_u64()
+                .is_some_and(|c| (1..3).contains(&c))
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +187,12 @@ async fn a_configuration_change_reaches_the_running_server_unless_manual() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let applied = until(&draas, &auto, Duration::from_secs(10), |i| {
-        i["status"]["state"] == "Running" && i["status"]["observedGeneration"] == i["generation"]
-    })
-    .await;
+    let applied = draas
+        .until(&auto, Duration::from_secs(10), |i| {
+            i["status"]["state"] == "Running"
+                && i["status"]["observedGeneration"] == i["generation"]
+        })
+        .await;
     assert_eq!(applied["generation"], 3, "{applied}");
     let (_, untouched) = draas.get(&format!("/api/server/instances/{manual}")).await;
     assert_eq!(untouched["status"]["state"], "Running");

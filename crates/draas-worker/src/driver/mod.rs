@@ -577,9 +577,22 @@ impl<P: Platform> Inner<P> {
         {
             return;
         }
+        self.every(
+            ADOPT_EVERY,
+            |inner| async move { inner.adopt_unwatched().await },
+        );
+    }
+
+    /// Runs `work` every `every` (the first time after one period), for as
+    /// long as the driver lives and is not detached.
+    fn every<F, Fut>(self: &Arc<Self>, every: Duration, work: F)
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ADOPT_EVERY);
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
@@ -588,7 +601,7 @@ impl<P: Platform> Inner<P> {
                 if inner.detached.load(Ordering::SeqCst) {
                     return;
                 }
-                inner.adopt_unwatched().await;
+                work(inner).await;
             }
         });
     }
@@ -694,20 +707,7 @@ impl<P: Platform> Inner<P> {
             return;
         }
         let every = self.orphan_sweep_every.max(Duration::from_secs(1));
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.detached.load(Ordering::SeqCst) {
-                    return;
-                }
-                inner.remove_orphans().await;
-            }
-        });
+        self.every(every, |inner| async move { inner.remove_orphans().await });
     }
 
     /// Runs the platform's upkeep now and then, for as long as the driver

@@ -314,6 +314,23 @@ impl Api {
             .to_string()
     }
 
+    /// Polls instance `id` every 20 ms until `done` says yes (at most
+    /// `limit`); returns it.
+    pub async fn until(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (_, instance) = self.get(&format!("/api/server/instances/{id}")).await;
+            if done(&instance) {
+                return instance;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not reached in {limit:?}: {instance}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the instance is in `state`; returns its status document.
     pub async fn wait_state(&self, id: &str, state: &str, limit: Duration) -> Value {
         let path = format!("/api/status/{id}/status");
