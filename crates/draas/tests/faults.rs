@@ -328,7 +328,6 @@ async fn a_restarted_reconciler_replays_what_it_missed_from_its_cursor() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
 
     // The reconciler dies; meanwhile the server crashes.
     first.kill();
@@ -372,13 +371,26 @@ async fn a_killed_control_plane_is_survived_and_the_reconciler_resumes_from_its_
     let reconciler = reconciler(dir.path(), "survivor", &api, 0, &args);
     held_by(&api, "survivor", Duration::from_secs(10)).await;
     let (id, instance) = running(&api, "outage").await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // It has followed the stream (it has a cursor to resume from).
+    let cursor_file = dir.path().join("survivor.cursor");
+    wait_for(
+        "the cursor to be saved",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&cursor_file)
+                .ok()
+                .filter(|c| !c.trim().is_empty())
+        },
+    )
+    .await;
 
     // kill -9 the control plane; the server crashes while it is down (the
     // worker records it in Redis).
     api.process.signal(Signal::SIGKILL);
     api.process.wait_timeout(Duration::from_secs(10)).unwrap();
     kill9(pid(&instance).unwrap());
+    // Long enough for the worker to record the crash while nobody serves
+    // the API (it writes to Redis directly).
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     api = serve_with(dir.path(), "serve-1", &redis, &range, port, &off).await;
