@@ -45,13 +45,7 @@ use crate::stats::{ms, Summary};
 
 /// Whether process `pid` still exists (a zombie does not count).
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let after = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some(after != 'Z' && after != 'X')
-        })
-        .unwrap_or(false)
+    u64::try_from(pid).is_ok_and(draas_testkit::process::alive)
 }
 
 /// The children of process `parent`.

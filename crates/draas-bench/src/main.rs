@@ -132,6 +132,11 @@ enum Bench {
     },
 }
 
+/// `given`, or the sibling binary `name` of this one.
+fn or_sibling(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    given.map_or_else(|| sibling(name), Ok)
+}
+
 /// A sibling binary of this one in the target directory.
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
@@ -145,10 +150,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::RuntimeStartup { runtime, runs } => {
-            let runtime = match runtime {
-                Some(r) => r,
-                None => sibling("draas-runtime")?,
-            };
+            let runtime = or_sibling(runtime, "draas-runtime")?;
             runtime_startup::run(&runtime, runs).await
         }
         Bench::Bus { samples, commands } => bus_roundtrip::run(samples, commands).await,
@@ -159,14 +161,8 @@ async fn main() -> anyhow::Result<()> {
             docker_kills,
             fleet,
         } => {
-            let draas = match draas {
-                Some(d) => d,
-                None => sibling("draas")?,
-            };
-            let runtime = match runtime {
-                Some(r) => r,
-                None => sibling("draas-runtime")?,
-            };
+            let draas = or_sibling(draas, "draas")?;
+            let runtime = or_sibling(runtime, "draas-runtime")?;
             healing::run(&draas, &runtime, kills, docker_kills, fleet).await
         }
         Bench::ControlPlane {
@@ -177,14 +173,8 @@ async fn main() -> anyhow::Result<()> {
             stored,
             records,
         } => {
-            let draas = match draas {
-                Some(d) => d,
-                None => sibling("draas")?,
-            };
-            let runtime = match runtime {
-                Some(r) => r,
-                None => sibling("draas-runtime")?,
-            };
+            let draas = or_sibling(draas, "draas")?;
+            let runtime = or_sibling(runtime, "draas-runtime")?;
             control_plane::run(&draas, &runtime, runs, kills, stored, records).await
         }
         Bench::Docker {
@@ -194,14 +184,8 @@ async fn main() -> anyhow::Result<()> {
             kills,
             restarts,
         } => {
-            let draas = match draas {
-                Some(d) => d,
-                None => sibling("draas")?,
-            };
-            let runtime = match runtime {
-                Some(r) => r,
-                None => sibling("draas-runtime")?,
-            };
+            let draas = or_sibling(draas, "draas")?;
+            let runtime = or_sibling(runtime, "draas-runtime")?;
             docker::run(&draas, &runtime, runs, kills, restarts).await
         }
         Bench::Kubernetes {
@@ -210,14 +194,8 @@ async fn main() -> anyhow::Result<()> {
             kubeconfig,
             runs,
         } => {
-            let draas = match draas {
-                Some(d) => d,
-                None => sibling("draas")?,
-            };
-            let runtime = match runtime {
-                Some(r) => r,
-                None => sibling("draas-runtime")?,
-            };
+            let draas = or_sibling(draas, "draas")?;
+            let runtime = or_sibling(runtime, "draas-runtime")?;
             kubernetes::run(&draas, &runtime, &kubeconfig, runs).await
         }
     }

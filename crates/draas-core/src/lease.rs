@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// The key of the reconciler's lease in [`crate::keys::LEASES`].
 pub const RECONCILER_LEASE: &str = "reconciler";
+/// The HTTP header on which a reconciler sends its term's fencing token
+/// with each step.
+pub const FENCING_TOKEN_HEADER: &str = "draas-fencing-token";
 /// Longest holder name accepted.
 pub const MAX_HOLDER_LEN: usize = 128;
 

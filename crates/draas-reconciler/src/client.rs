@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use draas_core::instance::{Instance, InstanceId};
-use draas_core::lease::Lease;
+use draas_core::lease::{Lease, FENCING_TOKEN_HEADER};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
@@ -40,9 +40,6 @@ pub struct ControlPlaneClient {
     base: String,
     http: reqwest::Client,
 }
-
-/// The header carrying the lease's fencing token on each step.
-pub const FENCING_TOKEN_HEADER: &str = "draas-fencing-token";
 
 /// Page size of a full pass.
 const PAGE: usize = 1000;

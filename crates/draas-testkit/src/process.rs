@@ -7,6 +7,18 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// Whether process `pid` exists and is not a zombie (a killed child its
+/// parent has not reaped yet counts as gone).
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
 /// A child process that is SIGKILLed when dropped, so a failing test never
 /// leaves it behind. Its stdout and stderr go to files in `log_dir`.
 pub struct TestProcess {

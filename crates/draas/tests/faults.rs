@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::cluster::{
     processes_in, reconciler, redis, serve, serve_with, wait_workers, workdir, WorkerProcess,
 };
-use common::{alive, counter_pipeline, port_range, Api, Reaper};
+use common::{alive, counter_pipeline, port_range, server_pid, Api, Reaper};
+use draas_core::lease::FENCING_TOKEN_HEADER;
 use draas_core::messages::{Command, CommandEnvelope, ErrorCode, Outcome};
 use draas_core::ports::MessageBus;
 use draas_testkit::process::TestProcess;
@@ -27,10 +28,6 @@ use serde_json::{json, Value};
 /// Kills the process `pid` with SIGKILL.
 fn kill9(pid: u64) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill");
-}
-
-fn pid(instance: &Value) -> Option<u64> {
-    instance["runtime"]["handle"]["pid"].as_u64()
 }
 
 /// Creates instance `name` with the counter pipeline and starts it.
@@ -68,6 +65,28 @@ async fn held_by(api: &Api, holder: &str, limit: Duration) -> Value {
         (status == 200 && body["holder"] == holder && body["live"] == true).then_some(body)
     })
     .await
+}
+
+/// SIGKILL, and wait until it is gone.
+fn kill_now(process: &mut TestProcess) {
+    process.signal(Signal::SIGKILL);
+    process.wait_timeout(Duration::from_secs(10)).expect("dies");
+}
+
+/// Waits until reconciler `name` (started by `reconciler` in `dir`) has
+/// saved an event cursor.
+async fn wait_for_cursor(dir: &std::path::Path, name: &str) {
+    let file = dir.join(format!("{name}.cursor"));
+    wait_for(
+        "the cursor to be saved",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&file)
+                .ok()
+                .filter(|c| !c.trim().is_empty())
+        },
+    )
+    .await;
 }
 
 /// How many steps a reconciler's log says it carried out.
@@ -115,7 +134,15 @@ async fn a_stale_fencing_token_is_refused_by_the_control_plane_and_by_the_worker
         (status, refused["code"].as_str()),
         (409, Some("LEASE_HELD"))
     );
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    wait_for(
+        "the first term to run out",
+        Duration::from_secs(5),
+        || async {
+            let (_, lease) = api.get("/api/reconciler/lease").await;
+            (lease["live"] == false).then_some(())
+        },
+    )
+    .await;
     let (status, second) = api
         .post(
             "/api/reconciler/lease",
@@ -152,7 +179,7 @@ async fn a_stale_fencing_token_is_refused_by_the_control_plane_and_by_the_worker
     // A server that crashed, with no reconciler about: a `recover` step
     // would start it again.
     let (id, instance) = running(&api, "fenced").await;
-    kill9(pid(&instance).unwrap());
+    kill9(server_pid(&instance).unwrap());
     api.wait_state(&id, "Failed", Duration::from_secs(10)).await;
     let step = |token: String| {
         let id = id.clone();
@@ -162,7 +189,7 @@ async fn a_stale_fencing_token_is_refused_by_the_control_plane_and_by_the_worker
                 reqwest::Method::POST,
                 &format!("/api/server/instances/{id}/reconcile"),
                 Some(json!({"action": "recover", "restartCount": 0})),
-                &[("draas-fencing-token", token)],
+                &[(FENCING_TOKEN_HEADER, token)],
             )
             .await
         }
@@ -244,13 +271,13 @@ async fn only_the_lease_holder_of_two_reconcilers_acts_and_the_other_takes_over_
     let _worker = WorkerProcess::start(dir.path(), "worker", &redis, &[]);
     wait_workers(&api, 1).await;
     let lease_args = ["--lease-ttl", "2", "--reconcile-interval", "1"];
-    let mut first: Reconciler = reconciler(dir.path(), "first", &api, 0, &lease_args).into();
+    let mut first = reconciler(dir.path(), "first", &api, 0, &lease_args);
     held_by(&api, "first", Duration::from_secs(10)).await;
     let second = reconciler(dir.path(), "second", &api, 0, &lease_args);
     let (id, instance) = running(&api, "contested").await;
 
     // A crash is repaired once, by the holder only.
-    kill9(pid(&instance).unwrap());
+    kill9(server_pid(&instance).unwrap());
     let healed = api
         .until(&id, Duration::from_secs(10), |i| {
             i["status"]["state"] == "Running" && i["status"]["restartCount"] == 1
@@ -259,49 +286,24 @@ async fn only_the_lease_holder_of_two_reconcilers_acts_and_the_other_takes_over_
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, now) = api.get(&format!("/api/server/instances/{id}")).await;
     assert_eq!(now["status"]["restartCount"], 1, "restarted once: {now}");
-    assert_eq!(pid(&now), pid(&healed));
-    wait_for_a_step(first.process()).await;
+    assert_eq!(server_pid(&now), server_pid(&healed));
+    wait_for_a_step(&first).await;
     assert_eq!(steps_taken(&second), 0, "{}", second.stderr());
     let term = lease(&api).await["token"].as_u64().unwrap();
 
     // The holder dies without a word: the other takes over after its term.
-    first.kill();
+    kill_now(&mut first);
     let taken = held_by(&api, "second", Duration::from_secs(10)).await;
     assert!(taken["token"].as_u64().unwrap() > term, "{taken}");
-    kill9(pid(&healed).unwrap());
+    kill9(server_pid(&healed).unwrap());
     let again = api
         .until(&id, Duration::from_secs(15), |i| {
-            i["status"]["state"] == "Running" && pid(i).is_some_and(|p| Some(p) != pid(&healed))
+            i["status"]["state"] == "Running"
+                && server_pid(i).is_some_and(|p| Some(p) != server_pid(&healed))
         })
         .await;
     assert_eq!(again["status"]["restartCount"], 2, "{again}");
     wait_for_a_step(&second).await;
-}
-
-/// A `draas reconcile` process that can be killed and started again.
-struct Reconciler {
-    process: Option<TestProcess>,
-}
-
-impl Reconciler {
-    fn process(&self) -> &TestProcess {
-        self.process.as_ref().expect("running")
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.signal(Signal::SIGKILL);
-            process.wait_timeout(Duration::from_secs(10)).expect("dies");
-        }
-    }
-}
-
-impl From<TestProcess> for Reconciler {
-    fn from(process: TestProcess) -> Self {
-        Self {
-            process: Some(process),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,24 +316,14 @@ async fn a_restarted_reconciler_replays_what_it_missed_from_its_cursor() {
     wait_workers(&api, 1).await;
     // Full passes an hour apart: only the event stream can bring it back.
     let args = ["--lease-ttl", "2", "--reconcile-interval", "3600"];
-    let mut first: Reconciler = reconciler(dir.path(), "keeper", &api, 0, &args).into();
+    let mut first = reconciler(dir.path(), "keeper", &api, 0, &args);
     held_by(&api, "keeper", Duration::from_secs(10)).await;
     let (id, instance) = running(&api, "resumed").await;
-    let cursor_file = dir.path().join("keeper.cursor");
-    wait_for(
-        "the cursor to be saved",
-        Duration::from_secs(10),
-        || async {
-            std::fs::read_to_string(&cursor_file)
-                .ok()
-                .filter(|c| !c.trim().is_empty())
-        },
-    )
-    .await;
+    wait_for_cursor(dir.path(), "keeper").await;
 
     // The reconciler dies; meanwhile the server crashes.
-    first.kill();
-    kill9(pid(&instance).unwrap());
+    kill_now(&mut first);
+    kill9(server_pid(&instance).unwrap());
     api.wait_state(&id, "Failed", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.state(&id).await, "Failed", "nobody else heals it");
@@ -372,23 +364,12 @@ async fn a_killed_control_plane_is_survived_and_the_reconciler_resumes_from_its_
     held_by(&api, "survivor", Duration::from_secs(10)).await;
     let (id, instance) = running(&api, "outage").await;
     // It has followed the stream (it has a cursor to resume from).
-    let cursor_file = dir.path().join("survivor.cursor");
-    wait_for(
-        "the cursor to be saved",
-        Duration::from_secs(10),
-        || async {
-            std::fs::read_to_string(&cursor_file)
-                .ok()
-                .filter(|c| !c.trim().is_empty())
-        },
-    )
-    .await;
+    wait_for_cursor(dir.path(), "survivor").await;
 
     // kill -9 the control plane; the server crashes while it is down (the
     // worker records it in Redis).
-    api.process.signal(Signal::SIGKILL);
-    api.process.wait_timeout(Duration::from_secs(10)).unwrap();
-    kill9(pid(&instance).unwrap());
+    kill_now(&mut api.process);
+    kill9(server_pid(&instance).unwrap());
     // Long enough for the worker to record the crash while nobody serves
     // the API (it writes to Redis directly).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -396,7 +377,7 @@ async fn a_killed_control_plane_is_survived_and_the_reconciler_resumes_from_its_
     api = serve_with(dir.path(), "serve-1", &redis, &range, port, &off).await;
     let healed = api
         .until(&id, Duration::from_secs(15), |i| {
-            i["status"]["state"] == "Running" && pid(i) != pid(&instance)
+            i["status"]["state"] == "Running" && server_pid(i) != server_pid(&instance)
         })
         .await;
     assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
@@ -414,7 +395,7 @@ async fn an_instance_of_a_dead_worker_is_taken_over_by_a_live_one_within_two_sec
     let b = WorkerProcess::start(dir.path(), "worker-b", &redis, &[]);
     wait_workers(&api, 2).await;
     let (id, instance) = running(&api, "orphaned").await;
-    let server = pid(&instance).unwrap();
+    let server = server_pid(&instance).unwrap();
     let mut workers = [a, b];
     let owner = workers
         .iter()
@@ -454,7 +435,7 @@ async fn an_instance_of_a_dead_worker_is_taken_over_by_a_live_one_within_two_sec
     let (_, taken) = api.get(&format!("/api/server/instances/{id}")).await;
     assert_eq!(taken["runtime"]["workerId"], live, "{taken}");
     assert_eq!(
-        pid(&taken),
+        server_pid(&taken),
         Some(server),
         "the same server, adopted: {taken}"
     );
@@ -481,7 +462,7 @@ async fn a_killed_and_restarted_worker_leaves_no_duplicate_and_no_orphan() {
 
     worker.kill();
     // While the worker is dead, one server crashes too.
-    let crashed = pid(&servers[0].1).unwrap();
+    let crashed = server_pid(&servers[0].1).unwrap();
     kill9(crashed);
     api.wait_state(&servers[1].0, "Unknown", Duration::from_secs(15))
         .await;
@@ -493,7 +474,10 @@ async fn a_killed_and_restarted_worker_leaves_no_duplicate_and_no_orphan() {
         )
         .await;
     assert_eq!(status, 204, "{body}");
-    assert!(alive(pid(&doomed_instance).unwrap()), "left behind for now");
+    assert!(
+        alive(server_pid(&doomed_instance).unwrap()),
+        "left behind for now"
+    );
 
     worker.restart();
     for (id, before) in &servers {
@@ -505,15 +489,19 @@ async fn a_killed_and_restarted_worker_leaves_no_duplicate_and_no_orphan() {
         // Exactly one server per instance, in its own directory.
         let pids = processes_in(&workdir(&worker, id));
         assert_eq!(pids.len(), 1, "{id}: {pids:?}");
-        assert_eq!(Some(pids[0] as u64), pid(&after), "{after}");
-        if pid(before) != Some(crashed) {
-            assert_eq!(pid(&after), pid(before), "re-adopted, not restarted");
+        assert_eq!(Some(pids[0] as u64), server_pid(&after), "{after}");
+        if server_pid(before) != Some(crashed) {
+            assert_eq!(
+                server_pid(&after),
+                server_pid(before),
+                "re-adopted, not restarted"
+            );
         }
     }
     wait_for(
         "the orphan to be removed",
         Duration::from_secs(10),
-        || async { (!alive(pid(&doomed_instance).unwrap())).then_some(()) },
+        || async { (!alive(server_pid(&doomed_instance).unwrap())).then_some(()) },
     )
     .await;
     assert!(processes_in(&workdir(&worker, &doomed)).is_empty());

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{alive, counter_pipeline, Draas, Reaper};
+use common::{alive, counter_pipeline, server_pid, Draas, Reaper};
 use serde_json::{json, Value};
 
 const RECONCILE: &[&str] = &["--reconcile", "on", "--reconcile-interval", "1"];
@@ -33,10 +33,6 @@ async fn running(draas: &Draas, create: Value) -> (String, Value) {
     (id, instance)
 }
 
-fn pid(instance: &Value) -> Option<u64> {
-    instance["runtime"]["handle"]["pid"].as_u64()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_runs_again_without_anyone_asking() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -47,7 +43,7 @@ async fn a_killed_server_runs_again_without_anyone_asking() {
         json!({"name": "healing", "platformType": "Process"}),
     )
     .await;
-    let first = pid(&instance).expect("pid");
+    let first = server_pid(&instance).expect("pid");
     assert_eq!(instance["status"]["restartCount"], 0);
 
     nix::sys::signal::kill(
@@ -57,7 +53,7 @@ async fn a_killed_server_runs_again_without_anyone_asking() {
     .expect("kill");
     let healed = draas
         .until(&id, Duration::from_secs(10), |i| {
-            i["status"]["state"] == "Running" && pid(i).is_some_and(|p| p != first)
+            i["status"]["state"] == "Running" && server_pid(i).is_some_and(|p| p != first)
         })
         .await;
     assert!(!alive(first));

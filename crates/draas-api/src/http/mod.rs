@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use draas_core::lease::FENCING_TOKEN_HEADER;
 use draas_core::messages::{LogStream, EVENT_CHANNELS};
 use draas_core::ports::BusError;
 use futures::{Stream, StreamExt};
@@ -170,10 +171,6 @@ async fn restart(
     let instance = wait::mutation(&cp, &id, q, "restart", cp.restart(&id)).await?;
     Ok(Json(redact::instance(instance)).into_response())
 }
-
-/// The header carrying a reconciler's fencing token (see
-/// `draas_core::lease`).
-pub const FENCING_TOKEN_HEADER: &str = "draas-fencing-token";
 
 async fn reconcile(
     State(cp): Cp,

@@ -47,7 +47,7 @@ impl ControlPlane {
             ));
         }
         let ttl = chrono::Duration::from_std(ttl).map_err(|e| ApiError::internal(e.to_string()))?;
-        let (lease, _) = read_modify_write(
+        let ((lease, new_term), _) = read_modify_write(
             self.store.as_ref(),
             keys::LEASES,
             RECONCILER_LEASE,
@@ -56,17 +56,11 @@ impl ControlPlane {
                 let current = current.map(|r| r.value);
                 match Lease::claim(current.as_ref(), holder, ttl, Utc::now()) {
                     Ok(lease) => {
-                        if current.as_ref().is_none_or(|c| c.token != lease.token) {
-                            tracing::info!(
-                                holder,
-                                token = lease.token,
-                                "reconciler lease: a new term"
-                            );
-                        }
+                        let new_term = current.as_ref().is_none_or(|c| c.token != lease.token);
                         Ok(Change::Put {
                             value: lease.clone(),
                             also: Vec::new(),
-                            output: lease,
+                            output: (lease, new_term),
                         })
                     }
                     Err(Held(lease)) => Err(ApiError::conflict(
@@ -83,6 +77,9 @@ impl ControlPlane {
         )
         .await
         .map_err(|e| super::cas_error_of("the reconciler lease", e))?;
+        if new_term {
+            tracing::info!(holder, token = lease.token, "reconciler lease: a new term");
+        }
         Ok(lease)
     }
 

@@ -370,12 +370,11 @@ pub fn counter_pipeline() -> Value {
     ])
 }
 
-/// Whether a process with this pid exists.
-pub fn alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+pub use draas_testkit::process::alive;
+
+/// The pid of an instance's server, from its runtime info (Process).
+pub fn server_pid(instance: &Value) -> Option<u64> {
+    instance["runtime"]["handle"]["pid"].as_u64()
 }
 
 #[allow(unused_imports)]
