@@ -17,5 +17,5 @@ pub mod http;
 pub mod service;
 pub mod watchdog;
 
-pub use http::router;
+pub use http::{router, routes, Auth, Caller};
 pub use service::{ControlPlane, ControlPlaneSettings};

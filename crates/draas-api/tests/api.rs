@@ -90,7 +90,7 @@ async fn api(with_worker: bool) -> Api {
         settings,
     ));
     Api {
-        router: router(cp),
+        router: router(cp, std::sync::Arc::new(draas_api::Auth::optional(None))),
         bus,
         store,
         driver,
@@ -1321,7 +1321,7 @@ async fn allocation_skips_ports_held_on_the_workers_host_when_the_control_plane_
         Arc::new(draas_drasi::validate::DrasiValidator),
         settings,
     ));
-    let response = router(cp)
+    let response = router(cp, std::sync::Arc::new(draas_api::Auth::optional(None)))
         .oneshot(
             Request::builder()
                 .method("POST")

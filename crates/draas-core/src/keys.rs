@@ -30,3 +30,7 @@ pub fn worker_records(platform: crate::instance::PlatformType, host: &str) -> St
 pub fn port_reservations(platform: crate::instance::PlatformType) -> String {
     format!("ports/{platform}")
 }
+
+/// Answers remembered for an `Idempotency-Key`, keyed by a hash of the
+/// caller and the key.
+pub const IDEMPOTENCY_KEYS: &str = "idempotency-keys";

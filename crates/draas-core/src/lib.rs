@@ -2,6 +2,7 @@
 //!
 //! The domain of DRaaS, free of I/O:
 //!
+//! - [`auth`]: API keys, roles and what each route needs;
 //! - [`instance`]: what an instance is (ids, names, platforms, desired and
 //!   actual state, runtime info, configuration);
 //! - [`config`]: the drasi-server configuration schema and YAML rendering;
@@ -21,6 +22,7 @@
 //!   draas-worker-process ┘              └─ (implementations)
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod installation;
 pub mod instance;

@@ -39,21 +39,47 @@ pub enum ClientError {
 pub struct ControlPlaneClient {
     base: String,
     http: reqwest::Client,
+    /// For the event stream: no overall timeout (it lasts as long as the
+    /// connection), the same key.
+    streams: reqwest::Client,
 }
 
 /// Page size of a full pass.
 const PAGE: usize = 1000;
 
 impl ControlPlaneClient {
-    /// A client of the control plane at `base` (e.g. `http://127.0.0.1:5000`).
-    pub fn new(base: &str, request_timeout: Duration) -> Result<Self, ClientError> {
+    /// A client of the control plane at `base` (e.g. `http://127.0.0.1:5000`),
+    /// sending `token` (an operator's API key) when given.
+    pub fn new(
+        base: &str,
+        request_timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Refused {
+                    status: 0,
+                    code: "INVALID_TOKEN".into(),
+                    detail: "the API key holds characters a header cannot".into(),
+                })?;
+            // Kept out of debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(request_timeout)
+            .default_headers(headers.clone())
+            .build()?;
+        let streams = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http,
+            streams,
         })
     }
 
@@ -195,7 +221,8 @@ impl ControlPlaneClient {
         last_event: Option<&str>,
     ) -> Result<impl Stream<Item = (String, Option<String>)>, ClientError> {
         // The stream lives as long as the connection: no overall timeout.
-        let mut request = reqwest::Client::new()
+        let mut request = self
+            .streams
             .get(self.url("/api/events"))
             .header("accept", "text/event-stream");
         if let Some(cursor) = last_event {

@@ -54,6 +54,10 @@
 //! creates it again fails). On the first failed precondition the transaction
 //! is aborted: nothing of the batch is written.
 
+mod keyfile;
+
+pub use keyfile::{KeyFile, KEY_FILE};
+
 use std::path::Path;
 use std::sync::Arc;
 

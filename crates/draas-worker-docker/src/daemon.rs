@@ -45,6 +45,8 @@ pub struct DaemonSettings {
     pub control_plane: String,
     /// The name it reports as (`external:<source>`): letters, digits, `-_.`.
     pub source: String,
+    /// The API key it sends (an agent's), when the control plane needs one.
+    pub token: Option<String>,
 }
 
 /// One status update, as `POST /api/status/updates` takes it.
@@ -258,8 +260,18 @@ pub async fn run(
         )));
     }
     let outbox = Arc::new(Outbox::default());
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &settings.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| {
+                DaemonError::Settings("the API key holds characters a header cannot".into())
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let sender = tokio::spawn(send_forever(
         format!("{base}/api/status/updates"),
+        headers,
         outbox.clone(),
         shutdown.clone(),
     ));
@@ -459,9 +471,15 @@ async fn last_words(engine: &Engine, container: &str) -> Option<String> {
 
 /// Sends what the outbox holds, retrying what the control plane could not
 /// take, until `shutdown` (then once more, briefly).
-async fn send_forever(url: String, outbox: Arc<Outbox>, shutdown: CancellationToken) {
+async fn send_forever(
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    outbox: Arc<Outbox>,
+    shutdown: CancellationToken,
+) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()
         .unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
@@ -477,6 +495,12 @@ async fn send_forever(url: String, outbox: Arc<Outbox>, shutdown: CancellationTo
                 {
                     failed = true;
                     outbox.retry(update);
+                }
+                Ok(response)
+                    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                        || response.status() == reqwest::StatusCode::FORBIDDEN =>
+                {
+                    warn!(status = %response.status(), "the control plane refused this daemon's API key (give it an agent key: --token)");
                 }
                 Ok(response) => {
                     // 404 (not this control plane's instance), 409 (older

@@ -37,6 +37,13 @@ pub enum Mode {
     /// a control plane (`POST /api/status/updates`): for an engine that no
     /// Docker worker serves.
     DockerDaemon(DockerDaemonArgs),
+    /// API keys: create, list and revoke the bearer tokens the REST API
+    /// takes (in the data directory for `draas up`, in Redis for `draas
+    /// serve`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Container images.
     Image {
         #[command(subcommand)]
@@ -50,6 +57,90 @@ pub enum ImageCommand {
     /// Builds the bundled runtime's image on the Docker engine, from the
     /// static `draas-runtime` binary (nothing is pulled).
     Build(ImageBuildArgs),
+}
+
+/// `draas keys ...`.
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Makes a key and prints it, once, on the last line of the output
+    /// (only a hash is kept).
+    Create(KeysCreateArgs),
+    /// Lists the keys (never their secrets).
+    List(KeyRingArgs),
+    /// Revokes a key by id or name: it stops working at once.
+    Revoke(KeysRevokeArgs),
+}
+
+/// Where keys are kept.
+#[derive(Args, Clone)]
+pub struct KeyRingArgs {
+    /// The keys of a distributed installation, in this Redis (as `draas
+    /// serve --redis`) [default: the data directory's key file].
+    #[arg(long = "redis", env = "DRAAS_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate.
+    #[arg(long = "redis-ca", env = "DRAAS_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// Prefix of the installation's Redis keys.
+    #[arg(
+        long = "redis-prefix",
+        env = "DRAAS_REDIS_PREFIX",
+        default_value = "draas"
+    )]
+    pub redis_prefix: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+impl KeyRingArgs {
+    /// The Redis settings, when keys are kept in Redis.
+    pub fn redis(&self) -> Option<RedisArgs> {
+        self.redis.clone().map(|url| RedisArgs {
+            url,
+            ca: self.redis_ca.clone(),
+            prefix: self.redis_prefix.clone(),
+        })
+    }
+}
+
+/// `draas keys create`.
+#[derive(Args, Clone)]
+pub struct KeysCreateArgs {
+    /// What the key may do: admin (everything), operator (lifecycle and
+    /// configuration), viewer (read), agent (status push only).
+    #[arg(long)]
+    pub role: draas_core::auth::Role,
+    /// Its name in listings and the audit log [default: <role>-<id>].
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub ring: KeyRingArgs,
+}
+
+/// `draas keys revoke`.
+#[derive(Args, Clone)]
+pub struct KeysRevokeArgs {
+    /// The key's id or name.
+    pub key: String,
+    #[command(flatten)]
+    pub ring: KeyRingArgs,
+}
+
+/// An API key a client sends.
+#[derive(Args, Clone, Default)]
+pub struct TokenArgs {
+    /// The API key to send (`draas keys create`); needed when the control
+    /// plane requires keys.
+    #[arg(long, env = "DRAAS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
 }
 
 /// `draas image build`.
@@ -76,6 +167,9 @@ pub struct DockerDaemonArgs {
     /// The name the daemon reports as (recorded as `external:<source>`).
     #[arg(long, env = "DRAAS_DAEMON_SOURCE", default_value = "docker-daemon")]
     pub source: String,
+    /// An agent key, when the control plane requires keys.
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// The Docker engine: `unix:///path/docker.sock` or `tcp://host:port`
     /// [default: the local socket].
     #[arg(long = "docker-host", env = "DOCKER_HOST")]
@@ -104,6 +198,9 @@ pub struct ReconcileArgs {
     pub cursor_file: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
+    /// An operator key, when the control plane requires keys.
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 impl ReconcileArgs {
@@ -251,6 +348,15 @@ pub struct ServeArgs {
     /// Seconds between checks for workers that stopped heartbeating.
     #[arg(long, env = "DRAAS_WATCHDOG_SECONDS", default_value_t = 2)]
     pub watchdog_seconds: u64,
+    /// Whether every request needs an API key (`draas keys create
+    /// --redis ...`): `on` or `off`.
+    #[arg(
+        long = "require-auth",
+        env = "DRAAS_REQUIRE_AUTH",
+        value_enum,
+        default_value = "on"
+    )]
+    pub require_auth: Switch,
 }
 
 /// `draas worker`.
@@ -360,6 +466,11 @@ pub struct UpArgs {
     pub kubernetes: PlatformSwitch,
     #[command(flatten)]
     pub kubernetes_args: KubernetesArgs,
+    /// Require an API key on every request (`draas keys create
+    /// --data-dir ...`); without it, requests without a key act as admin
+    /// (bind to loopback then).
+    #[arg(long = "require-auth", env = "DRAAS_REQUIRE_AUTH", num_args = 0..=1, default_missing_value = "on", value_enum, default_value = "off")]
+    pub require_auth: Switch,
 }
 
 /// Where state lives.
@@ -479,6 +590,10 @@ pub struct ControlArgs {
     /// several control-plane replicas, only the holder's reconciler acts).
     #[arg(long = "lease-ttl", env = "DRAAS_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub lease_ttl: u64,
+    /// Requests a second each API key may send on average (bursts of
+    /// twice that); beyond, 429 with Retry-After. 0 turns the limit off.
+    #[arg(long = "rate-limit", env = "DRAAS_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
 }
 
 /// On or off.

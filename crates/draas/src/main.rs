@@ -8,6 +8,7 @@
 //! draas worker --redis URL --platform process|docker
 //! draas reconcile --control-plane URL
 //! draas docker-daemon --control-plane URL
+//! draas keys create --role admin|operator|viewer|agent
 //! draas image build
 //! ```
 //!
@@ -15,6 +16,7 @@
 //! mode's `run`; everything is built and wired in [`wiring`].
 
 mod config;
+mod keys;
 mod shutdown;
 mod wiring;
 
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
             Mode::Worker(args) => wiring::worker(args).await,
             Mode::Reconcile(args) => wiring::reconcile(args).await,
             Mode::DockerDaemon(args) => wiring::docker_daemon(args).await,
+            Mode::Keys { command } => keys::run(command).await,
             Mode::Image {
                 command: config::ImageCommand::Build(args),
             } => wiring::image_build(args).await,

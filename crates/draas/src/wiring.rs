@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use draas_api::{router, ControlPlane, ControlPlaneSettings};
+use draas_api::{router, Auth, ControlPlane, ControlPlaneSettings};
 use draas_bus::InProcessBus;
+use draas_core::auth::{KeyRing, Role, StoreKeyRing};
 use draas_core::instance::PlatformType;
 use draas_core::keys;
 use draas_core::messages::WorkerInfo;
 use draas_core::ports::store::JsonStore;
 use draas_core::ports::{MessageBus, PlatformDriver, StateStore};
 use draas_drasi::validate::DrasiValidator;
-use draas_store::EmbeddedStore;
+use draas_store::{EmbeddedStore, KeyFile};
 use draas_worker::{Worker, WorkerContext, WorkerSettings};
 use draas_worker_docker::{DockerSettings, Engine};
 use draas_worker_process::ProcessSettings;
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::config::{
     ControlArgs, DockerArgs, DockerDaemonArgs, ImageBuildArgs, KubernetesArgs, PlatformSwitch,
-    ProcessArgs, ReconcileArgs, RedisArgs, ServeArgs, UpArgs, WorkerArgs,
+    ProcessArgs, ReconcileArgs, RedisArgs, ServeArgs, Switch, UpArgs, WorkerArgs,
 };
 use crate::shutdown::{self, Shutdown};
 
@@ -68,9 +69,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::new(DrasiValidator),
         settings,
     ));
+    let keys: Arc<dyn KeyRing> = Arc::new(KeyFile::in_data_dir(&data_dir));
+    let auth = match args.require_auth {
+        Switch::On => Auth::required(keys),
+        Switch::Off => Auth::optional(Some(keys)),
+    }
+    .with_rate_limit(args.control.rate_limit);
     serve_api(
         args.listen,
         control,
+        Arc::new(auth),
         args.control.reconciler(),
         shutdown.clone(),
     )
@@ -120,6 +128,15 @@ async fn spawn_worker(
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (store, bus) = connect_redis(&args.redis).await?;
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
+    let keys: Arc<dyn KeyRing> = Arc::new(StoreKeyRing::new(store.clone()));
+    let auth = match args.require_auth {
+        Switch::On => Auth::required(keys),
+        Switch::Off => {
+            warn!("--require-auth off: requests without an API key act as admin");
+            Auth::optional(Some(keys))
+        }
+    }
+    .with_rate_limit(args.control.rate_limit);
     let control = Arc::new(ControlPlane::new(
         store,
         bus,
@@ -134,6 +151,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     serve_api(
         args.listen,
         control,
+        Arc::new(auth),
         args.control.reconciler(),
         shutdown.clone(),
     )
@@ -199,6 +217,7 @@ pub async fn docker_daemon(args: DockerDaemonArgs) -> anyhow::Result<()> {
     let settings = draas_worker_docker::daemon::DaemonSettings {
         control_plane: args.control_plane,
         source: args.source,
+        token: args.token.token,
     };
     draas_worker_docker::daemon::run(engine, settings, shutdown.graceful.clone()).await?;
     info!("stopped");
@@ -220,6 +239,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         &args.control_plane,
         // The control plane answers within its own command deadlines.
         Duration::from_secs(900),
+        args.token.token.as_deref(),
     )?;
     info!(control_plane = %args.control_plane, holder = %settings.holder, "reconciler starting");
     draas_reconciler::run(client, settings, shutdown.graceful.clone()).await;
@@ -554,6 +574,7 @@ async fn wait_for_worker(store: &dyn StateStore, worker_id: &str) -> anyhow::Res
 async fn serve_api(
     listen: std::net::SocketAddr,
     control: Arc<ControlPlane>,
+    auth: Arc<Auth>,
     reconciler: Option<draas_reconciler::ReconcilerSettings>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -569,10 +590,15 @@ async fn serve_api(
             if local.ip().is_unspecified() {
                 local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
+            // Its key lives in this process's memory only.
+            let token = auth
+                .internal_key("embedded-reconciler", Role::Operator)
+                .map_err(|e| anyhow::anyhow!("cannot make the reconciler's key: {}", e.detail))?;
             let client = draas_reconciler::ControlPlaneClient::new(
                 &format!("http://{local}"),
                 // The control plane answers within its own command deadlines.
                 Duration::from_secs(900),
+                Some(&token),
             )?;
             Some(AbortOnDrop(tokio::spawn(draas_reconciler::run(
                 client,
@@ -582,7 +608,10 @@ async fn serve_api(
         }
         None => None,
     };
-    let app = router(control).layer(tower_http::trace::TraceLayer::new_for_http());
+    if !auth.is_required() && !listen.ip().is_loopback() {
+        warn!("the API listens on {listen} without requiring API keys: anyone who reaches it is admin (--require-auth)");
+    }
+    let app = router(control, auth).layer(tower_http::trace::TraceLayer::new_for_http());
     let stop = shutdown.graceful.clone();
     let mut server = tokio::spawn(
         axum::serve(listener, app)

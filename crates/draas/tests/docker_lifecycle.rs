@@ -457,7 +457,10 @@ async fn the_docker_daemon_reports_an_engine_no_worker_serves() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docker = docker();
     // A control plane without a Docker worker.
-    let draas = Draas::up_with_args(dir.path(), &["--docker", "off"]).await;
+    // It requires keys: the daemon sends an agent's.
+    let draas = Draas::up_with_args(dir.path(), &["--docker", "off", "--require-auth"]).await;
+    let data = draas.data.display().to_string();
+    let agent_key = common::create_key(&["--data-dir", &data], "agent", "dd-agent");
     let (status, created) = draas
         .post(
             "/api/server/instances",
@@ -491,6 +494,7 @@ async fn the_docker_daemon_reports_an_engine_no_worker_serves() {
             "--source",
             "dd-test",
         ])
+        .env("DRAAS_TOKEN", &agent_key)
         .env("RUST_LOG", "info,draas_worker_docker=debug");
     let _daemon = draas_testkit::process::TestProcess::spawn(command, "daemon", dir.path())
         .expect("spawn the daemon");

@@ -2,21 +2,26 @@
 //! Handlers extract and validate input, call the [`ControlPlane`], and map
 //! the result; nothing else.
 
+mod audit;
+pub mod auth;
 mod extract;
+mod idempotency;
 mod redact;
 mod wait;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete as delete_route, get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
+use draas_core::auth::Access;
 use draas_core::lease::FENCING_TOKEN_HEADER;
 use draas_core::messages::{LogStream, EVENT_CHANNELS};
 use draas_core::ports::BusError;
@@ -31,50 +36,213 @@ use crate::service::{
 use extract::{etag, if_match, require_json_patch, ApiJson, ApiQuery, InstancePath};
 use wait::WaitQuery;
 
+pub use auth::{Auth, Caller};
+
 /// Largest request body accepted (configurations included).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 type Cp = State<Arc<ControlPlane>>;
 
-/// Builds the API router.
-pub fn router(control_plane: Arc<ControlPlane>) -> Router {
-    Router::new()
-        .route("/api/server/instances", post(create).get(list))
-        .route(
-            "/api/server/instances/{id}",
-            get(get_instance).delete(delete),
+/// One route of the API: its method and path, the [`Access`] a caller
+/// needs, and its handler. [`routes`] is the one list: the router is built
+/// from it, and the tests walk it, so no route escapes the auth check.
+pub struct Route {
+    /// The method.
+    pub method: Method,
+    /// The path, with `{id}` for an instance id.
+    pub path: &'static str,
+    /// What the caller needs.
+    pub access: Access,
+    /// Whether an `Idempotency-Key` makes a repeat answer the first time's
+    /// answer.
+    pub idempotent: bool,
+    handler: MethodRouter<Arc<ControlPlane>>,
+}
+
+impl Route {
+    fn idempotent(self) -> Self {
+        Self {
+            idempotent: true,
+            ..self
+        }
+    }
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<Arc<ControlPlane>>,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        idempotent: false,
+        handler,
+    }
+}
+
+/// Every route of the API.
+pub fn routes() -> Vec<Route> {
+    use Access::{Administer, Operate, Public, PushStatus, Read};
+    const INSTANCE: &str = "/api/server/instances/{id}";
+    vec![
+        route(Method::POST, "/api/server/instances", Operate, post(create)).idempotent(),
+        route(Method::GET, "/api/server/instances", Read, get(list)),
+        route(Method::GET, INSTANCE, Read, get(get_instance)),
+        route(Method::DELETE, INSTANCE, Operate, delete_route(delete)).idempotent(),
+        route(
+            Method::POST,
+            "/api/server/instances/{id}/start",
+            Operate,
+            post(start),
         )
-        .route("/api/server/instances/{id}/start", post(start))
-        .route("/api/server/instances/{id}/stop", post(stop))
-        .route("/api/server/instances/{id}/restart", post(restart))
-        .route("/api/server/instances/{id}/reconcile", post(reconcile))
-        .route(
+        .idempotent(),
+        route(
+            Method::POST,
+            "/api/server/instances/{id}/stop",
+            Operate,
+            post(stop),
+        )
+        .idempotent(),
+        route(
+            Method::POST,
+            "/api/server/instances/{id}/restart",
+            Operate,
+            post(restart),
+        )
+        .idempotent(),
+        route(
+            Method::POST,
+            "/api/server/instances/{id}/reconcile",
+            Operate,
+            post(reconcile),
+        ),
+        route(
+            Method::GET,
             "/api/server/instances/{id}/runtime-status",
+            Read,
             get(runtime_status),
-        )
-        .route(
+        ),
+        route(
+            Method::GET,
             "/api/server/instances/{id}/server-configuration",
-            get(get_server_configuration).patch(patch_server_configuration),
-        )
-        .route("/api/server/instances/{id}/logs", get(logs))
-        .route(
+            Read,
+            get(get_server_configuration),
+        ),
+        route(
+            Method::PATCH,
+            "/api/server/instances/{id}/server-configuration",
+            Operate,
+            patch(patch_server_configuration),
+        ),
+        route(
+            Method::GET,
+            "/api/server/instances/{id}/logs",
+            Read,
+            get(logs),
+        ),
+        route(Method::GET, "/api/reconciler/lease", Read, get(get_lease)),
+        route(
+            Method::POST,
             "/api/reconciler/lease",
-            get(get_lease).post(claim_lease).delete(release_lease),
-        )
-        .route("/api/server/platforms", get(platforms))
-        .route("/api/server/dead-letters", get(dead_letters))
-        .route(
+            Operate,
+            post(claim_lease),
+        ),
+        route(
+            Method::DELETE,
+            "/api/reconciler/lease",
+            Operate,
+            delete_route(release_lease),
+        ),
+        route(Method::GET, "/api/server/platforms", Read, get(platforms)),
+        route(
+            Method::GET,
+            "/api/server/dead-letters",
+            Administer,
+            get(dead_letters),
+        ),
+        route(Method::GET, "/api/audit", Administer, get(audit::entries)),
+        route(
+            Method::GET,
             "/api/configuration/instances/{id}",
-            get(get_configuration).patch(patch_configuration),
-        )
-        .route("/api/status/updates", post(status_update))
-        .route("/api/status/recent-changes", get(recent_changes))
-        .route("/api/status/{id}/status", get(instance_status))
-        .route("/api/events", get(events))
-        .route("/api/events/history", get(event_history))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+            Read,
+            get(get_configuration),
+        ),
+        route(
+            Method::PATCH,
+            "/api/configuration/instances/{id}",
+            Operate,
+            patch(patch_configuration),
+        ),
+        route(
+            Method::POST,
+            "/api/status/updates",
+            PushStatus,
+            post(status_update),
+        ),
+        route(
+            Method::GET,
+            "/api/status/recent-changes",
+            Read,
+            get(recent_changes),
+        ),
+        route(
+            Method::GET,
+            "/api/status/{id}/status",
+            Read,
+            get(instance_status),
+        ),
+        route(Method::GET, "/api/events", Read, get(events)),
+        route(Method::GET, "/api/events/history", Read, get(event_history)),
+        route(Method::GET, "/healthz", Public, get(healthz)),
+        route(Method::GET, "/readyz", Public, get(readyz)),
+    ]
+}
+
+/// Builds the API router: every route of [`routes`] behind the auth check
+/// of its access.
+pub fn router(control_plane: Arc<ControlPlane>, auth: Arc<Auth>) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<Arc<ControlPlane>>> = BTreeMap::new();
+    for Route {
+        path,
+        access,
+        idempotent,
+        handler,
+        ..
+    } in routes()
+    {
+        let handler = if idempotent {
+            handler.layer(axum::middleware::from_fn_with_state(
+                control_plane.clone(),
+                idempotency::idempotent,
+            ))
+        } else {
+            handler
+        };
+        let auth = auth.clone();
+        let guarded = handler.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                auth::authorize(auth.clone(), access, request, next)
+            },
+        ));
+        let merged = match by_path.remove(path) {
+            Some(other) => other.merge(guarded),
+            None => guarded,
+        };
+        by_path.insert(path, merged);
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control_plane)
 }

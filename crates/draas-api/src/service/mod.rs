@@ -5,6 +5,7 @@
 //! so control-plane replicas and workers never overwrite each other's
 //! changes to one instance record.
 
+pub mod audit;
 mod configuration;
 mod instances;
 mod lease;

@@ -62,7 +62,17 @@ pub async fn serve_with(
         .args(extra)
         .env("RUST_LOG", "info,tower_http=debug");
     let mut process = TestProcess::spawn(command, name, dir).expect("spawn draas serve");
-    let api = Api::new(port);
+    // `draas serve` requires API keys unless told otherwise.
+    let api = if extra.windows(2).any(|w| w == ["--require-auth", "off"]) {
+        Api::new(port)
+    } else {
+        let token = super::create_key(
+            &["--redis", &redis.url()],
+            "admin",
+            &format!("admin-{}", uuid::Uuid::new_v4().simple()),
+        );
+        Api::with_token(port, token)
+    };
     let url = api.url("/healthz");
     wait_for("draas serve to answer", Duration::from_secs(30), || {
         assert!(
@@ -89,6 +99,9 @@ pub fn reconciler(dir: &Path, name: &str, api: &Api, run: usize, extra: &[&str])
         .arg(dir.join(format!("{name}.cursor")))
         .args(extra)
         .env("RUST_LOG", "info,draas_reconciler=debug");
+    if let Some(token) = &api.token {
+        command.env("DRAAS_TOKEN", token);
+    }
     TestProcess::spawn(command, &format!("{name}-{run}"), dir).expect("spawn draas reconcile")
 }
 

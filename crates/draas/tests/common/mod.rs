@@ -43,11 +43,31 @@ pub fn port_block(size: u16) -> String {
     range
 }
 
-/// An HTTP client of one DRaaS API.
+/// An HTTP client of one DRaaS API (sending an API key when it has one).
 #[derive(Clone)]
 pub struct Api {
     pub port: u16,
     pub client: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// Makes an API key with `draas keys create --role ROLE --name NAME` plus
+/// `ring` (where keys are kept: `--data-dir DIR` or `--redis URL`) and
+/// returns the token (the command's last line).
+pub fn create_key(ring: &[&str], role: &str, name: &str) -> String {
+    let output = Command::new(DRAAS)
+        .args(["keys", "create", "--role", role, "--name", name])
+        .args(ring)
+        .output()
+        .expect("run draas keys create");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "draas keys create failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().last().expect("a token").trim().to_string()
 }
 
 /// A `draas up` process with its own data directory and port.
@@ -153,11 +173,21 @@ impl Draas {
                 &["--reconcile", "off"][..]
             })
             .env("RUST_LOG", "info,tower_http=debug");
+        // A control plane that requires keys gets an admin key for the
+        // test's own calls (made before it starts, kept across restarts).
+        let api = if extra.contains(&"--require-auth") {
+            let ring = ["--data-dir".to_string(), data.display().to_string()];
+            let ring: Vec<&str> = ring.iter().map(String::as_str).collect();
+            let name = format!("test-admin-{run}");
+            Api::with_token(port, create_key(&ring, "admin", &name))
+        } else {
+            Api::new(port)
+        };
         let process =
             TestProcess::spawn(command, &format!("draas-{run}"), dir).expect("spawn draas up");
         Self {
             process,
-            api: Api::new(port),
+            api,
             port,
             data,
             logs: dir.to_path_buf(),
@@ -206,6 +236,24 @@ impl Api {
         Self {
             port,
             client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    /// A client that sends `token` with every request.
+    pub fn with_token(port: u16, token: String) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        Self {
+            port,
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            token: Some(token),
         }
     }
 
