@@ -193,3 +193,206 @@ impl IntoResponse for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Every problem `code` the API answers with, and what it means (the
+/// OpenAPI document lists them; a test keeps this list and the code in
+/// step).
+pub const PROBLEM_CODES: &[(&str, &str)] = &[
+    ("MALFORMED_JSON", "400: the body is not JSON"),
+    (
+        "INVALID_BODY",
+        "400: the body does not have the expected shape",
+    ),
+    ("UNREADABLE_BODY", "400: the body could not be read"),
+    ("INVALID_QUERY", "400: a query parameter is wrong"),
+    (
+        "INVALID_INSTANCE_ID",
+        "400: the path names no possible instance",
+    ),
+    ("INVALID_IF_MATCH", "400: If-Match is not an ETag"),
+    ("INVALID_PATCH", "400: the JSON Patch is malformed"),
+    (
+        "INVALID_CURSOR",
+        "400: the cursor is not one this server gave",
+    ),
+    ("INVALID_FENCE", "400: Draas-Fencing-Token is not a number"),
+    (
+        "INVALID_LEASE",
+        "400: the lease request is wrong (holder, ttl)",
+    ),
+    (
+        "INVALID_IDEMPOTENCY_KEY",
+        "400: Idempotency-Key is not 1-255 visible characters",
+    ),
+    ("INVALID_STATUS_UPDATE", "400: the status update is wrong"),
+    (
+        "UNAUTHENTICATED",
+        "401: no key, or an unknown or revoked one",
+    ),
+    ("FORBIDDEN", "403: the key's role may not do this"),
+    ("NOT_FOUND", "404: no such instance (or lease)"),
+    ("NO_SUCH_ROUTE", "404: no such route"),
+    (
+        "WAIT_TIMEOUT",
+        "408: the instance did not reach the state in time (GET ?wait=)",
+    ),
+    ("NAME_TAKEN", "409: another instance has this name"),
+    (
+        "INVALID_STATE",
+        "409: not possible in the instance's current state",
+    ),
+    ("PORT_IN_USE", "409: the server's port is taken"),
+    ("PORT_CONFLICT", "409: another instance has this port"),
+    (
+        "CONCURRENT_UPDATE",
+        "409: the record changed meanwhile; retry",
+    ),
+    (
+        "OUT_OF_ORDER",
+        "409: the status update is older than what is recorded",
+    ),
+    (
+        "STALE_PLAN",
+        "409: the instance changed since the reconciler planned the step",
+    ),
+    (
+        "STALE_FENCE",
+        "409: the fencing token is not the live lease's",
+    ),
+    ("LEASE_HELD", "409: another reconciler holds the lease"),
+    (
+        "IDEMPOTENCY_IN_PROGRESS",
+        "409: a request with this Idempotency-Key still runs",
+    ),
+    (
+        "STALE_GENERATION",
+        "412: If-Match names an older generation",
+    ),
+    (
+        "PATCH_TEST_FAILED",
+        "409: a JSON Patch test operation failed",
+    ),
+    ("BODY_TOO_LARGE", "413: the body is too large"),
+    (
+        "UNSUPPORTED_MEDIA_TYPE",
+        "415: the body's media type is wrong",
+    ),
+    (
+        "PATCH_NOT_APPLICABLE",
+        "422: the JSON Patch cannot be applied to the document",
+    ),
+    ("INVALID_INSTANCE", "422: the instance is invalid"),
+    (
+        "INVALID_CONFIGURATION",
+        "422: the configuration is invalid (errors name each value)",
+    ),
+    (
+        "INVALID_SERVER_CONFIGURATION",
+        "422: the server configuration is invalid",
+    ),
+    (
+        "SECRET_NOT_READABLE",
+        "422: a patch would read a secret out",
+    ),
+    (
+        "CONFIG_REJECTED",
+        "422: the server rejected its configuration",
+    ),
+    (
+        "EXECUTABLE_NOT_ALLOWED",
+        "422: the executable is not allowed on the worker",
+    ),
+    ("IMAGE_MISSING", "422: the image does not exist"),
+    (
+        "IDEMPOTENCY_KEY_REUSED",
+        "422: the Idempotency-Key was used for another request",
+    ),
+    (
+        "RATE_LIMITED",
+        "429: too many requests from this key (Retry-After)",
+    ),
+    ("INTERNAL_ERROR", "500: a bug"),
+    ("UNSUPPORTED", "501: the worker cannot do this"),
+    ("PLATFORM_ERROR", "502: the platform failed"),
+    ("BUS_ERROR", "502: the message bus failed"),
+    ("NO_LIVE_WORKER", "503: no live worker serves the platform"),
+    ("NO_FREE_PORT", "503: no port of the range is free"),
+    (
+        "STORE_UNAVAILABLE",
+        "503: the state store cannot be reached",
+    ),
+    ("BUS_UNAVAILABLE", "503: the message bus cannot be reached"),
+    ("WORKER_TIMEOUT", "504: the worker did not answer in time"),
+    (
+        "WORKER_DEADLINE_EXCEEDED",
+        "504: the command's deadline passed",
+    ),
+    (
+        "START_TIMEOUT",
+        "504: the server did not become ready in time",
+    ),
+    (
+        "STATE_NOT_REACHED",
+        "504: the instance did not reach the state in time (?wait=)",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::PROBLEM_CODES;
+
+    fn sources(dir: &std::path::Path, into: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, into);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                into.push(std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+
+    /// Every SCREAMING_SNAKE string the API's code uses as a problem code
+    /// is listed, and everything listed is used.
+    #[test]
+    fn the_list_of_problem_codes_matches_the_code() {
+        let mut texts = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut texts,
+        );
+        let listed: std::collections::BTreeSet<&str> =
+            PROBLEM_CODES.iter().map(|(code, _)| *code).collect();
+        assert_eq!(listed.len(), PROBLEM_CODES.len(), "listed twice");
+        let mut used = std::collections::BTreeSet::new();
+        for text in &texts {
+            // The list itself does not count as a use.
+            let text = text.split("pub const PROBLEM_CODES").next().unwrap();
+            for piece in text.split('"').skip(1).step_by(2) {
+                let code_like = piece.len() > 3
+                    && piece.contains('_')
+                    && piece
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit());
+                if code_like {
+                    used.insert(piece.to_string());
+                }
+            }
+        }
+        // Environment variables are not codes.
+        let ignored = |c: &str| c.starts_with("CARGO_") || c.starts_with("DRAAS_");
+        for code in &used {
+            assert!(
+                listed.contains(code.as_str()) || ignored(code),
+                "{code} is answered but not in PROBLEM_CODES"
+            );
+        }
+        for code in &listed {
+            let single_word = !code.contains('_');
+            assert!(
+                single_word || used.contains(*code),
+                "{code} is listed but never answered"
+            );
+        }
+    }
+}

@@ -31,6 +31,7 @@ pub const API_KEYS: &str = "api-keys";
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.
@@ -87,6 +88,7 @@ impl FromStr for Role {
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Access {
     /// Nothing: probes and the published contract.
@@ -116,6 +118,7 @@ impl Access {
 
 /// A stored API key: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKey {
     /// The public part of the token; the record's key.
@@ -132,6 +135,7 @@ pub struct ApiKey {
 
 /// What a listing shows of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct KeySummary {
     /// Id.

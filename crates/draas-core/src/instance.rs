@@ -21,6 +21,7 @@ use crate::config::{
 
 /// An instance id: server-generated, URL-safe (`[a-z0-9-]`, at most 64).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct InstanceId(String);
 
@@ -123,6 +124,7 @@ pub fn validate_name(name: &str) -> Result<(), InvalidName> {
 
 /// Where an instance runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum PlatformType {
     /// An OS process on the worker's host.
     Process,
@@ -187,6 +189,7 @@ impl fmt::Display for PlatformType {
 
 /// What the user wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum DesiredState {
     /// Keep it running.
     Running,
@@ -196,6 +199,7 @@ pub enum DesiredState {
 
 /// What the worker last observed (one vocabulary for every platform).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ActualState {
     /// Recorded, never started.
     Created,
@@ -231,6 +235,7 @@ impl ActualState {
 
 /// Machine-readable reason for the current state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Reason {
     /// The user asked for it.
     Requested,
@@ -283,6 +288,7 @@ pub enum Reason {
 
 /// The actual side of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
     /// The state.
@@ -325,6 +331,7 @@ impl InstanceStatus {
 
 /// How a platform identifies a running server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum PlatformHandle {
     /// An OS process. The start time (clock ticks since boot, from
@@ -385,6 +392,7 @@ impl fmt::Display for PlatformHandle {
 
 /// Where and how the server runs right now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeInfo {
     /// The worker that runs it.
@@ -418,6 +426,7 @@ pub struct RuntimeInfo {
 /// top; each platform's own options sit in its section, and only the
 /// section of the instance's platform may be set.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerConfiguration {
     /// Environment variables of the server (plugin fields may reference
@@ -444,6 +453,7 @@ pub struct ServerConfiguration {
 
 /// How a Process worker runs the server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProcessOptions {
     /// The executable to run. Unset means the bundled runtime; another path
@@ -457,6 +467,7 @@ pub struct ProcessOptions {
 
 /// How a Docker worker runs the server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DockerOptions {
     /// The image (default: the bundled runtime image). Never pulled: it
@@ -467,6 +478,7 @@ pub struct DockerOptions {
 
 /// How a Kubernetes worker runs the server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubernetesOptions {
     /// The image (default: the bundled runtime image).
@@ -489,6 +501,7 @@ pub struct KubernetesOptions {
 
 /// When a Kubernetes node pulls a server's image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ImagePullPolicy {
     /// On every start.
     Always,
@@ -511,6 +524,7 @@ impl ImagePullPolicy {
 
 /// Kubernetes resource requests and limits.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
     /// What the scheduler reserves.
@@ -523,6 +537,7 @@ pub struct Resources {
 
 /// CPU and memory, as Kubernetes quantities (`500m`, `1`, `256Mi`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceAmounts {
     /// CPU (`250m`, `1`).
@@ -783,6 +798,7 @@ fn is_label_key(text: &str) -> bool {
 /// the document `GET/PATCH /api/configuration/instances/{id}` works on; the
 /// server `id` and `persistConfig: false` are added when rendering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InstanceConfiguration {
     /// API bind address (at creation, empty means the platform's default).
@@ -850,6 +866,7 @@ impl InstanceConfiguration {
 
 /// One managed Drasi server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
     /// Server-generated id.

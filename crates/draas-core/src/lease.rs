@@ -23,6 +23,7 @@ pub const MAX_HOLDER_LEN: usize = 128;
 
 /// A lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
     /// Who holds it.

@@ -171,6 +171,7 @@ pub struct LogsSpec {
 /// A server output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LogStream {
     /// Standard output (Drasi logs and the log reaction).
     Stdout,
@@ -351,6 +352,7 @@ impl Event {
 /// and the payload of [`Event::InstanceStatusChanged`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatusChange {
     /// Position in the status buffer (monotonic); 0 until recorded.
     #[serde(default)]

@@ -15,6 +15,7 @@ use crate::instance::Reason;
 
 /// When a server that is meant to run is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartMode {
     /// Never: a failed instance stays `Failed` until someone starts it.
@@ -28,6 +29,7 @@ pub enum RestartMode {
 
 /// How a failed instance is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RestartPolicy {
     /// When.
@@ -130,6 +132,7 @@ impl RestartPolicy {
 
 /// How a configuration change reaches a running server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateStrategy {
     /// The reconciler restarts the server with the new configuration.
@@ -141,6 +144,7 @@ pub enum UpdateStrategy {
 
 /// The failure an automatic restart answered, kept in the status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LastFailure {
     /// Why it failed.

@@ -266,6 +266,8 @@ async fn every_route_needs_a_key_whose_role_allows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_requires_keys_by_default_and_its_reconciler_has_its_own() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their worker: killed when the test ends.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let redis = cluster::redis(dir.path());
     let range = common::port_range();
     // The embedded reconciler acts with a key that lives in memory.

@@ -10,13 +10,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
 use super::extract::ApiQuery;
 use crate::error::{ApiError, ApiResult};
-use crate::service::audit::{AuditEntry, Since};
+use crate::service::audit::{AuditEntry, AuditRecord, Since};
 use crate::service::ControlPlane;
 
 /// Longest path recorded (a request may send anything).
@@ -52,11 +51,23 @@ pub async fn record(State(cp): State<Arc<ControlPlane>>, request: Request, next:
     response
 }
 
-#[derive(Deserialize)]
+/// `GET /api/audit` query.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
+    /// After this cursor, or after this RFC 3339 time.
     since: Option<String>,
+    /// At most this many (1-1000, default 100).
     limit: Option<usize>,
+}
+
+/// A page of the audit log.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct AuditPage {
+    /// Oldest first.
+    entries: Vec<AuditRecord>,
+    /// Pass as `since` for what comes next.
+    next: u64,
 }
 
 /// `GET /api/audit?since=<cursor or RFC 3339 time>&limit=<1..1000>`.
@@ -85,5 +96,5 @@ pub(super) async fn entries(
         ));
     }
     let (entries, next) = cp.audit_entries(since, limit).await?;
-    Ok(Json(json!({ "entries": entries, "next": next })).into_response())
+    Ok(Json(AuditPage { entries, next }).into_response())
 }

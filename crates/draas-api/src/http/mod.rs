@@ -6,6 +6,7 @@ mod audit;
 pub mod auth;
 mod extract;
 mod idempotency;
+pub mod openapi;
 mod redact;
 mod wait;
 
@@ -26,6 +27,7 @@ use draas_core::lease::FENCING_TOKEN_HEADER;
 use draas_core::messages::{LogStream, EVENT_CHANNELS};
 use draas_core::ports::BusError;
 use futures::{Stream, StreamExt};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -44,161 +46,366 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 type Cp = State<Arc<ControlPlane>>;
 
 /// One route of the API: its method and path, the [`Access`] a caller
-/// needs, and its handler. [`routes`] is the one list: the router is built
-/// from it, and the tests walk it, so no route escapes the auth check.
+/// needs, its handler, and what the OpenAPI document says of it.
+/// [`routes`] is the one list: the router and the OpenAPI document are
+/// built from it, and the tests walk it, so no route escapes the auth check
+/// or the contract.
 pub struct Route {
     /// The method.
     pub method: Method,
-    /// The path, with `{id}` for an instance id.
+    /// The path, with `{id}` for an instance id or name.
     pub path: &'static str,
     /// What the caller needs.
     pub access: Access,
     /// Whether an `Idempotency-Key` makes a repeat answer the first time's
     /// answer.
     pub idempotent: bool,
+    /// What it does, in a line.
+    pub summary: &'static str,
+    /// Its query parameters (an object whose properties they are).
+    pub query: Option<openapi::SchemaFn>,
+    /// Its body: media type and schema.
+    pub body: Option<(&'static str, openapi::SchemaFn)>,
+    /// Its success: status and the schema of the body (none: no body, or
+    /// not JSON).
+    pub answer: (u16, Option<openapi::SchemaFn>),
     handler: MethodRouter<Arc<ControlPlane>>,
 }
 
 impl Route {
+    fn new(
+        method: Method,
+        path: &'static str,
+        access: Access,
+        summary: &'static str,
+        handler: MethodRouter<Arc<ControlPlane>>,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            access,
+            idempotent: false,
+            summary,
+            query: None,
+            body: None,
+            answer: (200, None),
+            handler,
+        }
+    }
+
     fn idempotent(self) -> Self {
         Self {
             idempotent: true,
             ..self
         }
     }
-}
 
-fn route(
-    method: Method,
-    path: &'static str,
-    access: Access,
-    handler: MethodRouter<Arc<ControlPlane>>,
-) -> Route {
-    Route {
-        method,
-        path,
-        access,
-        idempotent: false,
-        handler,
+    fn query<T: JsonSchema>(self) -> Self {
+        Self {
+            query: Some(openapi::schema::<T>),
+            ..self
+        }
+    }
+
+    fn json<T: JsonSchema>(self) -> Self {
+        Self {
+            body: Some(("application/json", openapi::schema::<T>)),
+            ..self
+        }
+    }
+
+    fn json_patch(self) -> Self {
+        Self {
+            body: Some(("application/json-patch+json", openapi::json_patch)),
+            ..self
+        }
+    }
+
+    fn answers<T: JsonSchema>(self, status: u16) -> Self {
+        Self {
+            answer: (status, Some(openapi::schema::<T>)),
+            ..self
+        }
+    }
+
+    fn answers_nothing(self, status: u16) -> Self {
+        Self {
+            answer: (status, None),
+            ..self
+        }
     }
 }
 
 /// Every route of the API.
 pub fn routes() -> Vec<Route> {
     use Access::{Administer, Operate, Public, PushStatus, Read};
+    use Method as M;
+    type Instance = draas_core::instance::Instance;
+    type Config = draas_core::instance::InstanceConfiguration;
+    type ServerConfig = draas_core::instance::ServerConfiguration;
+    type Lease = draas_core::lease::Lease;
+    type Any = serde_json::Value;
+    const INSTANCES: &str = "/api/server/instances";
     const INSTANCE: &str = "/api/server/instances/{id}";
     vec![
-        route(Method::POST, "/api/server/instances", Operate, post(create)).idempotent(),
-        route(Method::GET, "/api/server/instances", Read, get(list)),
-        route(Method::GET, INSTANCE, Read, get(get_instance)),
-        route(Method::DELETE, INSTANCE, Operate, delete_route(delete)).idempotent(),
-        route(
-            Method::POST,
+        Route::new(
+            M::POST,
+            INSTANCES,
+            Operate,
+            "Create an instance",
+            post(create),
+        )
+        .json::<CreateInstance>()
+        .answers::<Created>(201)
+        .idempotent(),
+        Route::new(M::GET, INSTANCES, Read, "List instances", get(list))
+            .query::<ListQuery>()
+            .answers::<crate::service::InstanceList>(200),
+        Route::new(
+            M::GET,
+            INSTANCE,
+            Read,
+            "Get an instance (optionally once it is in a state)",
+            get(get_instance),
+        )
+        .query::<WaitQuery>()
+        .answers::<Instance>(200),
+        Route::new(
+            M::DELETE,
+            INSTANCE,
+            Operate,
+            "Delete an instance and its server",
+            delete_route(delete),
+        )
+        .query::<DeleteQuery>()
+        .answers_nothing(204)
+        .idempotent(),
+        Route::new(
+            M::POST,
             "/api/server/instances/{id}/start",
             Operate,
+            "Start the server",
             post(start),
         )
+        .query::<WaitQuery>()
+        .answers::<Instance>(200)
         .idempotent(),
-        route(
-            Method::POST,
+        Route::new(
+            M::POST,
             "/api/server/instances/{id}/stop",
             Operate,
+            "Stop the server",
             post(stop),
         )
+        .query::<WaitQuery>()
+        .answers::<Instance>(200)
         .idempotent(),
-        route(
-            Method::POST,
+        Route::new(
+            M::POST,
             "/api/server/instances/{id}/restart",
             Operate,
+            "Restart the server",
             post(restart),
         )
+        .query::<WaitQuery>()
+        .answers::<Instance>(200)
         .idempotent(),
-        route(
-            Method::POST,
+        Route::new(
+            M::POST,
             "/api/server/instances/{id}/reconcile",
             Operate,
+            "A reconciler's step (Draas-Fencing-Token header)",
             post(reconcile),
-        ),
-        route(
-            Method::GET,
+        )
+        .json::<ReconcileStep>()
+        .answers::<Instance>(200),
+        Route::new(
+            M::GET,
             "/api/server/instances/{id}/runtime-status",
             Read,
+            "Status plus the worker's live view",
             get(runtime_status),
-        ),
-        route(
-            Method::GET,
+        )
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
             "/api/server/instances/{id}/server-configuration",
             Read,
+            "How the server is run (secrets masked)",
             get(get_server_configuration),
-        ),
-        route(
-            Method::PATCH,
+        )
+        .answers::<ServerConfig>(200),
+        Route::new(
+            M::PATCH,
             "/api/server/instances/{id}/server-configuration",
             Operate,
+            "Change how the server is run (JSON Patch, If-Match)",
             patch(patch_server_configuration),
-        ),
-        route(
-            Method::GET,
+        )
+        .json_patch()
+        .answers::<ServerConfig>(200),
+        Route::new(
+            M::GET,
             "/api/server/instances/{id}/logs",
             Read,
+            "The server's last output lines",
             get(logs),
-        ),
-        route(Method::GET, "/api/reconciler/lease", Read, get(get_lease)),
-        route(
-            Method::POST,
+        )
+        .query::<LogsQuery>()
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/api/reconciler/lease",
+            Read,
+            "The reconciler lease",
+            get(get_lease),
+        )
+        .answers::<Lease>(200),
+        Route::new(
+            M::POST,
             "/api/reconciler/lease",
             Operate,
+            "Claim or renew the reconciler lease",
             post(claim_lease),
-        ),
-        route(
-            Method::DELETE,
+        )
+        .json::<LeaseRequest>()
+        .answers::<Lease>(200),
+        Route::new(
+            M::DELETE,
             "/api/reconciler/lease",
             Operate,
+            "Give the reconciler lease up",
             delete_route(release_lease),
-        ),
-        route(Method::GET, "/api/server/platforms", Read, get(platforms)),
-        route(
-            Method::GET,
+        )
+        .query::<ReleaseQuery>()
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/api/server/platforms",
+            Read,
+            "Platforms and their live workers",
+            get(platforms),
+        )
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
             "/api/server/dead-letters",
             Administer,
+            "Commands the bus gave up on",
             get(dead_letters),
-        ),
-        route(Method::GET, "/api/audit", Administer, get(audit::entries)),
-        route(
-            Method::GET,
+        )
+        .query::<DeadLetterQuery>()
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/api/audit",
+            Administer,
+            "The audit log of mutations",
+            get(audit::entries),
+        )
+        .query::<audit::AuditQuery>()
+        .answers::<audit::AuditPage>(200),
+        Route::new(
+            M::GET,
             "/api/configuration/instances/{id}",
             Read,
+            "The drasi-server configuration (ETag)",
             get(get_configuration),
-        ),
-        route(
-            Method::PATCH,
+        )
+        .answers::<Config>(200),
+        Route::new(
+            M::PATCH,
             "/api/configuration/instances/{id}",
             Operate,
+            "Change the drasi-server configuration (JSON Patch, If-Match)",
             patch(patch_configuration),
-        ),
-        route(
-            Method::POST,
+        )
+        .json_patch()
+        .answers::<Config>(200),
+        Route::new(
+            M::POST,
             "/api/status/updates",
             PushStatus,
+            "Push a status from an external daemon",
             post(status_update),
-        ),
-        route(
-            Method::GET,
+        )
+        .json::<ExternalStatusUpdate>()
+        .answers::<draas_core::messages::StatusChange>(202),
+        Route::new(
+            M::GET,
             "/api/status/recent-changes",
             Read,
+            "The status buffer after a cursor",
             get(recent_changes),
-        ),
-        route(
-            Method::GET,
+        )
+        .query::<ChangesQuery>()
+        .answers::<crate::service::RecentChanges>(200),
+        Route::new(
+            M::GET,
             "/api/status/{id}/status",
             Read,
+            "An instance's last known status",
             get(instance_status),
+        )
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/api/events",
+            Read,
+            "Server-sent events (text/event-stream; Last-Event-ID resumes)",
+            get(events),
         ),
-        route(Method::GET, "/api/events", Read, get(events)),
-        route(Method::GET, "/api/events/history", Read, get(event_history)),
-        route(Method::GET, "/healthz", Public, get(healthz)),
-        route(Method::GET, "/readyz", Public, get(readyz)),
+        Route::new(
+            M::GET,
+            "/api/events/history",
+            Read,
+            "Kept events after a cursor",
+            get(event_history),
+        )
+        .query::<HistoryQuery>()
+        .answers::<Any>(200),
+        Route::new(M::GET, "/healthz", Public, "Liveness", get(healthz)).answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/readyz",
+            Public,
+            "Readiness: the store and the bus answer",
+            get(readyz),
+        )
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/openapi.json",
+            Public,
+            "This document",
+            get(openapi_document),
+        )
+        .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/scalar/v1",
+            Public,
+            "The API reference (Scalar UI)",
+            get(scalar_page),
+        ),
     ]
+}
+
+/// The answer of a create.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Created {
+    instance: draas_core::instance::Instance,
+    server_configuration: draas_core::instance::ServerConfiguration,
+}
+
+async fn openapi_document() -> Response {
+    Json(openapi::document()).into_response()
+}
+
+async fn scalar_page() -> Response {
+    axum::response::Html(openapi::scalar_page()).into_response()
 }
 
 /// Builds the API router: every route of [`routes`] behind the auth check
@@ -299,6 +506,7 @@ async fn get_instance(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct DeleteQuery {
     #[serde(default)]
     force: bool,
@@ -367,6 +575,7 @@ async fn reconcile(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct LeaseRequest {
     /// Who asks (a reconciler's id).
     holder: String,
@@ -376,6 +585,7 @@ struct LeaseRequest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct ReleaseQuery {
     holder: String,
 }
@@ -418,6 +628,7 @@ async fn runtime_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiRes
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct LogsQuery {
     tail: Option<usize>,
     stream: Option<LogStream>,
@@ -446,6 +657,7 @@ async fn platforms(State(cp): Cp) -> ApiResult<Response> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct DeadLetterQuery {
     platform_type: draas_core::instance::PlatformType,
     limit: Option<usize>,
@@ -538,6 +750,7 @@ async fn instance_status(State(cp): Cp, InstancePath(id): InstancePath) -> ApiRe
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct ChangesQuery {
     #[serde(default)]
     since: u64,
@@ -618,6 +831,7 @@ async fn events(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 struct HistoryQuery {
     after: Option<String>,
     limit: Option<usize>,

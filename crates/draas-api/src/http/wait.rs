@@ -25,6 +25,7 @@ const REREAD_EVERY: Duration = Duration::from_secs(1);
 /// `?wait=<state>&timeout=<seconds>`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 pub(super) struct WaitQuery {
     /// Answer once the instance is in this state.
     pub wait: Option<ActualState>,

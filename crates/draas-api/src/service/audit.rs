@@ -20,6 +20,7 @@ pub const AUDIT_LOG_CAPACITY: usize = 100_000;
 /// One audited request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(schemars::JsonSchema)]
 pub struct AuditEntry {
     /// When it was answered.
     pub at: DateTime<Utc>,
@@ -53,6 +54,7 @@ impl AuditEntry {
 /// An entry with its place in the log.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(schemars::JsonSchema)]
 pub struct AuditRecord {
     /// Its cursor (pass as `since` to read what came after).
     pub cursor: u64,

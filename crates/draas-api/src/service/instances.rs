@@ -28,6 +28,7 @@ use crate::error::{ApiError, ApiResult, FieldError};
 /// `POST /api/server/instances`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 pub struct CreateInstance {
     /// Unique, DNS-label-like.
     pub name: String,
@@ -61,6 +62,7 @@ fn default_platform() -> PlatformType {
 /// `GET /api/server/instances` query.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 pub struct ListQuery {
     /// Only this platform.
     pub platform_type: Option<PlatformType>,
@@ -78,6 +80,7 @@ pub struct ListQuery {
 /// A page of instances.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(schemars::JsonSchema)]
 pub struct InstanceList {
     /// The page.
     pub items: Vec<Instance>,

@@ -23,6 +23,7 @@ use crate::error::{ApiError, ApiResult};
     rename_all_fields = "camelCase",
     deny_unknown_fields
 )]
+#[derive(schemars::JsonSchema)]
 pub enum ReconcileStep {
     /// Record when the next automatic restart is due.
     ScheduleRetry {

@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiResult, FieldError};
 /// `POST /api/status/updates`: a status observed by an external daemon.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(schemars::JsonSchema)]
 pub struct ExternalStatusUpdate {
     /// The instance.
     pub instance_id: InstanceId,
@@ -39,6 +40,7 @@ pub struct ExternalStatusUpdate {
 /// `GET /api/status/recent-changes`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[derive(schemars::JsonSchema)]
 pub struct RecentChanges {
     /// Changes after the requested cursor, oldest first.
     pub changes: Vec<StatusChange>,

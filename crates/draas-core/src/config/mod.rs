@@ -45,6 +45,7 @@ pub const PLUGIN_MANAGEMENT_KEYS: [&str; 8] = [
 
 /// One drasi-server configuration file (single-instance mode).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DrasiServerConfig {
     /// Informational (`drasi.io/v1`); never validated, as in drasi-server.
@@ -198,6 +199,7 @@ pub struct ListeningPort {
 
 /// A source: common fields plus the plugin's own configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SourceConfig {
     /// Plugin kind (`mock`, `http`, `postgres`, ...).
@@ -220,6 +222,7 @@ pub struct SourceConfig {
 
 /// A reaction: common fields plus the plugin's own configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReactionConfig {
     /// Plugin kind (`log`, `sse`, `http`, ...).
@@ -241,6 +244,7 @@ pub struct ReactionConfig {
 
 /// Query language of a continuous query (case-sensitive, as in drasi-server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum QueryLanguage {
     /// openCypher.
     Cypher,
@@ -251,6 +255,7 @@ pub enum QueryLanguage {
 
 /// A continuous query (drasi-server `QueryConfigDto`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QueryConfig {
     /// Unique component id.
@@ -331,6 +336,7 @@ impl QueryConfig {
 
 /// A query's subscription to one source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSubscription {
     /// The source's id.
@@ -348,6 +354,7 @@ pub struct SourceSubscription {
 
 /// A middleware definition of a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MiddlewareConfig {
     /// Middleware kind (`jq`, `map`, `unwind`, ...).
