@@ -11,6 +11,7 @@
 #     for the tests and stopped afterwards; tests find it through
 #     $DRAAS_TEST_KUBECONFIG;
 #   - cargo-nextest;
+#   - schemathesis (PyPI, in ~/.cache/draas/venv) for the API fuzz run;
 # and keeps build output in a persistent target directory
 # ($CARGO_TARGET_DIR, default ~/.cache/draas/target).
 set -euo pipefail
@@ -75,6 +76,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+
+# schemathesis (PyPI) for the schema-driven fuzz run of the API
+# (crates/draas/tests/api_fuzz.rs), in its own virtual environment.
+venv="$HOME/.cache/draas/venv"
+if ! "$venv/bin/st" --version >/dev/null 2>&1; then
+  log "installing schemathesis into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+fi
+export DRAAS_SCHEMATHESIS="$venv/bin/st"
 
 # --- gates and tests --------------------------------------------------------
 log "cargo fmt --check"

@@ -43,7 +43,12 @@ pub async fn record(State(cp): State<Arc<ControlPlane>>, request: Request, next:
         method: method.to_string(),
         path,
         status,
-        outcome: AuditEntry::outcome_of(status).into(),
+        // A repeat answered from its Idempotency-Key did nothing again.
+        outcome: if response.headers().contains_key("idempotent-replayed") {
+            "replayed".into()
+        } else {
+            AuditEntry::outcome_of(status).into()
+        },
     };
     if let Err(e) = cp.audit(&entry).await {
         tracing::warn!(method = %entry.method, path = %entry.path, "cannot record the audit entry: {}", e.detail);

@@ -484,6 +484,7 @@ async fn get_instance(
     InstancePath(id): InstancePath,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
+    q.check()?;
     let Some(wanted) = q.wait else {
         return Ok(Json(redact::instance(cp.load(&id).await?.value)).into_response());
     };

@@ -30,6 +30,7 @@ pub(super) struct WaitQuery {
     /// Answer once the instance is in this state.
     pub wait: Option<ActualState>,
     /// For at most this many seconds (default 30, at most 300).
+    #[schemars(range(min = 1, max = 300))]
     pub timeout: Option<u64>,
 }
 
@@ -41,11 +42,18 @@ impl WaitQuery {
             .min(LONGEST_WAIT)
     }
 
-    fn check(&self) -> ApiResult<()> {
+    /// Refuses a timeout without a state, or outside 1-300 s.
+    pub(super) fn check(&self) -> ApiResult<()> {
         if self.wait.is_none() && self.timeout.is_some() {
             return Err(ApiError::bad_request(
                 "INVALID_QUERY",
                 "timeout is how long to wait: give wait=<state> with it",
+            ));
+        }
+        if self.timeout.is_some_and(|t| t > LONGEST_WAIT.as_secs()) {
+            return Err(ApiError::bad_request(
+                "INVALID_QUERY",
+                format!("timeout must be at most {} seconds", LONGEST_WAIT.as_secs()),
             ));
         }
         if self.timeout == Some(0) {

@@ -36,7 +36,9 @@ pub struct AuditEntry {
     pub path: String,
     /// The HTTP status of the answer.
     pub status: u16,
-    /// `ok` (2xx), `refused` (401/403), `failed` (anything else).
+    /// `ok` (2xx), `replayed` (the first answer to an `Idempotency-Key`
+    /// again: nothing was done), `refused` (401/403), `failed` (anything
+    /// else).
     pub outcome: String,
 }
 
