@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod watchdog;
 

@@ -144,6 +144,15 @@ impl Drop for ConsumerGuard {
 
 #[async_trait]
 impl MessageBus for InProcessBus {
+    async fn backlog(&self, channel: &str) -> Result<u64, BusError> {
+        // Taken commands are being executed by their consumer right away:
+        // the backlog is what waits in the queue.
+        Ok(self
+            .channels()
+            .get(channel)
+            .map_or(0, |c| c.receiver.len() as u64))
+    }
+
     async fn request(
         &self,
         channel: &str,

@@ -424,6 +424,34 @@ impl MessageBus for RedisBus {
             .collect())
     }
 
+    async fn backlog(&self, channel: &str) -> Result<u64, BusError> {
+        // Per consumer group: entries not yet delivered (lag) plus entries
+        // delivered and not acknowledged (pending).
+        let mut connection = self.inner.connection.clone();
+        let groups: Result<Vec<HashMap<String, redis::Value>>, RedisError> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.stream(channel))
+            .query_async(&mut connection)
+            .await;
+        let groups = match groups {
+            Ok(groups) => groups,
+            // No stream yet: nothing was ever sent on the channel.
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let number = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(groups
+            .iter()
+            .filter(|g| {
+                matches!(g.get("name"), Some(redis::Value::BulkString(name)) if name == GROUP.as_bytes())
+            })
+            .map(|g| number(g.get("pending")) + number(g.get("lag")))
+            .sum())
+    }
+
     async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let mut connection = self.inner.connection.clone();
         let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XREVRANGE")

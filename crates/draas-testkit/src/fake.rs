@@ -296,6 +296,9 @@ impl<B: draas_core::ports::MessageBus> draas_core::ports::MessageBus for Redeliv
     ) -> Result<Vec<draas_core::ports::PublishedEvent>, draas_core::ports::BusError> {
         self.0.replay_events(after, limit).await
     }
+    async fn backlog(&self, channel: &str) -> Result<u64, draas_core::ports::BusError> {
+        self.0.backlog(channel).await
+    }
     fn redelivers(&self) -> bool {
         true
     }

@@ -364,6 +364,13 @@ pub fn routes() -> Vec<Route> {
         )
         .query::<HistoryQuery>()
         .answers::<Any>(200),
+        Route::new(
+            M::GET,
+            "/metrics",
+            Read,
+            "Metrics in the Prometheus text format (draas_*)",
+            get(metrics),
+        ),
         Route::new(M::GET, "/healthz", Public, "Liveness", get(healthz)).answers::<Any>(200),
         Route::new(
             M::GET,
@@ -398,6 +405,41 @@ pub fn routes() -> Vec<Route> {
 struct Created {
     instance: draas_core::instance::Instance,
     server_configuration: draas_core::instance::ServerConfiguration,
+}
+
+/// Times every request for `/metrics`, by route template (never the raw
+/// path: ids would make a series per instance).
+async fn track(
+    State(cp): Cp,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    cp.metrics().request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn metrics(State(cp): Cp) -> ApiResult<Response> {
+    let text = cp.metrics().render(&cp).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn openapi_document() -> Response {
@@ -449,6 +491,10 @@ pub fn router(control_plane: Arc<ControlPlane>, auth: Arc<Auth>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             control_plane.clone(),
             audit::record,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            control_plane.clone(),
+            track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control_plane)

@@ -91,6 +91,7 @@ pub struct ControlPlane {
     validator: Arc<dyn ConfigValidator>,
     settings: ControlPlaneSettings,
     recorder: StatusRecorder,
+    metrics: crate::metrics::Metrics,
 }
 
 impl ControlPlane {
@@ -108,7 +109,13 @@ impl ControlPlane {
             validator,
             settings,
             recorder,
+            metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// The metrics (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The bus (for event streams).
@@ -263,8 +270,22 @@ impl ControlPlane {
             return Err(ApiError::no_worker(instance.platform_type));
         }
         let channel = self.route(instance, &workers)?;
+        let kind = command.name();
         let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout).fenced(fence);
-        let reply = self.bus.request(&channel, envelope, timeout).await?;
+        let sent = std::time::Instant::now();
+        let reply = match self.bus.request(&channel, envelope, timeout).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let e = ApiError::from(e);
+                self.metrics.command(kind, e.code, sent.elapsed());
+                return Err(e);
+            }
+        };
+        let outcome = match &reply.outcome {
+            Outcome::Ok { .. } => "ok".to_string(),
+            Outcome::Error { code, .. } => format!("{code:?}"),
+        };
+        self.metrics.command(kind, &outcome, sent.elapsed());
         match reply.outcome {
             Outcome::Ok {
                 status,

@@ -150,6 +150,7 @@ impl ControlPlane {
                         Ok(())
                     })
                     .await?;
+                self.metrics().restart(instance.platform_type);
                 tracing::info!(
                     instance = %id,
                     restarts = restart_count + 1,

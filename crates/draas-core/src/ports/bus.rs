@@ -213,6 +213,10 @@ pub trait MessageBus: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<PublishedEvent>, BusError>;
 
+    /// Commands on `channel` that no worker has finished with yet (waiting
+    /// to be taken, or taken and not acknowledged): the backlog.
+    async fn backlog(&self, channel: &str) -> Result<u64, BusError>;
+
     /// The newest `limit` dead letters of a platform's commands (its
     /// shared channel and its workers' private ones), newest first.
     async fn dead_letters(
@@ -269,6 +273,9 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     async fn dead_letters(&self, channel: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         (**self).dead_letters(channel, limit).await
+    }
+    async fn backlog(&self, channel: &str) -> Result<u64, BusError> {
+        (**self).backlog(channel).await
     }
     async fn ping(&self) -> Result<(), BusError> {
         (**self).ping().await
