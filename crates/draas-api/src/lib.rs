@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod service;
+pub mod trace;
 pub mod watchdog;
 
 pub use http::{router, routes, Auth, Caller};

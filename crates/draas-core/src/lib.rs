@@ -12,6 +12,7 @@
 //! - [`policy`]: what generic code must not assume about a platform;
 //! - [`restart`]: restart policies and update strategies (self-healing);
 //! - [`status`]: recording a status change (store, status buffer, events);
+//! - [`trace`]: W3C `traceparent`, carried from a request to the worker;
 //! - [`workers`]: which workers are alive;
 //! - [`installation`]: the id that labels this installation's objects;
 //! - [`keys`]: store collection names.
@@ -34,4 +35,5 @@ pub mod policy;
 pub mod ports;
 pub mod restart;
 pub mod status;
+pub mod trace;
 pub mod workers;

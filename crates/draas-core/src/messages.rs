@@ -68,6 +68,10 @@ pub struct CommandEnvelope {
     /// to a newer term (see `lease`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
+    /// The W3C `traceparent` of the request that caused it: the worker's
+    /// log lines for the command carry its trace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl CommandEnvelope {
@@ -82,7 +86,24 @@ impl CommandEnvelope {
             instance_id,
             command,
             fence: None,
+            traceparent: None,
         }
+    }
+
+    /// The same command, part of the trace `traceparent`.
+    pub fn traced(self, traceparent: Option<String>) -> Self {
+        Self {
+            traceparent,
+            ..self
+        }
+    }
+
+    /// The trace id of the request that caused it, when it came with one.
+    pub fn trace_id(&self) -> Option<String> {
+        self.traceparent
+            .as_deref()
+            .and_then(crate::trace::TraceParent::parse)
+            .map(|t| t.trace_id().to_string())
     }
 
     /// The same command, fenced with `token`.

@@ -144,6 +144,7 @@ fn span_of(envelope: &CommandEnvelope) -> tracing::Span {
         id = %envelope.id,
         kind = envelope.command.name(),
         instance = %envelope.instance_id,
+        trace_id = envelope.trace_id().unwrap_or_default(),
     )
 }
 

@@ -14,6 +14,25 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub mode: Mode,
+    /// How log lines look: `text` for people, `json` (one object a line,
+    /// with the spans' fields such as `trace_id`) for log pipelines.
+    #[arg(
+        long = "log-format",
+        env = "DRAAS_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// How to run.

@@ -28,7 +28,7 @@ use config::{Cli, Mode};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging();
+    install_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,14 +61,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn install_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or
+/// as JSON lines.
+fn install_logging(format: config::LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Every line carries the fields of all its spans (trace_id,
+        // instance, command, worker).
+        config::LogFormat::Json => builder.json().with_span_list(true).init(),
+    }
 }

@@ -611,7 +611,7 @@ async fn serve_api(
     if !auth.is_required() && !listen.ip().is_loopback() {
         warn!("the API listens on {listen} without requiring API keys: anyone who reaches it is admin (--require-auth)");
     }
-    let app = router(control, auth).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = router(control, auth);
     let stop = shutdown.graceful.clone();
     let mut server = tokio::spawn(
         axum::serve(listener, app)

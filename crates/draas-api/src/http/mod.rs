@@ -496,6 +496,9 @@ pub fn router(control_plane: Arc<ControlPlane>, auth: Arc<Auth>) -> Router {
             control_plane.clone(),
             track,
         ))
+        // Request logging inside the trace, so its lines carry trace_id.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::trace::propagate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control_plane)
 }

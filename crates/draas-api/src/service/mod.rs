@@ -271,7 +271,9 @@ impl ControlPlane {
         }
         let channel = self.route(instance, &workers)?;
         let kind = command.name();
-        let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout).fenced(fence);
+        let envelope = CommandEnvelope::new(instance.id.clone(), command, timeout)
+            .fenced(fence)
+            .traced(crate::trace::current());
         let sent = std::time::Instant::now();
         let reply = match self.bus.request(&channel, envelope, timeout).await {
             Ok(reply) => reply,
