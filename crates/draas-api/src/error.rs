@@ -335,6 +335,10 @@ pub const PROBLEM_CODES: &[(&str, &str)] = &[
         "STATE_NOT_REACHED",
         "504: the instance did not reach the state in time (?wait=)",
     ),
+    (
+        "REQUEST_TIMEOUT",
+        "504: the request took longer than its route allows",
+    ),
 ];
 
 #[cfg(test)]

@@ -447,6 +447,21 @@ async fn bad_creations_get_a_clear_4xx_and_change_nothing() {
             "BODY_TOO_LARGE",
             "",
         ),
+        // Routes that take no configuration take small bodies only.
+        (
+            Request::builder()
+                .method("POST")
+                .uri("/api/status/updates")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(format!(
+                    r#"{{"instanceId": "x", "state": "Running", "source": "s", "message": "{}"}}"#,
+                    "a".repeat(100 * 1024)
+                )))
+                .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            "",
+        ),
     ];
     for (request, status, code, mention) in cases {
         let reply = api.send(request).await;

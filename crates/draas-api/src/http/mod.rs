@@ -40,8 +40,40 @@ use wait::WaitQuery;
 
 pub use auth::{Auth, Caller};
 
-/// Largest request body accepted (configurations included).
+/// Largest request body accepted: routes that take a configuration
+/// (create, JSON Patch).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest body of every other route.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+/// Longest a request about one instance may take (it may wait for a worker:
+/// a start waits for readiness, `?wait=` up to 300 s).
+const LONG_REQUEST: Duration = Duration::from_secs(900);
+/// Longest any other request may take.
+const SHORT_REQUEST: Duration = Duration::from_secs(30);
+
+impl Route {
+    /// How long it may take (`None`: an event stream, as long as it lasts).
+    fn time_limit(&self) -> Option<Duration> {
+        if self.path == "/api/events" {
+            None
+        } else if self.path.starts_with("/api/server/instances/{id}") {
+            Some(LONG_REQUEST)
+        } else {
+            Some(SHORT_REQUEST)
+        }
+    }
+
+    /// The largest body it takes.
+    fn body_limit(&self) -> usize {
+        let takes_configuration = self.path == "/api/server/instances"
+            || matches!(self.body, Some((media, _)) if media == "application/json-patch+json");
+        if takes_configuration {
+            MAX_BODY_BYTES
+        } else {
+            SMALL_BODY_BYTES
+        }
+    }
+}
 
 type Cp = State<Arc<ControlPlane>>;
 
@@ -454,14 +486,32 @@ async fn scalar_page() -> Response {
 /// of its access.
 pub fn router(control_plane: Arc<ControlPlane>, auth: Arc<Auth>) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter<Arc<ControlPlane>>> = BTreeMap::new();
-    for Route {
-        path,
-        access,
-        idempotent,
-        handler,
-        ..
-    } in routes()
-    {
+    for route in routes() {
+        let (time_limit, body_limit) = (route.time_limit(), route.body_limit());
+        let Route {
+            path,
+            access,
+            idempotent,
+            handler,
+            ..
+        } = route;
+        let handler = handler.layer(DefaultBodyLimit::max(body_limit));
+        let handler = match time_limit {
+            Some(limit) => handler.layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    match tokio::time::timeout(limit, next.run(request)).await {
+                        Ok(response) => response,
+                        Err(_) => ApiError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "REQUEST_TIMEOUT",
+                            format!("the request took longer than this route allows ({limit:?})"),
+                        )
+                        .into_response(),
+                    }
+                },
+            )),
+            None => handler,
+        };
         let handler = if idempotent {
             handler.layer(axum::middleware::from_fn_with_state(
                 control_plane.clone(),
