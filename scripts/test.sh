@@ -3,7 +3,7 @@
 # machine, then runs the lint gates and every test of the workspace:
 #   - packages: pkg-config and libssl-dev (postgres source), redis-server
 #     (Redis-mode tests start their own on free loopback ports), openssl
-#     (certificates for the rediss:// test);
+#     (certificates for the rediss:// and HTTPS tests), curl (the HTTPS test);
 #   - a running Docker engine (runtime image test);
 #   - the test Kubernetes cluster: a real kube-apiserver and
 #     kube-controller-manager built from Debian's source package by
@@ -33,6 +33,7 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq

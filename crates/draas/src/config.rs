@@ -354,12 +354,32 @@ pub struct DockerArgs {
     pub publish_address: std::net::IpAddr,
 }
 
+/// HTTPS for the REST API.
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// PEM certificate chain: the API answers HTTPS only (with --tls-key).
+    #[arg(long = "tls-cert", env = "DRAAS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long = "tls-key", env = "DRAAS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Certificate and key, when HTTPS is asked for.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.tls_cert.clone().zip(self.tls_key.clone())
+    }
+}
+
 /// `draas serve`.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, env = "DRAAS_LISTEN", default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -467,6 +487,8 @@ pub struct UpArgs {
     /// Address of the REST API.
     #[arg(long, env = "DRAAS_LISTEN", default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]

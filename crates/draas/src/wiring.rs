@@ -79,6 +79,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         args.listen,
         control,
         Arc::new(auth),
+        args.tls.files(),
         args.control.reconciler(),
         shutdown.clone(),
     )
@@ -152,6 +153,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.listen,
         control,
         Arc::new(auth),
+        args.tls.files(),
         args.control.reconciler(),
         shutdown.clone(),
     )
@@ -569,33 +571,58 @@ async fn wait_for_worker(store: &dyn StateStore, worker_id: &str) -> anyhow::Res
 
 /// Serves the API until shutdown, then drains briefly (open event streams
 /// never end on their own); a second signal ends the drain at once. With
-/// `reconciler`, runs the reconciler too, as a client of this API (the
-/// same way `draas reconcile` would from elsewhere).
+/// `tls` (certificate and key files), HTTPS only. With `reconciler`, runs
+/// the reconciler too, as a client of this API (the same way `draas
+/// reconcile` would from elsewhere) with a key that lives in memory only;
+/// under HTTPS it reaches the API on a loopback listener of its own that
+/// admits no other key.
 async fn serve_api(
     listen: std::net::SocketAddr,
     control: Arc<ControlPlane>,
     auth: Arc<Auth>,
+    tls: Option<(PathBuf, PathBuf)>,
     reconciler: Option<draas_reconciler::ReconcilerSettings>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    info!("DRaaS API listening on http://{bound}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!("DRaaS API listening on {scheme}://{bound}");
+    if !auth.is_required() && !listen.ip().is_loopback() {
+        warn!("the API listens on {listen} without requiring API keys: anyone who reaches it is admin (--require-auth)");
+    }
+    let mut servers = tokio::task::JoinSet::new();
     let _reconciler = match reconciler {
         Some(mut settings) => {
             settings.holder = format!("control-plane-{bound}-{}", std::process::id());
-            let mut local = bound;
-            if local.ip().is_unspecified() {
-                local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            // Its key lives in this process's memory only.
-            let token = auth
+            let (base, key_holder) = if tls.is_some() {
+                let inner = Arc::new(Auth::internal_only());
+                let local =
+                    tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+                let base = format!("http://{}", local.local_addr()?);
+                let app = router(control.clone(), inner.clone());
+                let stop = shutdown.graceful.clone();
+                servers.spawn(async move {
+                    axum::serve(local, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                        .map_err(anyhow::Error::from)
+                });
+                (base, inner)
+            } else {
+                let mut local = bound;
+                if local.ip().is_unspecified() {
+                    local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                (format!("http://{local}"), auth.clone())
+            };
+            let token = key_holder
                 .internal_key("embedded-reconciler", Role::Operator)
                 .map_err(|e| anyhow::anyhow!("cannot make the reconciler's key: {}", e.detail))?;
             let client = draas_reconciler::ControlPlaneClient::new(
-                &format!("http://{local}"),
+                &base,
                 // The control plane answers within its own command deadlines.
                 Duration::from_secs(900),
                 Some(&token),
@@ -608,29 +635,72 @@ async fn serve_api(
         }
         None => None,
     };
-    if !auth.is_required() && !listen.ip().is_loopback() {
-        warn!("the API listens on {listen} without requiring API keys: anyone who reaches it is admin (--require-auth)");
-    }
     let app = router(control, auth);
-    let stop = shutdown.graceful.clone();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
-    );
+    match tls {
+        Some((cert, key)) => {
+            let config = tls_config(&cert, &key)?;
+            let handle = axum_server::Handle::new();
+            let server = axum_server::from_tcp_rustls(listener, config)?
+                .handle(handle.clone())
+                .serve(app.into_make_service());
+            let stop = shutdown.graceful.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                handle.graceful_shutdown(Some(HTTP_DRAIN));
+            });
+            servers.spawn(async move { server.await.map_err(anyhow::Error::from) });
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let stop = shutdown.graceful.clone();
+            servers.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .into_future()
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+        }
+    }
     tokio::select! {
-        result = &mut server => {
+        Some(result) = servers.join_next() => {
             result.context("API server task failed")?.context("API server failed")?;
             return Ok(());
         }
         () = shutdown.graceful.cancelled() => {}
     }
     tokio::select! {
-        _ = tokio::time::timeout(HTTP_DRAIN, &mut server) => {}
+        _ = tokio::time::timeout(HTTP_DRAIN, async { while servers.join_next().await.is_some() {} }) => {}
         () = shutdown.forced.cancelled() => {}
     }
-    server.abort();
+    servers.abort_all();
     Ok(())
+}
+
+/// The API's TLS settings: the certificate chain and key from PEM files,
+/// rustls with ring (as every TLS connection of DRaaS), HTTP/2 and 1.1.
+fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("cannot read the certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("cannot read the key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("the certificate and key do not make a TLS identity")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
+        Arc::new(config),
+    ))
 }
 
 /// A task aborted when this is dropped.

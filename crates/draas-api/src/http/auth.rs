@@ -88,6 +88,18 @@ impl Auth {
         self
     }
 
+    /// Only keys made in memory ([`Self::internal_key`]) are admitted: for
+    /// a listener that serves this process's own clients.
+    pub fn internal_only() -> Self {
+        Self {
+            required: true,
+            keys: None,
+            verified: Mutex::new(HashMap::new()),
+            internal: Mutex::new(HashMap::new()),
+            limiter: None,
+        }
+    }
+
     /// Keys are optional: a request without one acts as an admin (for a
     /// control plane on loopback); a key that is sent still names the
     /// caller in the audit log, and a bad one is still refused.
