@@ -531,6 +531,31 @@ async fn convergence(draas: &Path, runtime: &Path, fleet: usize) -> anyhow::Resu
     let redis = draas_testkit::redis_server::RedisServer::start(&redis_dir);
     let port = draas_testkit::free_port();
     let base = format!("http://127.0.0.1:{port}");
+    // draas serve requires API keys: an admin key for the benchmark's calls.
+    let key = Command::new(draas)
+        .args([
+            "keys",
+            "create",
+            "--role",
+            "admin",
+            "--name",
+            "bench",
+            "--redis",
+            &redis.url(),
+        ])
+        .output()
+        .context("draas keys create")?;
+    anyhow::ensure!(
+        key.status.success(),
+        "draas keys create: {}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let token = String::from_utf8_lossy(&key.stdout)
+        .lines()
+        .last()
+        .context("no key printed")?
+        .trim()
+        .to_string();
     let _serve = Spawned(
         Command::new(draas)
             .args([
@@ -547,6 +572,9 @@ async fn convergence(draas: &Path, runtime: &Path, fleet: usize) -> anyhow::Resu
                 "1",
                 "--reconcile",
                 "on",
+                // Convergence is measured, not the per-key limiter.
+                "--rate-limit",
+                "0",
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -556,7 +584,14 @@ async fn convergence(draas: &Path, runtime: &Path, fleet: usize) -> anyhow::Resu
     );
     let data = dir.path().join("worker");
     let mut worker = spawn_worker(draas, runtime, &redis.url(), &data)?;
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let live = client
