@@ -63,6 +63,31 @@ pub enum Mode {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Instances on a control plane: create, list, get, start, stop,
+    /// restart, delete, logs, wait (a client of the REST API).
+    Instance {
+        #[command(subcommand)]
+        command: crate::cli::InstanceCommand,
+        #[command(flatten)]
+        target: crate::cli::Target,
+    },
+    /// The platforms a control plane serves and their live workers.
+    Platforms {
+        #[command(flatten)]
+        target: crate::cli::Target,
+    },
+    /// Saved control planes (server URL and API key), like kubectl's
+    /// contexts.
+    Context {
+        #[command(subcommand)]
+        command: crate::cli::ContextCommand,
+    },
+    /// Prints a shell completion script: bash, zsh, fish, elvish or
+    /// powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Container images.
     Image {
         #[command(subcommand)]

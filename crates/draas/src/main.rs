@@ -15,6 +15,7 @@
 //! `main` parses the configuration, installs logging and hands over to the
 //! mode's `run`; everything is built and wired in [`wiring`].
 
+mod cli;
 mod config;
 mod keys;
 mod shutdown;
@@ -28,6 +29,10 @@ use config::{Cli, Mode};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Client commands print for people and scripts, not log lines.
+    if let Some(code) = client_command(&cli) {
+        return code;
+    }
     install_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,6 +52,10 @@ fn main() -> ExitCode {
             Mode::Reconcile(args) => wiring::reconcile(args).await,
             Mode::DockerDaemon(args) => wiring::docker_daemon(args).await,
             Mode::Keys { command } => keys::run(command).await,
+            Mode::Instance { .. }
+            | Mode::Platforms { .. }
+            | Mode::Context { .. }
+            | Mode::Completions { .. } => unreachable_client(),
             Mode::Image {
                 command: config::ImageCommand::Build(args),
             } => wiring::image_build(args).await,
@@ -59,6 +68,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client command (instance, platforms, context, completions) and
+/// returns its exit code; `None` for the other modes.
+fn client_command(cli: &Cli) -> Option<ExitCode> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match &cli.mode {
+        Mode::Instance { command, target } => Some(match runtime() {
+            Ok(rt) => rt.block_on(cli::instance(command.clone(), target.clone())),
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        }),
+        Mode::Platforms { target } => Some(match runtime() {
+            Ok(rt) => rt.block_on(cli::platforms(target.clone())),
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                ExitCode::FAILURE
+            }
+        }),
+        Mode::Context { command } => Some(cli::context(command.clone())),
+        Mode::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: a closed pipe (`| head`) is not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "draas", &mut script);
+            let _ = std::io::stdout().write_all(&script);
+            Some(ExitCode::SUCCESS)
+        }
+        _ => None,
+    }
+}
+
+/// Client commands are answered before the server modes start.
+fn unreachable_client() -> anyhow::Result<()> {
+    anyhow::bail!("a client command reached the server dispatch")
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or

@@ -1,0 +1,517 @@
+//! The `draas` client: instances, platforms and contexts over the REST API
+//! (`--server URL --token T`, or a saved context). Tables by default,
+//! `-o json|yaml|wide`; a spinner with the elapsed time while waiting, on a
+//! terminal only; exit codes scripts can use ([`Exit`]).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod contexts;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use contexts::{ContextEntry, Contexts};
+use output::Output;
+
+/// How a client command ended, as its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0.
+    Ok = 0,
+    /// 1: the server refused or failed (a problem other than below).
+    Failed = 1,
+    /// 3: no such instance.
+    NotFound = 3,
+    /// 4: a wait ran out before the state was reached.
+    TimedOut = 4,
+    /// 5: the server could not be reached.
+    Unreachable = 5,
+    /// 6: the key is missing, unknown or not allowed.
+    Denied = 6,
+    /// 7: a bad local input (file, context).
+    BadInput = 7,
+}
+
+/// Where and how to talk to the control plane.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// The control plane's URL [default: the current context's, else
+    /// http://127.0.0.1:5000].
+    #[arg(long, env = "DRAAS_SERVER", global = true)]
+    pub server: Option<String>,
+    /// The API key [default: the context's].
+    #[arg(long, env = "DRAAS_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The saved context to use [default: the current one].
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Output: table, wide, json or yaml.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
+    pub output: Output,
+}
+
+/// `draas instance ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum InstanceCommand {
+    /// Creates an instance (optionally with a drasi configuration file).
+    Create {
+        /// Its name (DNS-label-like).
+        name: String,
+        /// process, docker or kubernetes.
+        #[arg(long, value_enum, default_value = "process")]
+        platform: Platform,
+        /// A YAML (or JSON) file with the configuration: host, port,
+        /// logLevel, sources, queries, reactions.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// Lists instances.
+    List,
+    /// Shows one instance.
+    Get {
+        /// Name or id.
+        name: String,
+    },
+    /// Starts it and waits until it runs.
+    Start(Lifecycle),
+    /// Stops it and waits until it stopped.
+    Stop(Lifecycle),
+    /// Restarts it and waits until it runs.
+    Restart(Lifecycle),
+    /// Deletes it and its server.
+    Delete {
+        /// Name or id.
+        name: String,
+        /// Even when its worker is gone.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Prints the server's last output lines.
+    Logs {
+        /// Name or id.
+        name: String,
+        /// How many lines.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// stdout or stderr.
+        #[arg(long, default_value = "stdout")]
+        stream: String,
+    },
+    /// Waits until the instance is in a state.
+    Wait {
+        /// Name or id.
+        name: String,
+        /// The state (Running, Stopped, Failed, ...).
+        #[arg(long = "for")]
+        state: String,
+        /// Seconds (1-300).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+/// Start, stop or restart.
+#[derive(Args, Debug, Clone)]
+pub struct Lifecycle {
+    /// Name or id.
+    pub name: String,
+    /// Seconds to wait for the state (1-300).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Answer as soon as the worker did, without waiting for the state.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// A platform, as the CLI spells it.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum Platform {
+    /// OS processes.
+    Process,
+    /// Docker containers.
+    Docker,
+    /// Kubernetes Deployments.
+    Kubernetes,
+}
+
+/// `draas context ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ContextCommand {
+    /// Saves a control plane under a name.
+    Add {
+        /// The context's name.
+        name: String,
+        /// Its URL.
+        #[arg(long = "server")]
+        server: String,
+        /// Its API key.
+        #[arg(long = "token", env = "DRAAS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Make it the current one.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// Makes a context the current one.
+    Use {
+        /// The context's name.
+        name: String,
+    },
+    /// Lists the contexts (never their keys).
+    List,
+}
+
+/// A client of one control plane.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Why a call failed.
+struct Failure {
+    exit: Exit,
+    message: String,
+}
+
+impl Failure {
+    fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl Client {
+    fn new(target: &Target) -> Result<Self, Failure> {
+        let saved = Contexts::load().map_err(|e| Failure::new(Exit::BadInput, format!("{e:#}")))?;
+        let named = target.context.clone().or(saved.current.clone());
+        let context = match &named {
+            Some(name) => Some(saved.contexts.get(name).cloned().ok_or_else(|| {
+                Failure::new(
+                    Exit::BadInput,
+                    format!("no context named {name:?} (draas context list)"),
+                )
+            })?),
+            None => None,
+        };
+        let base = target
+            .server
+            .clone()
+            .or_else(|| context.as_ref().map(|c| c.server.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:5000".into());
+        let token = target
+            .token
+            .clone()
+            .or_else(|| context.and_then(|c| c.token));
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    Failure::new(
+                        Exit::BadInput,
+                        "the API key holds characters a header cannot",
+                    )
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(900))
+            .default_headers(headers)
+            .build()
+            .map_err(|e| Failure::new(Exit::BadInput, e.to_string()))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    /// Sends a request; the JSON answer, or the failure its problem says.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            Failure::new(
+                Exit::Unreachable,
+                format!("cannot reach {}: {e}", self.base),
+            )
+        })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let exit = match status {
+            404 => Exit::NotFound,
+            401 | 403 => Exit::Denied,
+            408 | 504 => Exit::TimedOut,
+            _ => Exit::Failed,
+        };
+        let mut message = format!(
+            "{} {}: {}",
+            status,
+            value["code"].as_str().unwrap_or("ERROR"),
+            value["detail"].as_str().unwrap_or(text.trim())
+        );
+        for error in value["errors"].as_array().into_iter().flatten() {
+            message.push_str(&format!(
+                "\n  at {}: {}",
+                error["path"].as_str().unwrap_or("?"),
+                error["message"].as_str().unwrap_or("?")
+            ));
+        }
+        Err(Failure::new(exit, message))
+    }
+}
+
+/// A spinner with the elapsed time on stderr while `work` runs, when
+/// stderr is a terminal.
+async fn waiting<T>(what: String, work: impl std::future::Future<Output = T>) -> T {
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(what);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let result = work.await;
+    spinner.finish_and_clear();
+    result
+}
+
+fn segment(name: &str) -> String {
+    // Names and ids are DNS-label-like; anything else is refused by the
+    // server, but never allowed to change the path.
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32 & 0xff)
+            }
+        })
+        .collect()
+}
+
+/// Runs an instance command.
+pub async fn instance(command: InstanceCommand, target: Target) -> ExitCode {
+    finish(instance_inner(command, &target).await)
+}
+
+async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(), Failure> {
+    let client = Client::new(target)?;
+    let out = target.output;
+    match command {
+        InstanceCommand::Create {
+            name,
+            platform,
+            file,
+        } => {
+            let mut body = json!({"name": name, "platformType": format!("{platform:?}")});
+            if let Some(file) = file {
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    Failure::new(
+                        Exit::BadInput,
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                let configuration: Value = serde_saphyr::from_str(&text).map_err(|e| {
+                    Failure::new(
+                        Exit::BadInput,
+                        format!("{} is not YAML: {e}", file.display()),
+                    )
+                })?;
+                body["configuration"] = configuration;
+            }
+            let created = client
+                .call(Method::POST, "/api/server/instances", Some(body))
+                .await?;
+            output::instances(out, &[created["instance"].clone()], false);
+        }
+        InstanceCommand::List => {
+            let list = client
+                .call(Method::GET, "/api/server/instances?limit=1000", None)
+                .await?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            output::instances(out, &items, true);
+        }
+        InstanceCommand::Get { name } => {
+            let instance = client
+                .call(
+                    Method::GET,
+                    &format!("/api/server/instances/{}", segment(&name)),
+                    None,
+                )
+                .await?;
+            output::instances(out, &[instance], false);
+        }
+        InstanceCommand::Start(l) => lifecycle(&client, out, "start", "Running", l).await?,
+        InstanceCommand::Stop(l) => lifecycle(&client, out, "stop", "Stopped", l).await?,
+        InstanceCommand::Restart(l) => lifecycle(&client, out, "restart", "Running", l).await?,
+        InstanceCommand::Delete { name, force } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/api/server/instances/{}?force={force}", segment(&name)),
+                    None,
+                )
+                .await?;
+            if out.is_table() {
+                println!("deleted {name}");
+            } else {
+                output::value(out, &json!({"deleted": name}));
+            }
+        }
+        InstanceCommand::Logs { name, tail, stream } => {
+            let logs = client
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/api/server/instances/{}/logs?tail={tail}&stream={}",
+                        segment(&name),
+                        segment(&stream)
+                    ),
+                    None,
+                )
+                .await?;
+            if out.is_table() {
+                for line in logs["lines"].as_array().into_iter().flatten() {
+                    println!("{}", line.as_str().unwrap_or_default());
+                }
+            } else {
+                output::value(out, &logs);
+            }
+        }
+        InstanceCommand::Wait {
+            name,
+            state,
+            timeout,
+        } => {
+            let path = format!(
+                "/api/server/instances/{}?wait={}&timeout={timeout}",
+                segment(&name),
+                segment(&state)
+            );
+            let instance = waiting(
+                format!("waiting for {name} to be {state}"),
+                client.call(Method::GET, &path, None),
+            )
+            .await?;
+            output::instances(out, &[instance], false);
+        }
+    }
+    Ok(())
+}
+
+async fn lifecycle(
+    client: &Client,
+    out: Output,
+    verb: &str,
+    state: &str,
+    l: Lifecycle,
+) -> Result<(), Failure> {
+    let mut path = format!("/api/server/instances/{}/{verb}", segment(&l.name));
+    if !l.no_wait {
+        path.push_str(&format!("?wait={state}&timeout={}", l.timeout));
+    }
+    let instance = waiting(
+        format!("{verb} {} (until {state})", l.name),
+        client.call(Method::POST, &path, None),
+    )
+    .await?;
+    output::instances(out, &[instance], false);
+    Ok(())
+}
+
+/// `draas platforms`.
+pub async fn platforms(target: Target) -> ExitCode {
+    let run = async {
+        let client = Client::new(&target)?;
+        let platforms = client
+            .call(Method::GET, "/api/server/platforms", None)
+            .await?;
+        output::platforms(target.output, &platforms);
+        Ok(())
+    };
+    finish(run.await)
+}
+
+/// `draas context ...`.
+pub fn context(command: ContextCommand) -> ExitCode {
+    let run = || -> Result<(), Failure> {
+        let bad = |e: anyhow::Error| Failure::new(Exit::BadInput, format!("{e:#}"));
+        let mut saved = Contexts::load().map_err(bad)?;
+        match command {
+            ContextCommand::Add {
+                name,
+                server,
+                token,
+                make_current,
+            } => {
+                if !(server.starts_with("http://") || server.starts_with("https://")) {
+                    return Err(Failure::new(
+                        Exit::BadInput,
+                        format!("--server must be an http(s) URL, not {server:?}"),
+                    ));
+                }
+                saved
+                    .contexts
+                    .insert(name.clone(), ContextEntry { server, token });
+                if make_current || saved.current.is_none() {
+                    saved.current = Some(name.clone());
+                }
+                saved.save().map_err(bad)?;
+                println!("context {name} saved in {}", contexts::path().display());
+            }
+            ContextCommand::Use { name } => {
+                if !saved.contexts.contains_key(&name) {
+                    return Err(Failure::new(
+                        Exit::BadInput,
+                        format!("no context named {name:?}"),
+                    ));
+                }
+                saved.current = Some(name.clone());
+                saved.save().map_err(bad)?;
+                println!("using context {name}");
+            }
+            ContextCommand::List => output::contexts(&saved),
+        }
+        Ok(())
+    };
+    finish(run())
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(Exit::Ok as u8),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}

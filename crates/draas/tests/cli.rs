@@ -1,0 +1,207 @@
+//! The `draas` client commands: the real binary against a real `draas up
+//! --require-auth`, with contexts, tables, `-o json|yaml`, `wait`, and the
+//! exit codes scripts rely on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Draas, DRAAS};
+use serde_json::Value;
+
+/// Runs `draas ARGS` with the contexts file in `dir`.
+fn draas(dir: &Path, args: &[&str]) -> Output {
+    Command::new(DRAAS)
+        .args(args)
+        .env("DRAAS_CONFIG", dir.join("contexts.yaml"))
+        .env_remove("DRAAS_SERVER")
+        .env_remove("DRAAS_TOKEN")
+        .output()
+        .expect("run draas")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        stdout(output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_creates_starts_waits_lists_and_deletes_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let server = Draas::up_with_args(dir.path(), &["--require-auth"]).await;
+    let url = server.url("");
+    let token = server.api.token.clone().unwrap();
+    let home = dir.path();
+
+    // Without a key: refused, exit code 6.
+    let denied = draas(home, &["instance", "list", "--server", &url]);
+    assert_eq!(denied.status.code(), Some(6), "{}", stdout(&denied));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("UNAUTHENTICATED"));
+
+    // A context holds the server and the key; the file is private.
+    ok(&draas(
+        home,
+        &[
+            "context", "add", "local", "--server", &url, "--token", &token, "--use",
+        ],
+    ));
+    ok(&draas(
+        home,
+        &["context", "add", "other", "--server", "http://127.0.0.1:1"],
+    ));
+    let listed = ok(&draas(home, &["context", "list"]));
+    assert!(
+        listed.contains("local") && listed.contains("other"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token), "keys are never listed");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(home.join("contexts.yaml"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Create from a configuration file, then start (waits for Running).
+    let config = home.join("counter.yaml");
+    std::fs::write(
+        &config,
+        "logLevel: info\nsources:\n  - kind: mock\n    id: counter\n    dataType:\n      type: counter\n    intervalMs: 100\nqueries:\n  - id: values\n    autoStart: true\n    queryLanguage: Cypher\n    query: MATCH (c:Counter) RETURN c.value AS value\n    sources:\n      - sourceId: counter\nreactions:\n  - kind: log\n    id: console\n    queries: [values]\n",
+    )
+    .unwrap();
+    let created: Value = serde_json::from_str(&ok(&draas(
+        home,
+        &[
+            "instance",
+            "create",
+            "demo",
+            "-f",
+            config.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(created["name"], "demo");
+    let started: Value = serde_json::from_str(&ok(&draas(
+        home,
+        &["instance", "start", "demo", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(started["status"]["state"], "Running", "{started}");
+    let waited: Value = serde_json::from_str(&ok(&draas(
+        home,
+        &[
+            "instance",
+            "wait",
+            "demo",
+            "--for",
+            "Running",
+            "--timeout",
+            "10",
+            "-o",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(waited["id"], created["id"]);
+
+    // Tables: the name, the state; wide adds the endpoint.
+    let table = ok(&draas(home, &["instance", "list"]));
+    let row = table.lines().find(|l| l.contains("demo")).expect("a row");
+    assert!(
+        row.contains("Running") && row.contains("Process"),
+        "{table}"
+    );
+    assert!(table.lines().next().unwrap().contains("STATE"));
+    let wide = ok(&draas(home, &["instance", "get", "demo", "-o", "wide"]));
+    assert!(wide.contains("http://"), "{wide}");
+    let yaml = ok(&draas(home, &["instance", "get", "demo", "-o", "yaml"]));
+    let parsed: Value = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(parsed["status"]["state"], "Running");
+    let platforms = ok(&draas(home, &["platforms"]));
+    assert!(
+        platforms.contains("Process") && platforms.contains("true"),
+        "{platforms}"
+    );
+
+    // Exit codes: not found 3, a wait that runs out 4, unreachable 5,
+    // a bad file 7, and the server's reasons on stderr.
+    let missing = draas(home, &["instance", "get", "nothing-here"]);
+    assert_eq!(missing.status.code(), Some(3));
+    let timed_out = draas(
+        home,
+        &[
+            "instance",
+            "wait",
+            "demo",
+            "--for",
+            "Stopped",
+            "--timeout",
+            "1",
+        ],
+    );
+    assert_eq!(timed_out.status.code(), Some(4));
+    let unreachable = draas(home, &["platforms", "--context", "other"]);
+    assert_eq!(unreachable.status.code(), Some(5));
+    let bad_file = draas(
+        home,
+        &["instance", "create", "x", "-f", "/nonexistent.yaml"],
+    );
+    assert_eq!(bad_file.status.code(), Some(7));
+    std::fs::write(
+        &config,
+        "queries:\n  - id: q\n    query: THIS IS NOT CYPHER\n    sources:\n      - sourceId: missing\n",
+    )
+    .unwrap();
+    let rejected = draas(
+        home,
+        &[
+            "instance",
+            "create",
+            "rejected",
+            "-f",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rejected.status.code(), Some(1));
+    let reason = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        reason.contains("422") && reason.contains("at /"),
+        "{reason}"
+    );
+
+    // Stop and delete.
+    let stopped: Value = serde_json::from_str(&ok(&draas(
+        home,
+        &["instance", "stop", "demo", "-o", "json"],
+    )))
+    .unwrap();
+    assert_eq!(stopped["status"]["state"], "Stopped");
+    ok(&draas(home, &["instance", "delete", "demo"]));
+    assert_eq!(
+        draas(home, &["instance", "get", "demo"]).status.code(),
+        Some(3)
+    );
+
+    // Completions for the shells.
+    let bash = ok(&draas(home, &["completions", "bash"]));
+    assert!(
+        bash.contains("instance") && bash.contains("_draas"),
+        "completion script"
+    );
+}
