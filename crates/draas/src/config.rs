@@ -71,6 +71,35 @@ pub enum Mode {
         #[command(flatten)]
         target: crate::cli::Target,
     },
+    /// An instance's drasi-server configuration: get, patch, apply, edit.
+    Config {
+        #[command(subcommand)]
+        command: crate::cli::ConfigCommand,
+        #[command(flatten)]
+        target: crate::cli::Target,
+    },
+    /// Status changes of every instance (`changes [--follow]`).
+    Status {
+        #[command(subcommand)]
+        command: crate::cli::StatusCommand,
+        #[command(flatten)]
+        target: crate::cli::Target,
+    },
+    /// The control plane's events, one JSON object a line.
+    Events {
+        /// Keep printing them as they happen.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        target: crate::cli::Target,
+    },
+    /// Results of continuous queries (`results NAME QUERY [--watch]`).
+    Query {
+        #[command(subcommand)]
+        command: crate::cli::QueryCommand,
+        #[command(flatten)]
+        target: crate::cli::Target,
+    },
     /// The platforms a control plane serves and their live workers.
     Platforms {
         #[command(flatten)]

@@ -53,6 +53,10 @@ fn main() -> ExitCode {
             Mode::DockerDaemon(args) => wiring::docker_daemon(args).await,
             Mode::Keys { command } => keys::run(command).await,
             Mode::Instance { .. }
+            | Mode::Config { .. }
+            | Mode::Status { .. }
+            | Mode::Events { .. }
+            | Mode::Query { .. }
             | Mode::Platforms { .. }
             | Mode::Context { .. }
             | Mode::Completions { .. } => unreachable_client(),
@@ -93,6 +97,16 @@ fn client_command(cli: &Cli) -> Option<ExitCode> {
                 ExitCode::FAILURE
             }
         }),
+        Mode::Config { command, target } => {
+            Some(on_runtime(cli::config(command.clone(), target.clone())))
+        }
+        Mode::Status { command, target } => {
+            Some(on_runtime(cli::status(command.clone(), target.clone())))
+        }
+        Mode::Events { follow, target } => Some(on_runtime(cli::events(*follow, target.clone()))),
+        Mode::Query { command, target } => {
+            Some(on_runtime(cli::query(command.clone(), target.clone())))
+        }
         Mode::Context { command } => Some(cli::context(command.clone())),
         Mode::Completions { shell } => {
             use clap::CommandFactory;
@@ -104,6 +118,20 @@ fn client_command(cli: &Cli) -> Option<ExitCode> {
             Some(ExitCode::SUCCESS)
         }
         _ => None,
+    }
+}
+
+/// Runs a client command's future on a runtime of its own.
+fn on_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(work),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

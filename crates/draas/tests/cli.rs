@@ -205,3 +205,129 @@ async fn the_client_creates_starts_waits_lists_and_deletes_with_exit_codes() {
         "completion script"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_edits_configurations_and_reads_status_events_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let server = Draas::up(dir.path()).await;
+    let url = server.url("");
+    let home = dir.path();
+    let with = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", url.as_str()]);
+        draas(home, &all)
+    };
+    ok(&with(&["instance", "create", "edited"]));
+
+    // get (YAML), patch, apply.
+    let yaml = ok(&with(&["config", "get", "edited"]));
+    assert!(yaml.contains("logLevel: info"), "{yaml}");
+    let patched = ok(&with(&[
+        "config",
+        "patch",
+        "edited",
+        "--patch",
+        r#"[{"op": "replace", "path": "/logLevel", "value": "warn"}]"#,
+    ]));
+    assert!(patched.contains("logLevel: warn"), "{patched}");
+    let file = home.join("whole.yaml");
+    std::fs::write(&file, patched.replace("logLevel: warn", "logLevel: error")).unwrap();
+    let applied = ok(&with(&[
+        "config",
+        "apply",
+        "edited",
+        "-f",
+        file.to_str().unwrap(),
+    ]));
+    assert!(applied.contains("logLevel: error"), "{applied}");
+
+    // edit: the first save is refused and comes back with the server's
+    // objection at its line; the second is accepted.
+    let editor = home.join("editor.py");
+    std::fs::write(
+        &editor,
+        r##"import os, pathlib, sys
+f = pathlib.Path(sys.argv[1])
+count = pathlib.Path(os.environ["EDIT_COUNT"])
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+text = f.read_text()
+bad = "queries:\n- id: q\n  query: THIS IS NOT CYPHER\n  sources:\n  - sourceId: counter\n"
+if n == 1:
+    text = text.replace("queries: []\n", bad)
+else:
+    pathlib.Path(os.environ["EDIT_SEEN"]).write_text(text)
+    kept = [l for l in text.splitlines(True) if "# draas:" not in l]
+    text = "".join(kept).replace(bad, "queries: []\n").replace("logLevel: error", "logLevel: debug")
+f.write_text(text)
+"##,
+    )
+    .unwrap();
+    let edited = Command::new(DRAAS)
+        .args(["config", "edit", "edited", "--server", &url])
+        .env("DRAAS_CONFIG", home.join("contexts.yaml"))
+        .env("EDITOR", format!("python3 {}", editor.display()))
+        .env_remove("VISUAL")
+        .env("EDIT_COUNT", home.join("count"))
+        .env("EDIT_SEEN", home.join("seen.yaml"))
+        .output()
+        .unwrap();
+    let after = ok(&edited);
+    assert!(after.contains("logLevel: debug"), "{after}");
+    let seen = std::fs::read_to_string(home.join("seen.yaml")).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("query: THIS IS NOT CYPHER"))
+        .expect("the bad line came back");
+    assert!(
+        lines[at - 1].contains("# draas: /queries/0/query"),
+        "the objection sits above its line:\n{seen}"
+    );
+    assert_eq!(std::fs::read_to_string(home.join("count")).unwrap(), "2");
+
+    // Status changes, events, logs, query results.
+    ok(&with(&["instance", "start", "edited"]));
+    let changes = ok(&with(&["status", "changes"]));
+    assert!(changes.contains("Running"), "{changes}");
+    let events = ok(&with(&["events"]));
+    assert!(
+        events
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+            && !events.is_empty(),
+        "{events}"
+    );
+    ok(&with(&["instance", "logs", "edited", "--tail", "5"]));
+    let pipeline = home.join("counter.yaml");
+    std::fs::write(
+        &pipeline,
+        "sources:\n- kind: mock\n  id: counter\n  dataType:\n    type: counter\n  intervalMs: 100\nqueries:\n- id: values\n  autoStart: true\n  queryLanguage: Cypher\n  query: MATCH (c:Counter) RETURN c.value AS value\n  sources:\n  - sourceId: counter\nreactions:\n- kind: log\n  id: console\n  queries: [values]\n",
+    )
+    .unwrap();
+    ok(&with(&[
+        "instance",
+        "create",
+        "counting",
+        "-f",
+        pipeline.to_str().unwrap(),
+    ]));
+    ok(&with(&["instance", "start", "counting"]));
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        let out = ok(&with(&[
+            "query", "results", "counting", "values", "-o", "json",
+        ]));
+        rows = serde_json::from_str::<Vec<Value>>(&out).unwrap();
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(rows[0]["value"].is_number(), "{rows:?}");
+    let table = ok(&with(&["query", "results", "counting", "values"]));
+    assert!(table.lines().next().unwrap().contains("value"), "{table}");
+    let missing = with(&["query", "results", "counting", "nope"]);
+    assert_ne!(missing.status.code(), Some(0));
+}

@@ -6,7 +6,10 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod contexts;
+mod more;
 mod output;
+
+pub use more::{ConfigCommand, QueryCommand, StatusCommand};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -109,6 +112,9 @@ pub enum InstanceCommand {
         /// stdout or stderr.
         #[arg(long, default_value = "stdout")]
         stream: String,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Waits until the instance is in a state.
     Wait {
@@ -240,16 +246,22 @@ impl Client {
         })
     }
 
-    /// Sends a request; the JSON answer, or the failure its problem says.
-    async fn call(
+    /// Sends a request: status, JSON body, ETag, raw text.
+    async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, Failure> {
+        body: Option<(&str, Value)>,
+        if_match: Option<&str>,
+    ) -> Result<(u16, Value, Option<String>, String), Failure> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
+        if let Some((media, body)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, media)
+                .body(body.to_string());
+        }
+        if let Some(tag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, tag);
         }
         let response = request.send().await.map_err(|e| {
             Failure::new(
@@ -258,32 +270,125 @@ impl Client {
             )
         })?;
         let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = response.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        let exit = match status {
-            404 => Exit::NotFound,
-            401 | 403 => Exit::Denied,
-            408 | 504 => Exit::TimedOut,
-            _ => Exit::Failed,
-        };
-        let mut message = format!(
-            "{} {}: {}",
-            status,
-            value["code"].as_str().unwrap_or("ERROR"),
-            value["detail"].as_str().unwrap_or(text.trim())
-        );
-        for error in value["errors"].as_array().into_iter().flatten() {
-            message.push_str(&format!(
-                "\n  at {}: {}",
-                error["path"].as_str().unwrap_or("?"),
-                error["message"].as_str().unwrap_or("?")
-            ));
-        }
-        Err(Failure::new(exit, message))
+        Ok((status, value, etag, text))
     }
+
+    /// Sends a request; the JSON answer, or the failure its problem says.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let body = body.map(|b| ("application/json", b));
+        let (status, value, _, text) = self.send(method, path, body, None).await?;
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(problem(status, &value, &text))
+        }
+    }
+
+    /// A GET that returns the answer's ETag too.
+    async fn get_tagged(&self, path: &str) -> Result<(Value, Option<String>), Failure> {
+        let (status, value, etag, text) = self.send(Method::GET, path, None, None).await?;
+        if (200..300).contains(&status) {
+            Ok((value, etag))
+        } else {
+            Err(problem(status, &value, &text))
+        }
+    }
+
+    /// A JSON Patch: the answer, or the failure.
+    async fn patch(
+        &self,
+        path: &str,
+        ops: &Value,
+        if_match: Option<&str>,
+    ) -> Result<(Value, Option<String>), Failure> {
+        match self.patch_problem(path, ops, if_match).await? {
+            Ok(done) => Ok(done),
+            Err(value) => Err(problem(
+                u16::try_from(value["status"].as_u64().unwrap_or(0)).unwrap_or(0),
+                &value,
+                "",
+            )),
+        }
+    }
+
+    /// A JSON Patch: the answer, or the problem document (only an
+    /// unreachable server is a failure).
+    async fn patch_problem(
+        &self,
+        path: &str,
+        ops: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Result<(Value, Option<String>), Value>, Failure> {
+        let body = Some(("application/json-patch+json", ops.clone()));
+        let (status, value, etag, _) = self.send(Method::PATCH, path, body, if_match).await?;
+        Ok(if (200..300).contains(&status) {
+            Ok((value, etag))
+        } else {
+            Err(value)
+        })
+    }
+
+    /// An event stream's response.
+    async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(Duration::from_secs(365 * 24 * 3600))
+            .send()
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    Exit::Unreachable,
+                    format!("cannot reach {}: {e}", self.base),
+                )
+            })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            Ok(response)
+        } else {
+            let text = response.text().await.unwrap_or_default();
+            let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            Err(problem(status, &value, &text))
+        }
+    }
+}
+
+/// The failure a problem answer stands for, with each offending value's
+/// path.
+fn problem(status: u16, value: &Value, text: &str) -> Failure {
+    let exit = match status {
+        404 => Exit::NotFound,
+        401 | 403 => Exit::Denied,
+        408 | 504 => Exit::TimedOut,
+        _ => Exit::Failed,
+    };
+    let mut message = format!(
+        "{} {}: {}",
+        status,
+        value["code"].as_str().unwrap_or("ERROR"),
+        value["detail"].as_str().unwrap_or(text.trim())
+    );
+    for error in value["errors"].as_array().into_iter().flatten() {
+        message.push_str(&format!(
+            "\n  at {}: {}",
+            error["path"].as_str().unwrap_or("?"),
+            error["message"].as_str().unwrap_or("?")
+        ));
+    }
+    Failure::new(exit, message)
 }
 
 /// A spinner with the elapsed time on stderr while `work` runs, when
@@ -387,24 +492,51 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
                 output::value(out, &json!({"deleted": name}));
             }
         }
-        InstanceCommand::Logs { name, tail, stream } => {
-            let logs = client
-                .call(
-                    Method::GET,
-                    &format!(
-                        "/api/server/instances/{}/logs?tail={tail}&stream={}",
-                        segment(&name),
-                        segment(&stream)
-                    ),
-                    None,
+        InstanceCommand::Logs {
+            name,
+            tail,
+            stream,
+            follow,
+        } => {
+            let path = |n: usize| {
+                format!(
+                    "/api/server/instances/{}/logs?tail={n}&stream={}",
+                    segment(&name),
+                    segment(&stream)
                 )
-                .await?;
-            if out.is_table() {
-                for line in logs["lines"].as_array().into_iter().flatten() {
-                    println!("{}", line.as_str().unwrap_or_default());
-                }
-            } else {
+            };
+            let logs = client.call(Method::GET, &path(tail), None).await?;
+            let lines: Vec<String> = logs["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect();
+            if !follow && !out.is_table() {
                 output::value(out, &logs);
+                return Ok(());
+            }
+            for line in &lines {
+                println!("{line}");
+            }
+            let mut seen = lines;
+            if !follow {
+                return Ok(());
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let logs = client.call(Method::GET, &path(1000), None).await?;
+                let now: Vec<String> = logs["lines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .collect();
+                for line in new_lines(&seen, &now) {
+                    println!("{line}");
+                }
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                seen = now;
             }
         }
         InstanceCommand::Wait {
@@ -426,6 +558,54 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// The lines of `now` after the last ones of `seen` (the longest suffix of
+/// `seen` that `now` starts with, or all of `now`).
+fn new_lines<'a>(seen: &[String], now: &'a [String]) -> &'a [String] {
+    for start in 0..seen.len() {
+        let tail = &seen[start..];
+        if now.len() >= tail.len() && now[..tail.len()] == *tail {
+            return &now[tail.len()..];
+        }
+    }
+    now
+}
+
+/// Runs a config command.
+pub async fn config(command: ConfigCommand, target: Target) -> ExitCode {
+    let run = async {
+        let client = Client::new(&target)?;
+        more::config(&client, target.output, command).await
+    };
+    finish(run.await)
+}
+
+/// Runs a status command.
+pub async fn status(command: StatusCommand, target: Target) -> ExitCode {
+    let run = async {
+        let client = Client::new(&target)?;
+        more::status(&client, target.output, command).await
+    };
+    finish(run.await)
+}
+
+/// `draas events`.
+pub async fn events(follow: bool, target: Target) -> ExitCode {
+    let run = async {
+        let client = Client::new(&target)?;
+        more::events(&client, follow).await
+    };
+    finish(run.await)
+}
+
+/// Runs a query command.
+pub async fn query(command: QueryCommand, target: Target) -> ExitCode {
+    let run = async {
+        let client = Client::new(&target)?;
+        more::query(&client, target.output, command).await
+    };
+    finish(run.await)
 }
 
 async fn lifecycle(

@@ -138,3 +138,26 @@ pub fn contexts(saved: &Contexts) {
     }
     println!("{}", t.trim_fmt());
 }
+
+/// Prints query result rows: columns from their fields.
+#[allow(clippy::print_stdout)]
+pub fn rows(out: Output, rows: &[Value]) {
+    if !out.is_table() {
+        value(out, &Value::Array(rows.to_vec()));
+        return;
+    }
+    let mut columns: Vec<String> = Vec::new();
+    for row in rows {
+        for key in row.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !columns.contains(key) {
+                columns.push(key.clone());
+            }
+        }
+    }
+    let header: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let mut t = table(&header);
+    for row in rows {
+        t.add_row(columns.iter().map(|c| text(&row[c])).collect::<Vec<_>>());
+    }
+    println!("{}", t.trim_fmt());
+}

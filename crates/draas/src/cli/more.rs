@@ -1,0 +1,480 @@
+//! The client's configuration, status, event and query commands.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::output::{self, Output};
+use super::{segment, Client, Exit, Failure};
+
+/// `draas config ...`: an instance's drasi-server configuration.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ConfigCommand {
+    /// Prints it (YAML unless -o json).
+    Get {
+        /// Name or id.
+        name: String,
+    },
+    /// Applies a JSON Patch (RFC 6902) from a file or the command line.
+    Patch {
+        /// Name or id.
+        name: String,
+        /// The patch, inline (a JSON array).
+        #[arg(long, conflicts_with = "file")]
+        patch: Option<String>,
+        /// A file holding the patch.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+    },
+    /// Replaces it with a file's document (YAML or JSON).
+    Apply {
+        /// Name or id.
+        name: String,
+        /// The document.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Opens it in $EDITOR; the server's objections come back as comments
+    /// at the lines they are about, until it is accepted or left unchanged.
+    Edit {
+        /// Name or id.
+        name: String,
+    },
+}
+
+/// `draas status ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum StatusCommand {
+    /// The status changes of every instance, oldest first.
+    Changes {
+        /// Keep printing new ones.
+        #[arg(long)]
+        follow: bool,
+        /// Start after this cursor.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+/// `draas query ...`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum QueryCommand {
+    /// The current result rows of a continuous query, from the instance's
+    /// server.
+    Results {
+        /// The instance: name or id.
+        name: String,
+        /// The query's id.
+        query: String,
+        /// Print them again whenever they change.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+fn read(file: &PathBuf) -> Result<String, Failure> {
+    std::fs::read_to_string(file).map_err(|e| {
+        Failure::new(
+            Exit::BadInput,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })
+}
+
+fn config_path(name: &str) -> String {
+    format!("/api/configuration/instances/{}", segment(name))
+}
+
+/// Runs a config command.
+pub async fn config(client: &Client, out: Output, command: ConfigCommand) -> Result<(), Failure> {
+    match command {
+        ConfigCommand::Get { name } => {
+            let (doc, _) = client.get_tagged(&config_path(&name)).await?;
+            print_document(out, &doc);
+        }
+        ConfigCommand::Patch { name, patch, file } => {
+            let text = match (patch, file) {
+                (Some(text), _) => text,
+                (None, Some(file)) => read(&file)?,
+                (None, None) => {
+                    return Err(Failure::new(
+                        Exit::BadInput,
+                        "give the patch: --patch JSON or -f FILE",
+                    ))
+                }
+            };
+            let ops: Value = serde_json::from_str(&text)
+                .map_err(|e| Failure::new(Exit::BadInput, format!("the patch is not JSON: {e}")))?;
+            let (doc, _) = client.patch(&config_path(&name), &ops, None).await?;
+            print_document(out, &doc);
+        }
+        ConfigCommand::Apply { name, file } => {
+            let doc: Value = serde_saphyr::from_str(&read(&file)?).map_err(|e| {
+                Failure::new(
+                    Exit::BadInput,
+                    format!("{} is not YAML: {e}", file.display()),
+                )
+            })?;
+            let ops = json!([{"op": "replace", "path": "", "value": doc}]);
+            let (doc, _) = client.patch(&config_path(&name), &ops, None).await?;
+            print_document(out, &doc);
+        }
+        ConfigCommand::Edit { name } => edit(client, out, &name).await?,
+    }
+    Ok(())
+}
+
+fn print_document(out: Output, doc: &Value) {
+    match out {
+        Output::Json => output::value(Output::Json, doc),
+        _ => output::value(Output::Yaml, doc),
+    }
+}
+
+/// The editor loop of `config edit`.
+async fn edit(client: &Client, out: Output, name: &str) -> Result<(), Failure> {
+    let (doc, etag) = client.get_tagged(&config_path(name)).await?;
+    let original = serde_saphyr::to_string(&doc).unwrap_or_default();
+    let file = tempfile::Builder::new()
+        .prefix("draas-config-")
+        .suffix(".yaml")
+        .tempfile()
+        .map_err(|e| Failure::new(Exit::BadInput, format!("cannot make a temporary file: {e}")))?;
+    let mut text = original.clone();
+    loop {
+        std::fs::write(file.path(), &text)
+            .map_err(|e| Failure::new(Exit::BadInput, format!("cannot write the file: {e}")))?;
+        run_editor(file.path())?;
+        let edited = std::fs::read_to_string(file.path())
+            .map_err(|e| Failure::new(Exit::BadInput, format!("cannot read the file back: {e}")))?;
+        let edited = strip_comments(&edited);
+        if edited.trim() == original.trim() || edited.trim().is_empty() {
+            eprintln!("no changes: nothing sent");
+            return Ok(());
+        }
+        let value: Value = match serde_saphyr::from_str(&edited) {
+            Ok(v) => v,
+            Err(e) => {
+                text = annotate(&edited, &[(None, format!("not YAML: {e}"))]);
+                continue;
+            }
+        };
+        let ops = json!([{"op": "replace", "path": "", "value": value}]);
+        match client
+            .patch_problem(&config_path(name), &ops, etag.as_deref())
+            .await?
+        {
+            Ok((doc, _)) => {
+                print_document(out, &doc);
+                return Ok(());
+            }
+            Err(problem) => {
+                let mut notes: Vec<(Option<usize>, String)> = problem["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        let path = e["path"].as_str().unwrap_or_default();
+                        (
+                            line_of(&edited, path),
+                            format!("{path}: {}", e["message"].as_str().unwrap_or("?")),
+                        )
+                    })
+                    .collect();
+                if notes.is_empty() {
+                    notes.push((
+                        None,
+                        problem["detail"].as_str().unwrap_or("refused").to_string(),
+                    ));
+                }
+                if problem["code"] == "STALE_GENERATION" {
+                    return Err(Failure::new(
+                        Exit::Failed,
+                        "someone changed the configuration meanwhile: edit again",
+                    ));
+                }
+                text = annotate(&edited, &notes);
+            }
+        }
+    }
+}
+
+fn run_editor(path: &std::path::Path) -> Result<(), Failure> {
+    let editor = std::env::var("VISUAL")
+        .ok()
+        .or_else(|| std::env::var("EDITOR").ok())
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "vi".into());
+    // The editor and its words, run directly (no shell).
+    let mut words = editor.split_whitespace();
+    let program = words.next().unwrap_or("vi");
+    let status = std::process::Command::new(program)
+        .args(words)
+        .arg(path)
+        .status()
+        .map_err(|e| {
+            Failure::new(
+                Exit::BadInput,
+                format!("cannot run the editor {program:?}: {e}"),
+            )
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Exit::BadInput,
+            format!("the editor exited with {status}: nothing sent"),
+        ))
+    }
+}
+
+const NOTE: &str = "# draas: ";
+
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with(NOTE.trim_end()))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The document with each note as a comment above the line it is about
+/// (notes without a line at the top).
+fn annotate(text: &str, notes: &[(Option<usize>, String)]) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{NOTE}the server refused this; fix it, or leave it unchanged to give up\n"
+    ));
+    for (line, note) in notes {
+        if line.is_none() {
+            out.push_str(&format!("{NOTE}{note}\n"));
+        }
+    }
+    for (i, l) in text.lines().enumerate() {
+        for (line, note) in notes {
+            if *line == Some(i) {
+                let indent: String = l.chars().take_while(|c| *c == ' ').collect();
+                out.push_str(&format!("{indent}{NOTE}{note}\n"));
+            }
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// The 0-based line of a block-style YAML document that a JSON Pointer
+/// names, as far as it can be followed (the deepest line found).
+pub fn line_of(text: &str, pointer: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.chars().take_while(|c| *c == ' ').count();
+    let (mut from, mut to, mut min_indent) = (0usize, lines.len(), 0usize);
+    let mut found = None;
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        let mut hit = None;
+        if let Ok(index) = segment.parse::<usize>() {
+            // The index-th "- " item at the shallowest indent in range.
+            let items: Vec<usize> = (from..to)
+                .filter(|&i| {
+                    let l = lines[i];
+                    l.trim_start().starts_with("- ") || l.trim() == "-"
+                })
+                .collect();
+            if let Some(&first) = items.first() {
+                let depth = indent(lines[first]);
+                let same: Vec<usize> = items
+                    .into_iter()
+                    .filter(|&i| indent(lines[i]) == depth)
+                    .collect();
+                if let Some(&line) = same.get(index) {
+                    let end = same.get(index + 1).copied().unwrap_or(to);
+                    hit = Some((line, line, end, depth + 2));
+                }
+            }
+        } else {
+            for i in from..to {
+                let l = lines[i];
+                let body = l.trim_start().trim_start_matches("- ");
+                let at = l.len() - body.len();
+                if at >= min_indent && (body.starts_with(&format!("{segment}:"))) {
+                    let end = (i + 1..to)
+                        .find(|&j| {
+                            let next = lines[j];
+                            let trimmed = next.trim_start();
+                            // A block sequence may sit at its key's indent.
+                            let item_of_key = indent(next) == at && trimmed.starts_with("- ");
+                            !trimmed.is_empty()
+                                && !trimmed.starts_with('#')
+                                && indent(next) <= at
+                                && !item_of_key
+                        })
+                        .unwrap_or(to);
+                    hit = Some((i, i + 1, end, at + 1));
+                    break;
+                }
+            }
+        }
+        match hit {
+            Some((line, start, end, deeper)) => {
+                found = Some(line);
+                from = start;
+                to = end;
+                min_indent = deeper.saturating_sub(1);
+            }
+            None => break,
+        }
+    }
+    found
+}
+
+/// Runs a status command.
+pub async fn status(client: &Client, out: Output, command: StatusCommand) -> Result<(), Failure> {
+    let StatusCommand::Changes { follow, since } = command;
+    let mut cursor = since;
+    loop {
+        let page = client
+            .call(
+                Method::GET,
+                &format!("/api/status/recent-changes?since={cursor}&limit=1000"),
+                None,
+            )
+            .await?;
+        for change in page["changes"].as_array().into_iter().flatten() {
+            if out.is_table() {
+                println!(
+                    "{}  {}  {} -> {}  {}  {}",
+                    change["timestamp"].as_str().unwrap_or("-"),
+                    change["instanceId"].as_str().unwrap_or("-"),
+                    change["old"].as_str().unwrap_or("-"),
+                    change["new"].as_str().unwrap_or("-"),
+                    change["reason"].as_str().unwrap_or("-"),
+                    change["source"].as_str().unwrap_or("-"),
+                );
+            } else {
+                println!("{}", change);
+            }
+        }
+        let _ = std::io::stdout().flush();
+        cursor = page["cursor"].as_u64().unwrap_or(cursor);
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `draas events [--follow]`: the kept events, then (following) the live
+/// stream; one JSON object a line.
+pub async fn events(client: &Client, follow: bool) -> Result<(), Failure> {
+    if !follow {
+        let page = client
+            .call(Method::GET, "/api/events/history?limit=1000", None)
+            .await?;
+        for event in page["events"].as_array().into_iter().flatten() {
+            println!("{}", event["event"]);
+        }
+        return Ok(());
+    }
+    let response = client.stream("/api/events").await?;
+    use eventsource_stream::Eventsource;
+    let mut stream = response.bytes_stream().eventsource();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                println!("{}", event.data);
+                let _ = std::io::stdout().flush();
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    Exit::Unreachable,
+                    format!("the event stream broke: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a query command: the rows from the instance's server.
+pub async fn query(client: &Client, out: Output, command: QueryCommand) -> Result<(), Failure> {
+    let QueryCommand::Results { name, query, watch } = command;
+    let instance = client
+        .call(
+            Method::GET,
+            &format!("/api/server/instances/{}", segment(&name)),
+            None,
+        )
+        .await?;
+    let endpoint = instance["runtime"]["endpoint"]
+        .as_str()
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Failed,
+                format!(
+                    "{name} runs no server (it is {})",
+                    instance["status"]["state"]
+                ),
+            )
+        })?
+        .to_string();
+    let url = format!("{endpoint}/api/v1/queries/{}/results", segment(&query));
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    let mut last = None;
+    loop {
+        let response = plain.get(&url).send().await.map_err(|e| {
+            Failure::new(
+                Exit::Unreachable,
+                format!("cannot reach the server at {endpoint}: {e}"),
+            )
+        })?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == 404 {
+            return Err(Failure::new(
+                Exit::NotFound,
+                format!("{name} has no query {query:?}"),
+            ));
+        }
+        let rows = body["data"].as_array().cloned().unwrap_or_default();
+        if last.as_ref() != Some(&rows) {
+            output::rows(out, &rows);
+            last = Some(rows);
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_find_their_lines() {
+        let yaml = "host: 0.0.0.0\nport: 8080\nsources:\n- kind: mock\n  id: counter\nqueries:\n- id: values\n  query: MATCH\n  sources:\n  - sourceId: counter\n- id: second\n  query: X\n";
+        assert_eq!(line_of(yaml, "/port"), Some(1));
+        assert_eq!(line_of(yaml, "/sources/0/id"), Some(4));
+        assert_eq!(line_of(yaml, "/queries/0/query"), Some(7));
+        assert_eq!(line_of(yaml, "/queries/1/query"), Some(11));
+        assert_eq!(line_of(yaml, "/queries/0/sources/0/sourceId"), Some(9));
+        assert_eq!(line_of(yaml, "/queries/5"), Some(5));
+        assert_eq!(line_of(yaml, "/nothing"), None);
+        let noted = annotate(yaml, &[(Some(7), "/queries/0/query: bad".into())]);
+        assert!(
+            noted.contains("  # draas: /queries/0/query: bad\n  query: MATCH"),
+            "{noted}"
+        );
+        assert_eq!(strip_comments(&noted).trim(), yaml.trim());
+    }
+}
