@@ -322,11 +322,7 @@ async fn serve_requires_keys_by_default_and_its_reconciler_has_its_own() {
         .await;
     assert_eq!(status, 200, "{body}");
     let pid = common::server_pid(&body).expect("a pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    common::kill9(pid);
     // Within a few seconds: the event stream, not the 10 s full pass.
     let healed = serve
         .until(&id, Duration::from_secs(5), |i| {

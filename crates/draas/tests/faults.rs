@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::cluster::{
     processes_in, reconciler, redis, serve, serve_with, wait_workers, workdir, WorkerProcess,
 };
-use common::{alive, counter_pipeline, port_range, server_pid, Api, Reaper};
+use common::{alive, counter_pipeline, kill9, port_range, server_pid, Api, Reaper};
 use draas_core::lease::FENCING_TOKEN_HEADER;
 use draas_core::messages::{Command, CommandEnvelope, ErrorCode, Outcome};
 use draas_core::ports::MessageBus;
@@ -24,11 +24,6 @@ use draas_testkit::process::TestProcess;
 use draas_testkit::{free_port, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-/// Kills the process `pid` with SIGKILL.
-fn kill9(pid: u64) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill");
-}
 
 /// Creates instance `name` with the counter pipeline and starts it.
 async fn running(api: &Api, name: &str) -> (String, Value) {

@@ -31,11 +31,7 @@ async fn metrics_count_requests_commands_instances_workers_and_restarts() {
         .await;
     assert_eq!(status, 200, "{started}");
     let pid = server_pid(&started).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    common::kill9(pid);
     draas
         .until(&id, Duration::from_secs(30), |i| {
             i["status"]["state"] == "Running" && server_pid(i) != Some(pid)

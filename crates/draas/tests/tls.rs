@@ -134,11 +134,7 @@ async fn the_api_answers_https_only_and_the_reconciler_still_heals() {
     );
     assert_eq!(status, 200, "{started}");
     let pid = common::server_pid(&started).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    common::kill9(pid);
     let instance = format!("{base}/api/server/instances/{id}");
     draas_testkit::wait_for("the reconciler to heal it", Duration::from_secs(30), || {
         let (_, body) = curl(&cert, "GET", &instance);

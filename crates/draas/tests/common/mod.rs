@@ -420,6 +420,16 @@ pub fn counter_pipeline() -> Value {
 
 pub use draas_testkit::process::alive;
 
+/// Kills the process `pid` with SIGKILL (a crash, as far as DRaaS can
+/// tell).
+pub fn kill9(pid: u64) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+}
+
 /// The pid of an instance's server, from its runtime info (Process).
 pub fn server_pid(instance: &Value) -> Option<u64> {
     instance["runtime"]["handle"]["pid"].as_u64()
