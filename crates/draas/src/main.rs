@@ -77,26 +77,11 @@ fn main() -> ExitCode {
 /// Runs a client command (instance, platforms, context, completions) and
 /// returns its exit code; `None` for the other modes.
 fn client_command(cli: &Cli) -> Option<ExitCode> {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
     match &cli.mode {
-        Mode::Instance { command, target } => Some(match runtime() {
-            Ok(rt) => rt.block_on(cli::instance(command.clone(), target.clone())),
-            Err(e) => {
-                eprintln!("error: cannot start the async runtime: {e}");
-                ExitCode::FAILURE
-            }
-        }),
-        Mode::Platforms { target } => Some(match runtime() {
-            Ok(rt) => rt.block_on(cli::platforms(target.clone())),
-            Err(e) => {
-                eprintln!("error: cannot start the async runtime: {e}");
-                ExitCode::FAILURE
-            }
-        }),
+        Mode::Instance { command, target } => {
+            Some(on_runtime(cli::instance(command.clone(), target.clone())))
+        }
+        Mode::Platforms { target } => Some(on_runtime(cli::platforms(target.clone()))),
         Mode::Config { command, target } => {
             Some(on_runtime(cli::config(command.clone(), target.clone())))
         }

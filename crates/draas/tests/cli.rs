@@ -314,17 +314,14 @@ f.write_text(text)
         pipeline.to_str().unwrap(),
     ]));
     ok(&with(&["instance", "start", "counting"]));
-    let mut rows = Vec::new();
-    for _ in 0..50 {
+    let rows = draas_testkit::wait_for("query rows", std::time::Duration::from_secs(10), || {
         let out = ok(&with(&[
             "query", "results", "counting", "values", "-o", "json",
         ]));
-        rows = serde_json::from_str::<Vec<Value>>(&out).unwrap();
-        if !rows.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+        let rows = serde_json::from_str::<Vec<Value>>(&out).unwrap();
+        async move { (!rows.is_empty()).then_some(rows) }
+    })
+    .await;
     assert!(rows[0]["value"].is_number(), "{rows:?}");
     let table = ok(&with(&["query", "results", "counting", "values"]));
     assert!(table.lines().next().unwrap().contains("value"), "{table}");

@@ -67,9 +67,13 @@ fn digest(secret: &str) -> [u8; 32] {
 impl Auth {
     /// Every request needs a key of a role that has the route's access.
     pub fn required(keys: Arc<dyn KeyRing>) -> Self {
+        Self::new(true, Some(keys))
+    }
+
+    fn new(required: bool, keys: Option<Arc<dyn KeyRing>>) -> Self {
         Self {
-            required: true,
-            keys: Some(keys),
+            required,
+            keys,
             verified: Mutex::new(HashMap::new()),
             internal: Mutex::new(HashMap::new()),
             limiter: None,
@@ -91,26 +95,14 @@ impl Auth {
     /// Only keys made in memory ([`Self::internal_key`]) are admitted: for
     /// a listener that serves this process's own clients.
     pub fn internal_only() -> Self {
-        Self {
-            required: true,
-            keys: None,
-            verified: Mutex::new(HashMap::new()),
-            internal: Mutex::new(HashMap::new()),
-            limiter: None,
-        }
+        Self::new(true, None)
     }
 
     /// Keys are optional: a request without one acts as an admin (for a
     /// control plane on loopback); a key that is sent still names the
     /// caller in the audit log, and a bad one is still refused.
     pub fn optional(keys: Option<Arc<dyn KeyRing>>) -> Self {
-        Self {
-            required: false,
-            keys,
-            verified: Mutex::new(HashMap::new()),
-            internal: Mutex::new(HashMap::new()),
-            limiter: None,
-        }
+        Self::new(false, keys)
     }
 
     /// Whether requests need a key.
