@@ -18,6 +18,10 @@ pub struct FieldError {
     pub path: String,
     /// What is wrong with it.
     pub message: String,
+    /// Its line (1-based) in the request's YAML body, when the body was
+    /// YAML and the line could be found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
 }
 
 /// An API failure.
@@ -199,6 +203,18 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// step).
 pub const PROBLEM_CODES: &[(&str, &str)] = &[
     ("MALFORMED_JSON", "400: the body is not JSON"),
+    (
+        "MALFORMED_YAML",
+        "400: the body is not YAML of the expected shape (errors[0].line says where)",
+    ),
+    (
+        "INVALID_QUERY_ID",
+        "400: the path's query id has separators or control characters",
+    ),
+    (
+        "NO_SUCH_QUERY",
+        "404: the instance's configuration has no such query",
+    ),
     (
         "INVALID_BODY",
         "400: the body does not have the expected shape",

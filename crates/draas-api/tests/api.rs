@@ -1352,3 +1352,191 @@ async fn allocation_skips_ports_held_on_the_workers_host_when_the_control_plane_
     let body: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["instance"]["configuration"]["port"], 31002);
 }
+
+/// Bodies a person writes may be YAML: the same document, the same checks,
+/// and every problem names its line in the text sent.
+#[tokio::test]
+async fn yaml_bodies_are_accepted_and_their_problems_name_lines() {
+    let api = api(false).await;
+
+    // A create in YAML; the refusal points at line 7 (the query).
+    let bad = "name: from-yaml\nplatformType: Process\nconfiguration:\n  queries:\n  - id: q\n    sources: [{sourceId: nowhere}]\n    query: MATCH (n) RETURN n\n";
+    let reply = api
+        .request(
+            "POST",
+            "/api/server/instances",
+            Some("application/yaml"),
+            bad,
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    let errors = reply.body["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/configuration/queries/0")
+            && e["line"].as_u64().is_some_and(|l| (5..=7).contains(&l))),
+        "{}",
+        reply.body
+    );
+    assert_eq!(api.get("/api/server/instances").await.body["total"], 0);
+
+    // Not YAML at all: 400 with the line.
+    let reply = api
+        .request(
+            "POST",
+            "/api/server/instances",
+            Some("application/yaml"),
+            "name: x\n  bad: [indent\n",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(reply.body["code"], "MALFORMED_YAML");
+    assert!(
+        reply.body["errors"][0]["line"].as_u64().is_some(),
+        "{}",
+        reply.body
+    );
+    // An unknown field: its line too.
+    let reply = api
+        .request(
+            "POST",
+            "/api/server/instances",
+            Some("application/yaml"),
+            "name: x\nplatfromType: Docker\n",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(reply.body["errors"][0]["line"], 2, "{}", reply.body);
+
+    // A good create in YAML.
+    let good = "name: from-yaml\nplatformType: Process\nconfiguration:\n  sources:\n  - kind: mock\n    id: counter\n    dataType: {type: counter}\n  queries:\n  - id: q\n    sources: [{sourceId: counter}]\n    query: MATCH (c:Counter) RETURN c.value AS value\n";
+    let reply = api
+        .request(
+            "POST",
+            "/api/server/instances",
+            Some("application/yaml"),
+            good,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["instance"]["id"].as_str().unwrap().to_string();
+
+    // The configuration as YAML, with its ETag; it parses back to the JSON.
+    let response = api
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(format!("/api/configuration/instances/{id}"))
+                .header(header::ACCEPT, "application/yaml")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/yaml");
+    let etag = response.headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let as_json = api
+        .get(&format!("/api/configuration/instances/{id}"))
+        .await
+        .body;
+    let parsed: Value = draas_core::config::parse_yaml_as(&text).unwrap();
+    assert_eq!(parsed, as_json, "{text}");
+
+    // PUT replaces it: a refused one names its line and changes nothing...
+    let put = |body: String, tag: Option<String>| {
+        let mut builder = Request::builder()
+            .method("PUT")
+            .uri(format!("/api/configuration/instances/{id}"))
+            .header(header::CONTENT_TYPE, "application/yaml");
+        if let Some(tag) = tag {
+            builder = builder.header(header::IF_MATCH, tag);
+        }
+        builder.body(Body::from(body)).unwrap()
+    };
+    let refused = text.replace(
+        "MATCH (c:Counter) RETURN c.value AS value",
+        "THIS IS NOT CYPHER",
+    );
+    assert_ne!(refused, text, "the query is in the YAML as written");
+    let reply = api.send(put(refused.clone(), Some(etag.clone()))).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    let line = reply.body["errors"][0]["line"].as_u64().unwrap() as usize;
+    assert!(
+        refused.lines().nth(line - 1).unwrap().contains("query:"),
+        "line {line} of\n{refused}\n{}",
+        reply.body
+    );
+    assert_eq!(
+        api.get(&format!("/api/configuration/instances/{id}"))
+            .await
+            .body,
+        as_json
+    );
+    // ...an accepted one is the next generation; a stale ETag is refused.
+    let changed = text.replace("AS value", "AS counted");
+    let reply = api.send(put(changed.clone(), Some(etag.clone()))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.headers[header::ETAG], "\"2\"");
+    assert!(reply.body["queries"][0]["query"]
+        .as_str()
+        .unwrap()
+        .contains("AS counted"));
+    let reply = api.send(put(changed, Some(etag))).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        reply.body
+    );
+    // Query results: only queries of the configuration, only when it runs.
+    let reply = api
+        .get(&format!("/api/server/instances/{id}/queries/nope/results"))
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    assert_eq!(reply.body["code"], "NO_SUCH_QUERY");
+    let reply = api
+        .get(&format!("/api/server/instances/{id}/queries/q/results"))
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+    assert_eq!(reply.body["code"], "INVALID_STATE");
+    let reply = api
+        .get(&format!("/api/server/instances/{id}/queries/a%2Fb/results"))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(reply.body["code"], "INVALID_QUERY_ID");
+
+    // A document without host and port keeps the ones chosen before.
+    let reply = api.send(put("logLevel: debug\n".into(), None)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["port"], as_json["port"]);
+    assert_eq!(reply.body["host"], as_json["host"]);
+    assert_eq!(reply.body["logLevel"], "debug");
+    assert_eq!(reply.body["queries"], json!([]));
+}

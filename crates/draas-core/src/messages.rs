@@ -131,6 +131,10 @@ pub enum Command {
     Status,
     /// Return the last lines of the server's output.
     Logs(LogsSpec),
+    /// Return the current result rows of one of the server's continuous
+    /// queries (read through the worker, which reaches the server's API on
+    /// every platform).
+    QueryResults(QueryResultsSpec),
     /// A command this build does not know.
     #[serde(other)]
     Unknown,
@@ -146,6 +150,7 @@ impl Command {
             Command::Delete(_) => "Delete",
             Command::Status => "Status",
             Command::Logs(_) => "Logs",
+            Command::QueryResults(_) => "QueryResults",
             Command::Unknown => "Unknown",
         }
     }
@@ -187,6 +192,14 @@ pub struct LogsSpec {
     pub tail: usize,
     /// Which stream.
     pub stream: LogStream,
+}
+
+/// Which query's results to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResultsSpec {
+    /// The query's id in the server's configuration.
+    pub query: String,
 }
 
 /// A server output stream.

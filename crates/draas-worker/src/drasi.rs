@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use draas_core::instance::{ActualState, InstanceId, Reason};
 use draas_core::messages::ErrorCode;
-use draas_core::ports::{Components, Observation, Readiness, StatusSink};
+use draas_core::ports::{Components, DriverError, Observation, Readiness, StatusSink};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
@@ -137,6 +137,52 @@ impl ServerApi {
         }
         let body: Value = serde_json::from_slice(&body).ok()?;
         serde_json::from_value(body.get("data").cloned().unwrap_or(Value::Array(vec![]))).ok()
+    }
+
+    /// The current result rows of query `query` (`/api/v1/queries/{id}/results`).
+    pub async fn query_results(&self, query: &str) -> Result<Vec<Value>, DriverError> {
+        let mut url = reqwest::Url::parse("http://server/api/v1/queries/")
+            .map_err(|e| DriverError::new(ErrorCode::Other, e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|()| DriverError::new(ErrorCode::Other, "cannot build the query's path"))?
+            .pop_if_empty()
+            .push(query)
+            .push("results");
+        let (status, body) = self.transport.get(url.path()).await.map_err(|e| {
+            DriverError::new(
+                ErrorCode::PlatformError,
+                format!("the server did not answer: {e}"),
+            )
+        })?;
+        match status {
+            200..=299 => {
+                let body: Value = serde_json::from_slice(&body).map_err(|e| {
+                    DriverError::new(
+                        ErrorCode::PlatformError,
+                        format!("the server's answer is not JSON: {e}"),
+                    )
+                })?;
+                Ok(body
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default())
+            }
+            404 => Err(DriverError::new(
+                ErrorCode::NotFound,
+                format!("the server has no query '{query}'"),
+            )),
+            other => Err(DriverError::new(
+                ErrorCode::PlatformError,
+                format!(
+                    "the server answered {other}: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ),
+            )),
+        }
     }
 
     /// What the components add up to, if the server answers.

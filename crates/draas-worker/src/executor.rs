@@ -387,6 +387,14 @@ impl Inner {
                 },
                 Err(e) => error(e.code, e.message),
             },
+            Command::QueryResults(spec) => match self.driver.query_results(id, &spec.query).await {
+                Ok(rows) => Outcome::Ok {
+                    status: None,
+                    runtime: None,
+                    detail: Some(serde_json::json!({ "rows": rows })),
+                },
+                Err(e) => error(e.code, e.message),
+            },
             Command::Unknown => {
                 warn!("unknown command type; acknowledged and ignored");
                 error(

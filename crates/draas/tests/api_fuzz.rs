@@ -73,7 +73,7 @@ async fn fuzzed_requests_get_no_unexplained_server_error_and_refused_ones_change
     let tail: String = stdout
         .lines()
         .rev()
-        .take(60)
+        .take(200)
         .collect::<Vec<_>>()
         .into_iter()
         .rev()

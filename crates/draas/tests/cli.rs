@@ -326,5 +326,9 @@ f.write_text(text)
     let table = ok(&with(&["query", "results", "counting", "values"]));
     assert!(table.lines().next().unwrap().contains("value"), "{table}");
     let missing = with(&["query", "results", "counting", "nope"]);
-    assert_ne!(missing.status.code(), Some(0));
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no query 'nope'"),
+        "{missing:?}"
+    );
 }

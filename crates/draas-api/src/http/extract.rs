@@ -10,7 +10,7 @@ use std::sync::Arc;
 use draas_core::instance::{validate_name, InstanceId};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::service::ControlPlane;
 
 /// A JSON body; rejections become 400/415 problems naming what was wrong.
@@ -52,6 +52,93 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// Media types read as YAML.
+const YAML_MEDIA: [&str; 3] = ["application/yaml", "application/x-yaml", "text/yaml"];
+
+/// Whether a `Content-Type` or `Accept` value names YAML.
+pub fn names_yaml(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',').any(|part| {
+                let media = part.split(';').next().unwrap_or_default().trim();
+                YAML_MEDIA.iter().any(|m| media.eq_ignore_ascii_case(m))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A body in JSON (`application/json`) or YAML (`application/yaml`): the
+/// same document either way. For a YAML body the problems of the request
+/// can name their lines ([`ApiBody::locate`]), so an editor shows them where
+/// they are.
+pub struct ApiBody<T> {
+    /// The document.
+    pub value: T,
+    /// Where it came from.
+    pub source: BodySource,
+}
+
+/// The text of a YAML body (none for JSON), to find lines in.
+pub struct BodySource(Option<String>);
+
+impl BodySource {
+    /// `error` with the line of each offending value in the YAML body, when
+    /// the body was YAML.
+    pub fn locate(&self, mut error: ApiError) -> ApiError {
+        if let Some(text) = &self.0 {
+            for field in &mut error.errors {
+                if field.line.is_none() {
+                    field.line = draas_core::config::line_of(text, &field.path).map(|l| l + 1);
+                }
+            }
+        }
+        error
+    }
+}
+
+impl<S, T> FromRequest<S> for ApiBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !names_yaml(req.headers().get(header::CONTENT_TYPE)) {
+            let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
+            return Ok(Self {
+                value,
+                source: BodySource(None),
+            });
+        }
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "BODY_TOO_LARGE", e.body_text())
+            } else {
+                ApiError::bad_request("UNREADABLE_BODY", e.body_text())
+            }
+        })?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::bad_request("MALFORMED_YAML", "the YAML body is not UTF-8"))?;
+        match draas_core::config::parse_yaml_as::<T>(&text) {
+            Ok(value) => Ok(Self {
+                value,
+                source: BodySource(Some(text)),
+            }),
+            Err(e) => Err(ApiError {
+                errors: vec![FieldError {
+                    path: String::new(),
+                    message: e.message.clone(),
+                    line: e.line.and_then(|l| usize::try_from(l).ok()),
+                }],
+                ..ApiError::bad_request("MALFORMED_YAML", format!("the YAML body: {}", e.message))
+            }),
+        }
+    }
+}
+
 /// A query string; rejections become 400 problems.
 pub struct ApiQuery<T>(pub T);
 
@@ -82,9 +169,7 @@ impl FromRequestParts<Arc<ControlPlane>> for InstancePath {
         parts: &mut Parts,
         state: &Arc<ControlPlane>,
     ) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request("INVALID_INSTANCE_ID", e.body_text()))?;
+        let raw = path_parameter(parts, state, "id", "INVALID_INSTANCE_ID").await?;
         let as_id = raw.parse::<InstanceId>();
         if as_id.is_err() && validate_name(&raw).is_err() {
             return Err(ApiError::bad_request(
@@ -96,6 +181,47 @@ impl FromRequestParts<Arc<ControlPlane>> for InstancePath {
             ));
         }
         state.resolve(&raw).await.map(Self)
+    }
+}
+
+/// The path parameter `name` of the route.
+async fn path_parameter<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    name: &str,
+    code: &'static str,
+) -> Result<String, ApiError> {
+    let Path(parameters) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::bad_request(code, e.body_text()))?;
+    parameters
+        .into_iter()
+        .find_map(|(key, value)| (key == name).then_some(value))
+        .ok_or_else(|| ApiError::internal(format!("the route has no {{{name}}} parameter")))
+}
+
+/// The `{query}` of a route: a query id of the instance's configuration
+/// (checked against it by the handler); ids with separators or control
+/// characters are 400.
+pub struct QueryPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = path_parameter(parts, state, "query", "INVALID_QUERY_ID").await?;
+        let bad = raw.is_empty()
+            || raw.len() > 256
+            || raw
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '/' | '\\' | '?' | '#' | '%'));
+        if bad {
+            return Err(ApiError::bad_request(
+                "INVALID_QUERY_ID",
+                format!("'{}' cannot be a query id", raw.escape_debug()),
+            ));
+        }
+        Ok(Self(raw))
     }
 }
 

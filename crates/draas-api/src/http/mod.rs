@@ -35,7 +35,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::service::{
     ControlPlane, CreateInstance, ExternalStatusUpdate, ListQuery, ReconcileStep,
 };
-use extract::{etag, if_match, require_json_patch, ApiJson, ApiQuery, InstancePath};
+use extract::{
+    etag, if_match, require_json_patch, ApiBody, ApiJson, ApiQuery, InstancePath, QueryPath,
+};
 use wait::WaitQuery;
 
 pub use auth::{Auth, Caller};
@@ -66,6 +68,7 @@ impl Route {
     /// The largest body it takes.
     fn body_limit(&self) -> usize {
         let takes_configuration = self.path == "/api/server/instances"
+            || self.yaml
             || matches!(self.body, Some((media, _)) if media == "application/json-patch+json");
         if takes_configuration {
             MAX_BODY_BYTES
@@ -98,6 +101,10 @@ pub struct Route {
     pub query: Option<openapi::SchemaFn>,
     /// Its body: media type and schema.
     pub body: Option<(&'static str, openapi::SchemaFn)>,
+    /// Whether its body (and its answer, with `Accept: application/yaml`)
+    /// may be YAML as well as JSON: the routes that carry a configuration a
+    /// person writes.
+    pub yaml: bool,
     /// Its success: status and the schema of the body (none: no body, or
     /// not JSON).
     pub answer: (u16, Option<openapi::SchemaFn>),
@@ -120,6 +127,7 @@ impl Route {
             summary,
             query: None,
             body: None,
+            yaml: false,
             answer: (200, None),
             handler,
         }
@@ -144,6 +152,10 @@ impl Route {
             body: Some(("application/json", openapi::schema::<T>)),
             ..self
         }
+    }
+
+    fn or_yaml(self) -> Self {
+        Self { yaml: true, ..self }
     }
 
     fn json_patch(self) -> Self {
@@ -188,6 +200,7 @@ pub fn routes() -> Vec<Route> {
             post(create),
         )
         .json::<CreateInstance>()
+        .or_yaml()
         .answers::<Created>(201)
         .idempotent(),
         Route::new(M::GET, INSTANCES, Read, "List instances", get(list))
@@ -339,11 +352,30 @@ pub fn routes() -> Vec<Route> {
         .answers::<audit::AuditPage>(200),
         Route::new(
             M::GET,
+            "/api/server/instances/{id}/queries/{query}/results",
+            Read,
+            "The current result rows of one of the server's queries",
+            get(query_results),
+        )
+        .answers::<QueryResults>(200),
+        Route::new(
+            M::GET,
             "/api/configuration/instances/{id}",
             Read,
-            "The drasi-server configuration (ETag)",
+            "The drasi-server configuration (ETag; YAML with Accept: application/yaml)",
             get(get_configuration),
         )
+        .or_yaml()
+        .answers::<Config>(200),
+        Route::new(
+            M::PUT,
+            "/api/configuration/instances/{id}",
+            Operate,
+            "Replace the drasi-server configuration (JSON or YAML, If-Match; problems name their YAML lines)",
+            axum::routing::put(put_configuration),
+        )
+        .json::<Config>()
+        .or_yaml()
         .answers::<Config>(200),
         Route::new(
             M::PATCH,
@@ -437,6 +469,15 @@ pub fn routes() -> Vec<Route> {
 struct Created {
     instance: draas_core::instance::Instance,
     server_configuration: draas_core::instance::ServerConfiguration,
+}
+
+/// The answer of a query-results read.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct QueryResults {
+    /// The query's id.
+    query: String,
+    /// Its current result rows, as the server returns them.
+    rows: Vec<serde_json::Value>,
 }
 
 /// Times every request for `/metrics`, by route template (never the raw
@@ -559,8 +600,9 @@ async fn not_found() -> ApiError {
 
 // === instances ===
 
-async fn create(State(cp): Cp, ApiJson(request): ApiJson<CreateInstance>) -> ApiResult<Response> {
-    let instance = redact::instance(cp.create(request).await?);
+async fn create(State(cp): Cp, body: ApiBody<CreateInstance>) -> ApiResult<Response> {
+    let ApiBody { value, source } = body;
+    let instance = redact::instance(cp.create(value).await.map_err(|e| source.locate(e))?);
     let location = format!("/api/server/instances/{}", instance.id);
     let body =
         json!({ "instance": instance, "serverConfiguration": instance.server_configuration });
@@ -781,9 +823,70 @@ async fn dead_letters(
 
 // === configuration ===
 
-async fn get_configuration(State(cp): Cp, InstancePath(id): InstancePath) -> ApiResult<Response> {
+async fn get_configuration(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let (config, generation) = cp.configuration(&id).await?;
+    if extract::names_yaml(headers.get(header::ACCEPT)) {
+        let text = draas_core::config::render_yaml_value(&config)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok((
+            [
+                (header::ETAG, etag(generation)),
+                (
+                    header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/yaml"),
+                ),
+            ],
+            text,
+        )
+            .into_response());
+    }
     Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+}
+
+/// Replaces the configuration: the same checks and the same new generation
+/// as a JSON Patch that replaces the whole document (`host` and `port`, when
+/// left out, stay as they are).
+async fn put_configuration(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    headers: HeaderMap,
+    body: ApiBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    let ApiBody { mut value, source } = body;
+    // The API's address is the platform's business once chosen: a document
+    // that leaves it out keeps the current one.
+    if let Some(document) = value.as_object_mut() {
+        if !document.contains_key("host") || !document.contains_key("port") {
+            let (current, _) = cp.configuration(&id).await?;
+            document
+                .entry("host")
+                .or_insert_with(|| json!(current.host));
+            document
+                .entry("port")
+                .or_insert_with(|| json!(current.port));
+        }
+    }
+    let patch = serde_json::to_vec(&json!([{ "op": "replace", "path": "", "value": value }]))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (config, generation) = cp
+        .patch_configuration(&id, &patch, expected)
+        .await
+        .map_err(|e| source.locate(e))?;
+    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+}
+
+async fn query_results(
+    State(cp): Cp,
+    InstancePath(id): InstancePath,
+    QueryPath(query): QueryPath,
+) -> ApiResult<Response> {
+    let rows = cp.query_results(&id, &query).await?;
+    Ok(Json(QueryResults { query, rows }).into_response())
 }
 
 async fn patch_configuration(

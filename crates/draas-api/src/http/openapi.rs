@@ -136,6 +136,13 @@ pub fn document() -> Value {
                 "schema": {"type": "string", "minLength": 1, "maxLength": 63}
             }));
         }
+        if route.path.contains("{query}") {
+            parameters.push(json!({
+                "name": "query", "in": "path", "required": true,
+                "description": "The id of a query of the instance's configuration",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 256}
+            }));
+        }
         if let Some(query) = route.query {
             parameters.extend(query_parameters(&mut generator, query));
         }
@@ -150,17 +157,26 @@ pub fn document() -> Value {
             operation.insert("parameters".into(), Value::Array(parameters));
         }
         if let Some((media, make)) = route.body {
+            let schema = make(&mut generator).to_value();
+            let mut content = json!({media: {"schema": schema.clone()}});
+            if route.yaml {
+                content["application/yaml"] = json!({"schema": schema});
+            }
             operation.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {media: {"schema": make(&mut generator).to_value()}}}),
+                json!({"required": true, "content": content}),
             );
         }
         let mut responses = Map::new();
         let (status, answer) = route.answer;
         let mut ok = json!({"description": "Success"});
         if let Some(make) = answer {
-            ok["content"] =
-                json!({"application/json": {"schema": make(&mut generator).to_value()}});
+            let schema = make(&mut generator).to_value();
+            ok["content"] = if route.yaml && route.method == axum::http::Method::GET {
+                json!({"application/json": {"schema": schema.clone()}, "application/yaml": {"schema": schema}})
+            } else {
+                json!({"application/json": {"schema": schema}})
+            };
         } else if route.path == "/api/events" {
             ok["content"] = json!({"text/event-stream": {"schema": {"type": "string"}}});
         } else if route.path == "/scalar/v1" {
@@ -220,7 +236,11 @@ pub fn document() -> Value {
                     "items": {
                         "type": "object",
                         "required": ["path", "message"],
-                        "properties": {"path": {"type": "string"}, "message": {"type": "string"}}
+                        "properties": {
+                            "path": {"type": "string"},
+                            "message": {"type": "string"},
+                            "line": {"type": "integer", "minimum": 1, "description": "The value's line in a YAML body"}
+                        }
                     }
                 }
             }
@@ -251,6 +271,26 @@ pub fn scalar_page() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_path_parameter_is_declared() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let names: Vec<&str> = path
+                .split('{')
+                .skip(1)
+                .filter_map(|s| s.split('}').next())
+                .collect();
+            for (method, operation) in item.as_object().expect("operations") {
+                for name in &names {
+                    let declared = operation["parameters"].as_array().is_some_and(|ps| {
+                        ps.iter().any(|p| p["in"] == "path" && p["name"] == *name)
+                    });
+                    assert!(declared, "{method} {path} does not declare {{{name}}}");
+                }
+            }
+        }
+    }
 
     /// `docs/openapi.json` at the workspace root.
     fn committed() -> std::path::PathBuf {

@@ -58,6 +58,7 @@ impl ControlPlane {
                 .map(|i| FieldError {
                     path: format!("{prefix}{}", i.path),
                     message: i.message,
+                    line: None,
                 })
                 .collect(),
         ))
@@ -154,7 +155,7 @@ impl ControlPlane {
                         let errors: Vec<FieldError> = patched
                             .issues(instance.platform_type)
                             .into_iter()
-                            .map(|(path, message)| FieldError { path, message })
+                            .map(|(path, message)| FieldError { path, message, line: None })
                             .collect();
                         if !errors.is_empty() {
                             return Err(ApiError::invalid(
@@ -213,6 +214,7 @@ fn patch_error(e: PatchError) -> ApiError {
             errors: vec![FieldError {
                 path: path.clone(),
                 message: "test failed: the value did not match".into(),
+                line: None,
             }],
             ..ApiError::conflict("PATCH_TEST_FAILED", e.to_string())
         },
@@ -222,24 +224,27 @@ fn patch_error(e: PatchError) -> ApiError {
             vec![FieldError {
                 path: path.clone(),
                 message: message.clone(),
+                line: None,
             }],
         ),
-        PatchError::SecretAccess { member, .. } => ApiError::invalid(
-            "SECRET_NOT_READABLE",
-            e.to_string(),
-            vec![FieldError {
+        PatchError::SecretAccess { member, .. } => {
+            ApiError::invalid(
+                "SECRET_NOT_READABLE",
+                e.to_string(),
+                vec![FieldError {
                 path: member.clone(),
                 message:
                     "secrets can be replaced or removed, never read, tested, copied or moved out"
-                        .into(),
-            }],
-        ),
+                        .into(), line: None }],
+            )
+        }
         PatchError::Invalid { path, message } => ApiError::invalid(
             "INVALID_CONFIGURATION",
             e.to_string(),
             vec![FieldError {
                 path: path.clone(),
                 message: message.clone(),
+                line: None,
             }],
         ),
     }

@@ -12,7 +12,8 @@ use draas_core::instance::{
 };
 use draas_core::keys;
 use draas_core::messages::{
-    Command, Event, EventEnvelope, LogStream, LogsSpec, StartSpec, StatusChange, StopSpec,
+    Command, Event, EventEnvelope, LogStream, LogsSpec, QueryResultsSpec, StartSpec, StatusChange,
+    StopSpec,
 };
 use draas_core::ports::store::{
     encode, read_modify_write, Change, JsonStore, Precondition, Record, Write,
@@ -103,12 +104,14 @@ impl ControlPlane {
             errors.push(FieldError {
                 path: "/name".into(),
                 message: e.0,
+                line: None,
             });
         }
         if request.description.len() > MAX_DESCRIPTION {
             errors.push(FieldError {
                 path: "/description".into(),
                 message: format!("at most {MAX_DESCRIPTION} bytes"),
+                line: None,
             });
         }
         let platform = request.platform_type;
@@ -123,6 +126,7 @@ impl ControlPlane {
                 .map(|(path, message)| FieldError {
                     path: format!("/serverConfiguration{path}"),
                     message,
+                    line: None,
                 }),
         );
         errors.extend(
@@ -133,6 +137,7 @@ impl ControlPlane {
                 .map(|(path, message)| FieldError {
                     path: format!("/restartPolicy{path}"),
                     message,
+                    line: None,
                 }),
         );
         if !errors.is_empty() {
@@ -420,6 +425,49 @@ impl ControlPlane {
             "runtime": instance.runtime,
             "live": live,
         }))
+    }
+
+    /// The current result rows of the instance's query `query`, read by
+    /// its worker from the server.
+    pub async fn query_results(
+        &self,
+        id: &InstanceId,
+        query: &str,
+    ) -> ApiResult<Vec<serde_json::Value>> {
+        let instance = self.load(id).await?.value;
+        if !instance.configuration.queries.iter().any(|q| q.id == query) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "NO_SUCH_QUERY",
+                format!(
+                    "the configuration of '{}' has no query '{}'",
+                    instance.name,
+                    query.escape_debug()
+                ),
+            ));
+        }
+        if !instance.status.state.is_active() {
+            return Err(ApiError::conflict(
+                "INVALID_STATE",
+                format!(
+                    "'{}' is {:?}: its server does not run",
+                    instance.name, instance.status.state
+                ),
+            ));
+        }
+        let reply = self
+            .send(
+                &instance,
+                Command::QueryResults(QueryResultsSpec {
+                    query: query.to_string(),
+                }),
+                self.settings.command_timeout,
+            )
+            .await?;
+        Ok(reply
+            .detail
+            .and_then(|d| serde_json::from_value(d["rows"].clone()).ok())
+            .unwrap_or_default())
     }
 
     /// The last `tail` lines of the server's output.

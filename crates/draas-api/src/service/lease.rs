@@ -43,6 +43,7 @@ impl ControlPlane {
                         LEASE_TTL.start().as_secs(),
                         LEASE_TTL.end().as_secs()
                     ),
+                    line: None,
                 }],
             ));
         }
@@ -143,6 +144,7 @@ fn check_holder(holder: &str) -> ApiResult<()> {
             vec![FieldError {
                 path: "/holder".into(),
                 message,
+                line: None,
             }],
         )
     })

@@ -152,6 +152,7 @@ impl ControlPlane {
             vec![FieldError {
                 path: port_path(config, port),
                 message,
+                line: None,
             }],
         )
     }

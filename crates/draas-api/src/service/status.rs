@@ -69,6 +69,7 @@ impl ControlPlane {
             errors.push(FieldError {
                 path: "/source".into(),
                 message: "1-64 characters of letters, digits, '-', '_' and '.'".into(),
+                line: None,
             });
         }
         if update
@@ -79,12 +80,14 @@ impl ControlPlane {
             errors.push(FieldError {
                 path: "/message".into(),
                 message: format!("at most {MAX_MESSAGE} bytes"),
+                line: None,
             });
         }
         if update.observed_at > Utc::now() + chrono::Duration::minutes(5) {
             errors.push(FieldError {
                 path: "/observedAt".into(),
                 message: "lies in the future".into(),
+                line: None,
             });
         }
         if !errors.is_empty() {

@@ -13,8 +13,10 @@
 //! why [`SourceConfig`] and [`ReactionConfig`] cannot deny unknown fields
 //! themselves. [`validate_structure`] checks what needs no plugin knowledge.
 
+mod lines;
 mod validate;
 
+pub use lines::line_of;
 pub use validate::{validate_structure, ConfigIssue};
 
 use serde::{Deserialize, Serialize};
@@ -381,7 +383,13 @@ pub struct YamlError {
 /// Parses a drasi-server YAML document. Unknown top-level or query keys are
 /// errors that name the key and its position.
 pub fn parse_yaml(text: &str) -> Result<DrasiServerConfig, YamlError> {
-    serde_saphyr::from_str::<DrasiServerConfig>(text).map_err(|e| {
+    parse_yaml_as(text)
+}
+
+/// Parses any YAML document into `T` (a request body, a JSON value): the
+/// error names the line and column where it can.
+pub fn parse_yaml_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    serde_saphyr::from_str::<T>(text).map_err(|e| {
         let location = e.location();
         // The rendered error carries a source snippet after the first line;
         // callers want one line.
@@ -393,6 +401,11 @@ pub fn parse_yaml(text: &str) -> Result<DrasiServerConfig, YamlError> {
             column: location.map(|l| l.column()),
         }
     })
+}
+
+/// Renders any serializable value (a JSON document) as YAML.
+pub fn render_yaml_value<T: Serialize>(value: &T) -> Result<String, RenderError> {
+    serde_saphyr::to_string(value).map_err(|e| RenderError(e.to_string()))
 }
 
 /// Renders a configuration as drasi-server YAML with a YAML serializer. Every

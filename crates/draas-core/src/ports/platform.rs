@@ -279,6 +279,18 @@ pub trait PlatformDriver: Send + Sync + 'static {
     /// The last lines of the server's output.
     async fn logs(&self, id: &InstanceId, spec: &LogsSpec) -> Result<Vec<String>, DriverError>;
 
+    /// The current result rows of the server's query `query`.
+    async fn query_results(
+        &self,
+        _id: &InstanceId,
+        _query: &str,
+    ) -> Result<Vec<serde_json::Value>, DriverError> {
+        Err(DriverError::new(
+            ErrorCode::Unsupported,
+            "this driver cannot read query results",
+        ))
+    }
+
     /// After a worker restart: finds the servers still running from before,
     /// verifies they are the same ones, and watches them again. Returns how
     /// many were adopted; the ones found gone are reported to the sink.

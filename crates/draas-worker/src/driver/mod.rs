@@ -1112,6 +1112,21 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
             .await
     }
 
+    async fn query_results(
+        &self,
+        id: &InstanceId,
+        query: &str,
+    ) -> Result<Vec<serde_json::Value>, DriverError> {
+        self.inner.ensure_managed(id).await?;
+        let Some(server) = self.inner.servers.get(id) else {
+            return Err(DriverError::new(
+                ErrorCode::InvalidState,
+                "the server is not running",
+            ));
+        };
+        self.inner.api(&server.record).query_results(query).await
+    }
+
     async fn recover(&self) -> Result<usize, DriverError> {
         let inner = &self.inner;
         let records = inner.records.list().await.map_err(|e| {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::output::{self, Output};
 use super::{segment, Client, Exit, Failure};
+use draas_core::config::line_of;
 
 /// `draas config ...`: an instance's drasi-server configuration.
 #[derive(Subcommand, Debug, Clone)]
@@ -268,71 +269,6 @@ fn annotate(text: &str, notes: &[(Option<usize>, String)]) -> String {
     out
 }
 
-/// The 0-based line of a block-style YAML document that a JSON Pointer
-/// names, as far as it can be followed (the deepest line found).
-pub fn line_of(text: &str, pointer: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.chars().take_while(|c| *c == ' ').count();
-    let (mut from, mut to, mut min_indent) = (0usize, lines.len(), 0usize);
-    let mut found = None;
-    for segment in pointer.split('/').skip(1) {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        let mut hit = None;
-        if let Ok(index) = segment.parse::<usize>() {
-            // The index-th "- " item at the shallowest indent in range.
-            let items: Vec<usize> = (from..to)
-                .filter(|&i| {
-                    let l = lines[i];
-                    l.trim_start().starts_with("- ") || l.trim() == "-"
-                })
-                .collect();
-            if let Some(&first) = items.first() {
-                let depth = indent(lines[first]);
-                let same: Vec<usize> = items
-                    .into_iter()
-                    .filter(|&i| indent(lines[i]) == depth)
-                    .collect();
-                if let Some(&line) = same.get(index) {
-                    let end = same.get(index + 1).copied().unwrap_or(to);
-                    hit = Some((line, line, end, depth + 2));
-                }
-            }
-        } else {
-            for i in from..to {
-                let l = lines[i];
-                let body = l.trim_start().trim_start_matches("- ");
-                let at = l.len() - body.len();
-                if at >= min_indent && (body.starts_with(&format!("{segment}:"))) {
-                    let end = (i + 1..to)
-                        .find(|&j| {
-                            let next = lines[j];
-                            let trimmed = next.trim_start();
-                            // A block sequence may sit at its key's indent.
-                            let item_of_key = indent(next) == at && trimmed.starts_with("- ");
-                            !trimmed.is_empty()
-                                && !trimmed.starts_with('#')
-                                && indent(next) <= at
-                                && !item_of_key
-                        })
-                        .unwrap_or(to);
-                    hit = Some((i, i + 1, end, at + 1));
-                    break;
-                }
-            }
-        }
-        match hit {
-            Some((line, start, end, deeper)) => {
-                found = Some(line);
-                from = start;
-                to = end;
-                min_indent = deeper.saturating_sub(1);
-            }
-            None => break,
-        }
-    }
-    found
-}
-
 /// Runs a status command.
 pub async fn status(client: &Client, out: Output, command: StatusCommand) -> Result<(), Failure> {
     let StatusCommand::Changes { follow, since } = command;
@@ -401,50 +337,19 @@ pub async fn events(client: &Client, follow: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs a query command: the rows from the instance's server.
+/// Runs a query command: the rows of the instance's query, which its worker
+/// reads from the server (so this works wherever the server runs).
 pub async fn query(client: &Client, out: Output, command: QueryCommand) -> Result<(), Failure> {
     let QueryCommand::Results { name, query, watch } = command;
-    let instance = client
-        .call(
-            Method::GET,
-            &format!("/api/server/instances/{}", segment(&name)),
-            None,
-        )
-        .await?;
-    let endpoint = instance["runtime"]["endpoint"]
-        .as_str()
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::Failed,
-                format!(
-                    "{name} runs no server (it is {})",
-                    instance["status"]["state"]
-                ),
-            )
-        })?
-        .to_string();
-    let url = format!("{endpoint}/api/v1/queries/{}/results", segment(&query));
-    let plain = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    let path = format!(
+        "/api/server/instances/{}/queries/{}/results",
+        segment(&name),
+        segment(&query)
+    );
     let mut last = None;
     loop {
-        let response = plain.get(&url).send().await.map_err(|e| {
-            Failure::new(
-                Exit::Unreachable,
-                format!("cannot reach the server at {endpoint}: {e}"),
-            )
-        })?;
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == 404 {
-            return Err(Failure::new(
-                Exit::NotFound,
-                format!("{name} has no query {query:?}"),
-            ));
-        }
-        let rows = body["data"].as_array().cloned().unwrap_or_default();
+        let page = client.call(Method::GET, &path, None).await?;
+        let rows = page["rows"].as_array().cloned().unwrap_or_default();
         if last.as_ref() != Some(&rows) {
             output::rows(out, &rows);
             last = Some(rows);
@@ -463,13 +368,6 @@ mod tests {
     #[test]
     fn pointers_find_their_lines() {
         let yaml = "host: 0.0.0.0\nport: 8080\nsources:\n- kind: mock\n  id: counter\nqueries:\n- id: values\n  query: MATCH\n  sources:\n  - sourceId: counter\n- id: second\n  query: X\n";
-        assert_eq!(line_of(yaml, "/port"), Some(1));
-        assert_eq!(line_of(yaml, "/sources/0/id"), Some(4));
-        assert_eq!(line_of(yaml, "/queries/0/query"), Some(7));
-        assert_eq!(line_of(yaml, "/queries/1/query"), Some(11));
-        assert_eq!(line_of(yaml, "/queries/0/sources/0/sourceId"), Some(9));
-        assert_eq!(line_of(yaml, "/queries/5"), Some(5));
-        assert_eq!(line_of(yaml, "/nothing"), None);
         let noted = annotate(yaml, &[(Some(7), "/queries/0/query: bad".into())]);
         assert!(
             noted.contains("  # draas: /queries/0/query: bad\n  query: MATCH"),
