@@ -3,7 +3,8 @@
 # machine, then runs the lint gates and every test of the workspace:
 #   - packages: pkg-config and libssl-dev (postgres source), redis-server
 #     (Redis-mode tests start their own on free loopback ports), openssl
-#     (certificates for the rediss:// and HTTPS tests), curl (the HTTPS test);
+#     (certificates for the rediss:// and HTTPS tests), curl (the HTTPS test),
+#     chromium and chromium-driver (the dashboard's browser test);
 #   - a running Docker engine (runtime image test);
 #   - the test Kubernetes cluster: a real kube-apiserver and
 #     kube-controller-manager built from Debian's source package by
@@ -34,6 +35,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -121,4 +124,7 @@ check_deps draas-worker-process "redis|redb|bollard|kube|drasi-lib|draas-(store|
 check_deps draas-worker-docker "redis|redb|kube|drasi-lib|draas-(store|bus|redis|drasi|api|worker-process)"
 check_deps draas-worker-kubernetes "redis|redb|bollard|drasi-lib|openssl|native-tls|draas-(store|bus|redis|drasi|api|worker-process|worker-docker)"
 log "tests"
+# The dashboard's browser test keeps its screenshots here.
+export DRAAS_ARTEFACTS="${DRAAS_ARTEFACTS:-$CARGO_TARGET_DIR/artefacts}"
 cargo nextest run --workspace --locked "$@"
+log "screenshots of the dashboard test: $DRAAS_ARTEFACTS"

@@ -12,6 +12,7 @@
 //! It depends on `draas-core` only: stores, buses and validators are
 //! passed in as trait objects by the binary that wires everything.
 
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod metrics;

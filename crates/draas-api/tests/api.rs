@@ -1540,3 +1540,56 @@ async fn yaml_bodies_are_accepted_and_their_problems_name_lines() {
     assert_eq!(reply.body["logLevel"], "debug");
     assert_eq!(reply.body["queries"], json!([]));
 }
+
+/// The dashboard's files: public, with a policy that allows no inline code
+/// and no other origin.
+#[tokio::test]
+async fn the_dashboard_is_served_with_a_strict_content_security_policy() {
+    let api = api(false).await;
+    for (path, media) in [
+        ("/", "text/html"),
+        ("/instances/some-name", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let response = api
+            .router
+            .clone()
+            .oneshot(Request::builder().uri(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(media),
+            "{path}"
+        );
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(
+            policy.contains("script-src 'self'") && !policy.contains("unsafe"),
+            "{policy}"
+        );
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    let page = api
+        .router
+        .clone()
+        .oneshot(Request::builder().uri("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let html = String::from_utf8(
+        page.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(html.contains(r#"<script src="/ui/app.js""#), "{html}");
+    assert!(!html.contains("<script>"), "no inline script: {html}");
+}

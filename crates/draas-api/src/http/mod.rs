@@ -578,6 +578,7 @@ pub fn router(control_plane: Arc<ControlPlane>, auth: Arc<Auth>) -> Router {
         .fold(Router::new(), |router, (path, handler)| {
             router.route(path, handler)
         })
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             control_plane.clone(),
