@@ -49,12 +49,17 @@ const PAGE: usize = 1000;
 
 impl ControlPlaneClient {
     /// A client of the control plane at `base` (e.g. `http://127.0.0.1:5000`),
-    /// sending `token` (an operator's API key) when given.
+    /// sending `token` (an operator's API key) when given, and trusting the
+    /// certificate in `ca_cert_pem` (PEM) besides the system's roots.
     pub fn new(
         base: &str,
         request_timeout: Duration,
         token: Option<&str>,
+        ca_cert_pem: Option<&[u8]>,
     ) -> Result<Self, ClientError> {
+        let trusted = ca_cert_pem
+            .map(reqwest::Certificate::from_pem)
+            .transpose()?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -67,12 +72,16 @@ impl ControlPlaneClient {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let trust = |builder: reqwest::ClientBuilder| match &trusted {
+            Some(certificate) => builder.add_root_certificate(certificate.clone()),
+            None => builder,
+        };
+        let http = trust(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))
             .timeout(request_timeout)
             .default_headers(headers.clone())
             .build()?;
-        let streams = reqwest::Client::builder()
+        let streams = trust(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))
             .default_headers(headers)
             .build()?;

@@ -47,6 +47,9 @@ pub struct DaemonSettings {
     pub source: String,
     /// The API key it sends (an agent's), when the control plane needs one.
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// control plane,
+    /// besides the system's roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
 }
 
 /// One status update, as `POST /api/status/updates` takes it.
@@ -269,9 +272,20 @@ pub async fn run(
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers);
+    if let Some(pem) = &settings.ca_cert_pem {
+        let certificate = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| DaemonError::Settings(format!("the CA certificate: {e}")))?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| DaemonError::Settings(format!("cannot make the HTTP client: {e}")))?;
     let sender = tokio::spawn(send_forever(
         format!("{base}/api/status/updates"),
-        headers,
+        client,
         outbox.clone(),
         shutdown.clone(),
     ));
@@ -473,15 +487,10 @@ async fn last_words(engine: &Engine, container: &str) -> Option<String> {
 /// take, until `shutdown` (then once more, briefly).
 async fn send_forever(
     url: String,
-    headers: reqwest::header::HeaderMap,
+    client: reqwest::Client,
     outbox: Arc<Outbox>,
     shutdown: CancellationToken,
 ) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()
-        .unwrap_or_default();
     let mut backoff = Duration::from_millis(200);
     loop {
         let batch = outbox.take();

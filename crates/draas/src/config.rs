@@ -199,19 +199,39 @@ pub struct KeysRevokeArgs {
     pub ring: KeyRingArgs,
 }
 
-/// An API key a client sends.
+/// How a client of the control plane's API identifies itself and checks
+/// the control plane's certificate.
 #[derive(Args, Clone, Default)]
 pub struct TokenArgs {
     /// The API key to send (`draas keys create`); needed when the control
     /// plane requires keys.
     #[arg(long, env = "DRAAS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// control plane: a PEM file of the CA (or the
+    /// self-signed certificate) to trust besides the system's roots.
+    #[arg(long, env = "DRAAS_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The CA certificate's PEM, when one is given.
+    pub fn ca_cert_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.ca_cert
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the CA certificate {}: {e}", path.display())
+                })
+            })
+            .transpose()
+    }
 }
 
 impl std::fmt::Debug for TokenArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenArgs")
             .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }

@@ -20,6 +20,10 @@ pub struct ContextEntry {
     /// The API key sent to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A PEM file of the CA (or the self-signed certificate) its HTTPS
+    /// certificate is checked against, besides the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The file.

@@ -55,6 +55,11 @@ pub struct Target {
     /// The saved context to use [default: the current one].
     #[arg(long, global = true)]
     pub context: Option<String>,
+    /// For an https:// server: a PEM file of the CA (or self-signed
+    /// certificate) to trust besides the system's roots [default: the
+    /// context's].
+    #[arg(long, env = "DRAAS_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Output: table, wide, json or yaml.
     #[arg(
         short = 'o',
@@ -166,6 +171,9 @@ pub enum ContextCommand {
         /// Its API key.
         #[arg(long = "token", env = "DRAAS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A PEM file of the CA its HTTPS certificate is checked against.
+        #[arg(long = "ca-cert")]
+        ca_cert: Option<PathBuf>,
         /// Make it the current one.
         #[arg(long = "use")]
         make_current: bool,
@@ -200,6 +208,35 @@ impl Failure {
     }
 }
 
+/// An error with its causes ("error sending request: ... invalid peer
+/// certificate: UnknownIssuer"), which reqwest's own message leaves out.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The certificate in the PEM file `path`, to trust.
+fn trusted_certificate(path: &std::path::Path) -> Result<reqwest::Certificate, Failure> {
+    let pem = std::fs::read(path).map_err(|e| {
+        Failure::new(
+            Exit::BadInput,
+            format!("cannot read the CA certificate {}: {e}", path.display()),
+        )
+    })?;
+    reqwest::Certificate::from_pem(&pem).map_err(|e| {
+        Failure::new(
+            Exit::BadInput,
+            format!("{} holds no PEM certificate: {e}", path.display()),
+        )
+    })
+}
+
 impl Client {
     fn new(target: &Target) -> Result<Self, Failure> {
         let saved = Contexts::load().map_err(|e| Failure::new(Exit::BadInput, format!("{e:#}")))?;
@@ -221,7 +258,7 @@ impl Client {
         let token = target
             .token
             .clone()
-            .or_else(|| context.and_then(|c| c.token));
+            .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -234,10 +271,18 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(900))
-            .default_headers(headers)
+            .default_headers(headers);
+        let ca_cert = target
+            .ca_cert
+            .clone()
+            .or_else(|| context.as_ref().and_then(|c| c.ca_cert.clone()));
+        if let Some(path) = ca_cert {
+            builder = builder.add_root_certificate(trusted_certificate(&path)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| Failure::new(Exit::BadInput, e.to_string()))?;
         Ok(Self {
@@ -266,7 +311,7 @@ impl Client {
         let response = request.send().await.map_err(|e| {
             Failure::new(
                 Exit::Unreachable,
-                format!("cannot reach {}: {e}", self.base),
+                format!("cannot reach {}: {}", self.base, chain(&e)),
             )
         })?;
         let status = response.status().as_u16();
@@ -352,7 +397,7 @@ impl Client {
             .map_err(|e| {
                 Failure::new(
                     Exit::Unreachable,
-                    format!("cannot reach {}: {e}", self.base),
+                    format!("cannot reach {}: {}", self.base, chain(&e)),
                 )
             })?;
         let status = response.status().as_u16();
@@ -651,6 +696,7 @@ pub fn context(command: ContextCommand) -> ExitCode {
                 name,
                 server,
                 token,
+                ca_cert,
                 make_current,
             } => {
                 if !(server.starts_with("http://") || server.starts_with("https://")) {
@@ -659,9 +705,14 @@ pub fn context(command: ContextCommand) -> ExitCode {
                         format!("--server must be an http(s) URL, not {server:?}"),
                     ));
                 }
-                saved
-                    .contexts
-                    .insert(name.clone(), ContextEntry { server, token });
+                saved.contexts.insert(
+                    name.clone(),
+                    ContextEntry {
+                        server,
+                        token,
+                        ca_cert: ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                    },
+                );
                 if make_current || saved.current.is_none() {
                     saved.current = Some(name.clone());
                 }
