@@ -90,9 +90,18 @@ impl Files {
 }
 
 /// Writes `text` to `path` atomically (temp file + rename), mode 0600: a
-/// configuration may hold credentials.
+/// configuration may hold credentials. A file that already holds exactly
+/// `text`, private, is left as it is: a restart of the same generation
+/// (the reconciler's, after a crash) then costs no fsync on its way to the
+/// spawn.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    if let (Ok(metadata), Ok(current)) = (std::fs::metadata(path), std::fs::read(path)) {
+        if metadata.permissions().mode() & 0o777 == 0o600 && current == text.as_bytes() {
+            return Ok(());
+        }
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
@@ -155,4 +164,38 @@ pub fn remove(workdir: &Path, config: &Path) -> Result<(), DriverError> {
     };
     check(workdir, std::fs::remove_dir_all(workdir))?;
     check(config, std::fs::remove_file(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn configurations_are_private_and_rewritten_only_when_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("configs").join("x-config.yaml");
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        write_private(&path, "port: 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "port: 1\n");
+        assert_eq!(mode(&path), 0o600);
+        let first = inode(&path);
+
+        // The same text: the file is left alone.
+        write_private(&path, "port: 1\n").unwrap();
+        assert_eq!(inode(&path), first);
+
+        // Other text: replaced atomically.
+        write_private(&path, "port: 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "port: 2\n");
+        assert_ne!(inode(&path), first);
+
+        // The same text in a file others may read: made private again.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "port: 2\n").unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
 }
