@@ -46,6 +46,7 @@ use draas_core::ports::{
     DriverError, LiveStatus, Observation, PlatformDriver, Readiness, RuntimeUpdate, Started,
     StatusSink,
 };
+use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -1025,6 +1026,9 @@ impl<P: Platform> Inner<P> {
     }
 }
 
+/// How many servers a restarted worker takes over at once.
+const RECOVERY_CONCURRENCY: usize = 16;
+
 // === impl PlatformDriver ===
 
 fn grace(seconds: u32) -> Duration {
@@ -1135,17 +1139,25 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
                 format!("cannot read the server records: {e}"),
             )
         })?;
-        let mut adopted = 0;
-        for (id, _) in records {
-            match inner.take_over(&id).await {
-                Ok(takeover) => {
-                    if inner.after_takeover(&id, &takeover).await {
-                        adopted += 1;
+        // Several at a time: each takeover waits on the store (read the
+        // record, check its owner, write the new owner), so one after the
+        // other a worker restarted under a fleet would take seconds.
+        let adopted = futures::stream::iter(records.into_iter().map(|(id, _)| {
+            let inner = inner.clone();
+            async move {
+                match inner.take_over(&id).await {
+                    Ok(takeover) => inner.after_takeover(&id, &takeover).await,
+                    Err(e) => {
+                        warn!(instance = %id, "cannot take the server over: {e}");
+                        false
                     }
                 }
-                Err(e) => warn!(instance = %id, "cannot take the server over: {e}"),
             }
-        }
+        }))
+        .buffer_unordered(RECOVERY_CONCURRENCY)
+        .filter(|adopted| futures::future::ready(*adopted))
+        .count()
+        .await;
         inner.remove_orphans().await;
         inner.start_orphan_sweep();
         inner.start_upkeep();
