@@ -50,16 +50,13 @@ const PAGE: usize = 1000;
 impl ControlPlaneClient {
     /// A client of the control plane at `base` (e.g. `http://127.0.0.1:5000`),
     /// sending `token` (an operator's API key) when given, and trusting the
-    /// certificate in `ca_cert_pem` (PEM) besides the system's roots.
+    /// certificates `trusted` for HTTPS.
     pub fn new(
         base: &str,
         request_timeout: Duration,
         token: Option<&str>,
-        ca_cert_pem: Option<&[u8]>,
+        trusted: &[reqwest::Certificate],
     ) -> Result<Self, ClientError> {
-        let trusted = ca_cert_pem
-            .map(reqwest::Certificate::from_pem)
-            .transpose()?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -72,9 +69,10 @@ impl ControlPlaneClient {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let trust = |builder: reqwest::ClientBuilder| match &trusted {
-            Some(certificate) => builder.add_root_certificate(certificate.clone()),
-            None => builder,
+        let trust = |builder: reqwest::ClientBuilder| {
+            trusted.iter().fold(builder, |builder, certificate| {
+                builder.add_root_certificate(certificate.clone())
+            })
         };
         let http = trust(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))

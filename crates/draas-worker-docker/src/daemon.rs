@@ -47,9 +47,8 @@ pub struct DaemonSettings {
     pub source: String,
     /// The API key it sends (an agent's), when the control plane needs one.
     pub token: Option<String>,
-    /// A CA certificate (PEM) to trust for an https:// control plane,
-    /// besides the system's roots.
-    pub ca_cert_pem: Option<Vec<u8>>,
+    /// The certificates it trusts for an https:// control plane.
+    pub trusted: Vec<reqwest::Certificate>,
 }
 
 /// One status update, as `POST /api/status/updates` takes it.
@@ -275,10 +274,8 @@ pub async fn run(
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .default_headers(headers);
-    if let Some(pem) = &settings.ca_cert_pem {
-        let certificate = reqwest::Certificate::from_pem(pem)
-            .map_err(|e| DaemonError::Settings(format!("the CA certificate: {e}")))?;
-        builder = builder.add_root_certificate(certificate);
+    for certificate in &settings.trusted {
+        builder = builder.add_root_certificate(certificate.clone());
     }
     let client = builder
         .build()

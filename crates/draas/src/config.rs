@@ -214,17 +214,42 @@ pub struct TokenArgs {
 }
 
 impl TokenArgs {
-    /// The CA certificate's PEM, when one is given.
-    pub fn ca_cert_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        self.ca_cert
-            .as_ref()
-            .map(|path| {
-                std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read the CA certificate {}: {e}", path.display())
-                })
-            })
-            .transpose()
+    /// The certificates a client of `url` trusts: none for plain HTTP; the
+    /// system's roots plus `--ca-cert` for HTTPS.
+    pub fn trusted(&self, url: &str) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        trusted_roots(url, self.ca_cert.as_deref())
     }
+}
+
+/// The certificates a client of `url` trusts: none for plain HTTP (nothing
+/// is loaded); for HTTPS the system's roots and, when given, the PEM file
+/// `ca_cert` (a private CA or a self-signed certificate).
+pub fn trusted_roots(
+    url: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    if !url.starts_with("https://") {
+        return Ok(Vec::new());
+    }
+    let mut roots: Vec<reqwest::Certificate> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect();
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the CA certificate {}: {e}", path.display())
+        })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("{} holds no PEM certificate: {e}", path.display()))?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "{} holds no PEM certificate",
+            path.display()
+        );
+        roots.extend(certificates);
+    }
+    Ok(roots)
 }
 
 impl std::fmt::Debug for TokenArgs {

@@ -217,10 +217,10 @@ pub async fn docker_daemon(args: DockerDaemonArgs) -> anyhow::Result<()> {
     let engine = Engine::connect(args.docker_host.as_deref(), ENGINE_TIMEOUT).await?;
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
     let settings = draas_worker_docker::daemon::DaemonSettings {
+        trusted: args.token.trusted(&args.control_plane)?,
         control_plane: args.control_plane,
         source: args.source,
         token: args.token.token.clone(),
-        ca_cert_pem: args.token.ca_cert_pem()?,
     };
     draas_worker_docker::daemon::run(engine, settings, shutdown.graceful.clone()).await?;
     info!("stopped");
@@ -243,7 +243,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         // The control plane answers within its own command deadlines.
         Duration::from_secs(900),
         args.token.token.as_deref(),
-        args.token.ca_cert_pem()?.as_deref(),
+        &args.token.trusted(&args.control_plane)?,
     )?;
     info!(control_plane = %args.control_plane, holder = %settings.holder, "reconciler starting");
     draas_reconciler::run(client, settings, shutdown.graceful.clone()).await;
@@ -628,7 +628,7 @@ async fn serve_api(
                 // The control plane answers within its own command deadlines.
                 Duration::from_secs(900),
                 Some(&token),
-                None,
+                &[],
             )?;
             Some(AbortOnDrop(tokio::spawn(draas_reconciler::run(
                 client,

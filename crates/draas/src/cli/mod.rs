@@ -221,22 +221,6 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The certificate in the PEM file `path`, to trust.
-fn trusted_certificate(path: &std::path::Path) -> Result<reqwest::Certificate, Failure> {
-    let pem = std::fs::read(path).map_err(|e| {
-        Failure::new(
-            Exit::BadInput,
-            format!("cannot read the CA certificate {}: {e}", path.display()),
-        )
-    })?;
-    reqwest::Certificate::from_pem(&pem).map_err(|e| {
-        Failure::new(
-            Exit::BadInput,
-            format!("{} holds no PEM certificate: {e}", path.display()),
-        )
-    })
-}
-
 impl Client {
     fn new(target: &Target) -> Result<Self, Failure> {
         let saved = Contexts::load().map_err(|e| Failure::new(Exit::BadInput, format!("{e:#}")))?;
@@ -279,8 +263,10 @@ impl Client {
             .ca_cert
             .clone()
             .or_else(|| context.as_ref().and_then(|c| c.ca_cert.clone()));
-        if let Some(path) = ca_cert {
-            builder = builder.add_root_certificate(trusted_certificate(&path)?);
+        let trusted = crate::config::trusted_roots(&base, ca_cert.as_deref())
+            .map_err(|e| Failure::new(Exit::BadInput, format!("{e:#}")))?;
+        for certificate in trusted {
+            builder = builder.add_root_certificate(certificate);
         }
         let http = builder
             .build()
