@@ -141,7 +141,14 @@ impl PortBlock {
                 .write(true)
                 .open(dir.join(format!("{first}-{size}.lock")))
                 .expect("a lock file");
-            if file.try_lock().is_ok() {
+            // A block is taken only when no port of it is bound now: a
+            // server another test (or anything else) left listening must not
+            // make this test's first start fail with PORT_IN_USE.
+            let all_free = || {
+                (first..first + size)
+                    .all(|port| std::net::TcpListener::bind(("0.0.0.0", port)).is_ok())
+            };
+            if file.try_lock().is_ok() && all_free() {
                 return Self {
                     first,
                     last: first + size - 1,
