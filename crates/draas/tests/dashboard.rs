@@ -94,6 +94,17 @@ async fn text_when(client: &Client, css: &str, what: &str, done: impl Fn(&str) -
     }
 }
 
+/// Clicks the first element `css` selects.
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} to click: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 fn artefacts() -> PathBuf {
     let dir = std::env::var_os("DRAAS_ARTEFACTS")
         .map(PathBuf::from)
@@ -142,13 +153,7 @@ async fn an_operator_runs_an_instance_from_the_dashboard() {
         .await
         .expect("a sign-in form");
     token_box.send_keys(&operator).await.unwrap();
-    client
-        .find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#sign-in").await;
     client
         .wait()
         .at_most(PATIENCE)
@@ -176,13 +181,7 @@ async fn an_operator_runs_an_instance_from_the_dashboard() {
         .send_keys("browser-made")
         .await
         .unwrap();
-    client
-        .find(Locator::Css("#create-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#create-submit").await;
     let row = r#"tr[data-name="browser-made"] td.state"#;
     text_when(&client, row, "the new row", |t| !t.is_empty()).await;
     text_when(&client, row, "Running in the list", |t| t == "Running").await;
@@ -214,13 +213,7 @@ async fn an_operator_runs_an_instance_from_the_dashboard() {
 
     // Its page: status, runtime, and the query's rows, which change as the
     // counter counts.
-    client
-        .find(Locator::Css(r#"tr[data-name="browser-made"] a"#))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, r#"tr[data-name="browser-made"] a"#).await;
     text_when(&client, "#state", "Running on the instance page", |t| {
         t == "Running"
     })
@@ -281,13 +274,7 @@ async fn an_operator_runs_an_instance_from_the_dashboard() {
     .await;
     editor.clear().await.unwrap();
     editor.send_keys(bad).await.unwrap();
-    client
-        .find(Locator::Css("#config-save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#config-save").await;
     let problem = text_when(
         &client,
         r#"#config-problems li[data-line="9"]"#,
@@ -317,13 +304,7 @@ async fn an_operator_runs_an_instance_from_the_dashboard() {
     );
     editor.clear().await.unwrap();
     editor.send_keys(&fixed).await.unwrap();
-    client
-        .find(Locator::Css("#config-save"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#config-save").await;
     text_when(&client, "#config-note", "the save", |t| {
         t.starts_with("Saved")
     })

@@ -1,7 +1,7 @@
 //! Request extractors that turn every malformed input into a problem+json
 //! 4xx: JSON bodies, instance ids in paths, query strings, `If-Match`.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -40,14 +40,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         ),
         JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("MALFORMED_JSON", e.body_text()),
         JsonRejection::JsonDataError(e) => ApiError::bad_request("INVALID_BODY", e.body_text()),
-        JsonRejection::BytesRejection(e) => {
-            let status = e.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "BODY_TOO_LARGE", e.body_text())
-            } else {
-                ApiError::bad_request("UNREADABLE_BODY", e.body_text())
-            }
-        }
+        JsonRejection::BytesRejection(e) => bytes_rejection(e),
         other => ApiError::bad_request("INVALID_BODY", other.body_text()),
     }
 }
@@ -112,14 +105,9 @@ where
                 source: BodySource(None),
             });
         }
-        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
-            let status = e.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "BODY_TOO_LARGE", e.body_text())
-            } else {
-                ApiError::bad_request("UNREADABLE_BODY", e.body_text())
-            }
-        })?;
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| ApiError::bad_request("MALFORMED_YAML", "the YAML body is not UTF-8"))?;
         match draas_core::config::parse_yaml_as::<T>(&text) {
@@ -136,6 +124,16 @@ where
                 ..ApiError::bad_request("MALFORMED_YAML", format!("the YAML body: {}", e.message))
             }),
         }
+    }
+}
+
+/// A body that could not be read: too large (413), or broken off (400).
+fn bytes_rejection(e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "BODY_TOO_LARGE", e.body_text())
+    } else {
+        ApiError::bad_request("UNREADABLE_BODY", e.body_text())
     }
 }
 
