@@ -407,18 +407,33 @@ impl Inner {
 
     async fn start(&self, id: &InstanceId, spec: &StartSpec) -> Outcome {
         let already = self.driver.running_generation(id).await == Some(spec.generation);
-        if !already {
-            if let Err(e) = self
-                .record(
-                    Observation::now(id.clone(), ActualState::Starting, Some(Reason::Requested))
-                        .generation(spec.generation),
-                )
-                .await
-            {
-                return not_recorded("the server was not started", &e);
+        // `Starting` is recorded while the server launches, not before: its
+        // commit would otherwise add to every (re)start's time to health.
+        // Stamped now, it is older than whatever the start ends in, so it
+        // can never overwrite that (the recorder refuses older observations).
+        let starting = async {
+            if already {
+                return Ok(());
             }
+            let observation =
+                Observation::now(id.clone(), ActualState::Starting, Some(Reason::Requested))
+                    .generation(spec.generation);
+            self.record(observation).await.map(|_| ())
+        };
+        let (recorded, started) = tokio::join!(starting, self.driver.start(id, spec));
+        if let Err(e) = recorded {
+            // Nobody could tell it was starting: it must not run.
+            if started.is_ok() {
+                let stop = StopSpec {
+                    shutdown_timeout_seconds: spec.server_configuration.shutdown_timeout_seconds,
+                };
+                if let Err(stop) = self.driver.stop(id, &stop).await {
+                    warn!("stopping the server again failed: {}", stop.message);
+                }
+            }
+            return not_recorded("the server was stopped again", &e);
         }
-        match self.driver.start(id, spec).await {
+        match started {
             Ok(started) => {
                 let reason = if started.state == ActualState::Degraded {
                     Reason::ComponentError
