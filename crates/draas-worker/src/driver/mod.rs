@@ -358,21 +358,24 @@ impl<P: Platform> Inner<P> {
                 .platform
                 .last_words(&instance, &crashed.record.platform, false)
                 .await;
-            if let Err(e) = me.records.mark_stopped(&instance).await {
-                warn!(instance = %instance, "{e}");
-            }
             let message = if words.is_empty() {
                 format!("the server {}", exit.description)
             } else {
                 format!("the server {}: {words}", exit.description)
             };
+            // The crash first, so the reconciler can answer it at once.
             me.sink
                 .observe(
-                    Observation::now(instance, ActualState::Failed, Some(exit.reason()))
+                    Observation::now(instance.clone(), ActualState::Failed, Some(exit.reason()))
                         .message(message)
                         .runtime(RuntimeUpdate::Exited(exit.code)),
                 )
                 .await;
+            // The record's `running: false` after it: its commit runs while
+            // the reconciler reads and decides, not before.
+            if let Err(e) = me.records.mark_stopped(&instance).await {
+                warn!(instance = %instance, "{e}");
+            }
         });
         self.servers
             .attach(id, serial, Task::Monitor, task.abort_handle());

@@ -209,53 +209,59 @@ where
         Fut: std::future::Future<Output = Option<H>>,
     {
         let read_error = |e| platform_error("cannot read the server record", e);
-        let Some(found) = self.get(id).await.map_err(read_error)? else {
-            return Ok(Takeover::NoRecord);
-        };
-        let owner = found.value.owner.clone();
-        if owner != self.worker_id {
-            let alive = draas_core::workers::is_live(self.store.as_ref(), &owner, Utc::now())
-                .await
-                .map_err(read_error)?;
-            if alive {
-                return Ok(Takeover::OwnedBy(owner));
-            }
-        }
-        let attached = if found.value.running {
-            attach(found.value.platform.clone()).await
-        } else {
-            None
-        };
-        let mut record = found.value.clone();
-        record.owner = self.worker_id.clone();
-        let was_running = record.running;
-        record.running = attached.is_some();
-        if record != found.value {
-            match self
-                .store
-                .put_json(
-                    &self.collection,
-                    id.as_str(),
-                    &record,
-                    Precondition::Revision(found.revision),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(StoreError::Conflict { .. }) => {
-                    return Err(DriverError::new(
-                        ErrorCode::InvalidState,
-                        "another worker is taking the server over right now",
-                    ))
+        // The platform is asked at most once; a record that changes under
+        // the compare-and-set (its server's exit recorded by this worker,
+        // another worker's takeover) is read again and judged afresh.
+        let mut attach = Some(attach);
+        let mut attached: Option<H> = None;
+        for _ in 0..ATTEMPTS {
+            let Some(found) = self.get(id).await.map_err(read_error)? else {
+                return Ok(Takeover::NoRecord);
+            };
+            let owner = found.value.owner.clone();
+            if owner != self.worker_id {
+                let alive = draas_core::workers::is_live(self.store.as_ref(), &owner, Utc::now())
+                    .await
+                    .map_err(read_error)?;
+                if alive {
+                    return Ok(Takeover::OwnedBy(owner));
                 }
-                Err(e) => return Err(platform_error("cannot write the server record", e)),
             }
+            if found.value.running {
+                if let Some(attach) = attach.take() {
+                    attached = attach(found.value.platform.clone()).await;
+                }
+            }
+            let mut record = found.value.clone();
+            record.owner = self.worker_id.clone();
+            let was_running = record.running;
+            record.running = was_running && attached.is_some();
+            if record != found.value {
+                match self
+                    .store
+                    .put_json(
+                        &self.collection,
+                        id.as_str(),
+                        &record,
+                        Precondition::Revision(found.revision),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(platform_error("cannot write the server record", e)),
+                }
+            }
+            return Ok(match attached.filter(|_| record.running) {
+                Some(handle) => Takeover::Adopted(record, handle),
+                None if was_running => Takeover::Gone(record),
+                None => Takeover::Stopped(record),
+            });
         }
-        Ok(match attached {
-            Some(handle) => Takeover::Adopted(record, handle),
-            None if was_running => Takeover::Gone(record),
-            None => Takeover::Stopped(record),
-        })
+        Err(DriverError::new(
+            ErrorCode::InvalidState,
+            "the server record kept changing while this worker took the server over",
+        ))
     }
 }
 
