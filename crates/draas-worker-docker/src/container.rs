@@ -40,10 +40,21 @@ pub const CONFIG_VARIABLE: &str = "DRAAS_RUNTIME_CONFIG";
 /// environment string to 128 KiB); larger ones are uploaded as a file.
 pub const MAX_CONFIG_IN_ENV: usize = 64 * 1024;
 
-/// A container's name: `draas-<name>-<last 8 of the id>`.
-pub fn container_name(name: &str, id: &InstanceId) -> String {
+/// A container's name: `draas-<name>-<last 8 of the id>-<launch>`. Each
+/// launch gets a container of its own name, so a restart never waits for
+/// the engine to finish with the container before it (its removal follows
+/// in the background).
+pub fn container_name(name: &str, id: &InstanceId, launch: &str) -> String {
     let id = id.as_str();
-    format!("draas-{name}-{}", &id[id.len().saturating_sub(8)..])
+    format!(
+        "draas-{name}-{}-{launch}",
+        &id[id.len().saturating_sub(8)..]
+    )
+}
+
+/// A new launch's part of a container name: six random hex digits.
+pub fn new_launch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..6].to_string()
 }
 
 /// The volume of an instance's `./data`.
@@ -289,7 +300,14 @@ mod tests {
     #[test]
     fn names_labels_and_the_configuration_archive() {
         let id: InstanceId = "i-0123456789abcdef0123456789abcdef".parse().unwrap();
-        assert_eq!(container_name("orders", &id), "draas-orders-89abcdef");
+        assert_eq!(
+            container_name("orders", &id, "0a1b2c"),
+            "draas-orders-89abcdef-0a1b2c"
+        );
+        let (one, other) = (new_launch(), new_launch());
+        assert_eq!(one.len(), 6);
+        assert!(one.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(one, other, "each launch is named apart");
         let filter = label_filter("inst-1", Some(&id));
         assert_eq!(
             filter["label"],

@@ -14,6 +14,7 @@
 //! - [`image`]: images present or missing, and building the runtime image
 //!   from the static binary (nothing is pulled);
 //! - [`platform`]: the `Platform` implementation;
+//! - [`tail`]: the last words of running containers, kept as they come;
 //! - [`daemon`]: `draas docker-daemon`, which reports an engine's DRaaS
 //!   containers to a control plane that no worker of that engine serves.
 
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod events;
 pub mod image;
 pub mod platform;
+pub mod tail;
 
 use std::path::PathBuf;
 

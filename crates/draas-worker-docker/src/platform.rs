@@ -25,6 +25,7 @@ use crate::container::{self, Plan, INSTALLATION, INSTANCE};
 use crate::engine::Engine;
 use crate::events::ExitEvents;
 use crate::image;
+use crate::tail::Tails;
 use crate::DockerSettings;
 
 /// How long a stopped container may take to report its `die`.
@@ -48,6 +49,8 @@ pub struct DockerPlatform {
     settings: DockerSettings,
     installation: String,
     events: ExitEvents,
+    /// The last words of the running containers, as they write them.
+    tails: Tails,
     /// Serialises builds of the default image (many starts may find it
     /// missing at once).
     building: tokio::sync::Mutex<()>,
@@ -97,6 +100,7 @@ impl DockerPlatform {
             settings,
             installation,
             events,
+            tails: Tails::default(),
             building: tokio::sync::Mutex::new(()),
         }
     }
@@ -182,51 +186,39 @@ impl DockerPlatform {
     /// Removes every container of instance `id`.
     async fn remove_containers(&self, id: &InstanceId) -> Result<(), DriverError> {
         for container in self.containers_of(id).await? {
-            self.events.forget(&container);
-            match self
-                .docker()
-                .remove_container(
-                    &container,
-                    Some(
-                        RemoveContainerOptionsBuilder::default()
-                            .force(true)
-                            .v(true)
-                            .build(),
-                    ),
-                )
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) if is_removal_in_progress(&e) => self.until_gone(&container).await?,
-                Err(e) => return Err(engine_error("cannot remove a container", e)),
-            }
+            self.stop_watching(&container);
+            remove_container(self.docker(), &container).await?;
         }
         Ok(())
     }
 
-    /// Waits (bounded) until `container` no longer exists.
-    async fn until_gone(&self, container: &str) -> Result<(), DriverError> {
-        let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
-        loop {
-            match self
-                .docker()
-                .inspect_container(container, None::<InspectContainerOptions>)
-                .await
-            {
-                Err(e) if is_not_found(&e) => return Ok(()),
-                Err(e) => return Err(engine_error("cannot inspect a container being removed", e)),
-                Ok(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(DriverError::new(
-                        ErrorCode::PlatformError,
-                        format!(
-                            "container {container} was still being removed after {REMOVAL_WAIT:?}"
-                        ),
-                    ))
-                }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+    /// Removes what earlier launches of `id` left (the container that just
+    /// ended, or one of a launch that failed) while the next one starts
+    /// under a name of its own: the engine may still be handling the old
+    /// one's exit, and a restart must not wait for that. What is not
+    /// removed now is by the next launch or the instance's deletion.
+    fn remove_in_background(&self, id: &InstanceId, earlier: Vec<String>) {
+        if earlier.is_empty() {
+            return;
         }
+        for container in &earlier {
+            self.stop_watching(container);
+        }
+        let docker = self.docker().clone();
+        let instance = id.clone();
+        tokio::spawn(async move {
+            for container in earlier {
+                if let Err(e) = remove_container(&docker, &container).await {
+                    warn!(instance = %instance, "cannot remove an earlier container: {}", e.message);
+                }
+            }
+        });
+    }
+
+    /// Forgets `container`'s exit and output.
+    fn stop_watching(&self, container: &str) {
+        self.events.forget(container);
+        self.tails.forget(container);
     }
 
     /// The volume of `id`'s `./data`, created if missing.
@@ -300,6 +292,7 @@ impl DockerPlatform {
         spec: &StartSpec,
         image: &str,
         facts: &image::ImageFacts,
+        name: &str,
     ) -> Result<(String, ExitWatch), DriverError> {
         // The bundled runtime (an image DRaaS built) reads its configuration
         // from the environment, which spares the upload (about 60 ms).
@@ -315,11 +308,10 @@ impl DockerPlatform {
             publish_address: &self.settings.publish_address,
             config_in_env,
         });
-        let name = container::container_name(&spec.name, id);
         let created = self
             .docker()
             .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                Some(CreateContainerOptionsBuilder::default().name(name).build()),
                 body,
             )
             .await
@@ -360,6 +352,55 @@ impl DockerPlatform {
     }
 }
 
+/// Removes `container` (running or not), waiting for a removal someone
+/// else started.
+async fn remove_container(docker: &Docker, container: &str) -> Result<(), DriverError> {
+    match docker
+        .remove_container(
+            container,
+            Some(
+                RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build(),
+            ),
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) if is_removal_in_progress(&e) => until_gone(docker, container).await,
+        Err(e) => Err(engine_error("cannot remove a container", e)),
+    }
+}
+
+/// Waits (bounded) until `container` no longer exists.
+async fn until_gone(docker: &Docker, container: &str) -> Result<(), DriverError> {
+    let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+    loop {
+        match docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+        {
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(engine_error("cannot inspect a container being removed", e)),
+            Ok(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(DriverError::new(
+                    ErrorCode::PlatformError,
+                    format!("container {container} was still being removed after {REMOVAL_WAIT:?}"),
+                ))
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+impl Drop for DockerPlatform {
+    fn drop(&mut self) {
+        self.tails.forget_all();
+    }
+}
+
 #[async_trait]
 impl Platform for DockerPlatform {
     type Record = ContainerRecord;
@@ -387,11 +428,16 @@ impl Platform for DockerPlatform {
             .docker()
             .image
             .unwrap_or_else(|| self.settings.default_image.clone());
-        let facts = self.ensure_image(&image).await?;
-        // What an earlier, failed launch of the instance may have left.
-        self.remove_containers(id).await?;
-        self.ensure_volume(id).await?;
-        let (container, exit) = self.create_and_start(id, spec, &image, &facts).await?;
+        let (facts, earlier, _volume) = tokio::try_join!(
+            self.ensure_image(&image),
+            self.containers_of(id),
+            self.ensure_volume(id),
+        )?;
+        self.remove_in_background(id, earlier);
+        let name = container::container_name(&spec.name, id, &container::new_launch());
+        let (container, exit) = self
+            .create_and_start(id, spec, &image, &facts, &name)
+            .await?;
         let port = match self.published_port(&container, spec.api_port).await {
             Ok(port) => port,
             Err(e) => {
@@ -401,11 +447,12 @@ impl Platform for DockerPlatform {
         };
         let published = &self.engine.published_host;
         let advertised = self.settings.advertise_host.as_deref().unwrap_or(published);
+        self.tails.follow(self.docker(), &container);
         info!(instance = %id, container = %&container[..12.min(container.len())], port, "container started");
         Ok(Launched {
             record: ContainerRecord {
                 container_id: container.clone(),
-                name: container::container_name(&spec.name, id),
+                name,
                 image,
             },
             handle: container,
@@ -437,6 +484,7 @@ impl Platform for DockerPlatform {
             return None;
         }
         let exit = self.events.watch(&record.container_id).await;
+        self.tails.follow(self.docker(), &record.container_id);
         Some((record.container_id.clone(), exit))
     }
 
@@ -496,6 +544,12 @@ impl Platform for DockerPlatform {
         record: &ContainerRecord,
         starting: bool,
     ) -> String {
+        if !starting {
+            // A crash: the words were kept as they came (see `tail`).
+            if let Some(lines) = self.tails.last_lines(&record.container_id) {
+                return lines.join("\n").trim().to_string();
+            }
+        }
         let stderr = self
             .log_lines(&record.container_id, LogStream::Stderr, 10)
             .await
