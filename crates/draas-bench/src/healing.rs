@@ -389,93 +389,113 @@ fn row(what: &str, samples: &[Duration], floor: Duration) {
 }
 
 /// Runs the healing benchmarks and prints Markdown.
+/// One platform's part of the healing benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The runtime's own start as a process, and DRaaS's Process platform.
+    Process,
+    /// The runtime's own start as a container, and DRaaS's Docker platform.
+    Docker,
+}
+
 pub async fn run(
     draas: &Path,
     runtime: &Path,
     kills: usize,
     docker_kills: usize,
     fleet: usize,
+    only: Option<Only>,
 ) -> anyhow::Result<()> {
     let engine = draas_worker_docker::Engine::connect(None, Duration::from_secs(10)).await?;
     let docker = engine.docker.clone();
     draas_worker_docker::image::build_runtime_image(&docker, runtime, IMAGE).await?;
-
-    let own = runtime_start(runtime, kills).await?;
-    let floor = Summary::of(&own).p50;
-    let own_container = container_start(&docker, kills).await?;
-    let container_floor = Summary::of(&own_container).p50;
-
-    let process = {
-        let up = DraasUp::start_with(
-            draas,
-            runtime,
-            "27000-27499",
-            &["--docker", "off", "--reconcile", "on"],
-        )
-        .await?;
-        let id = healing_instance(&up, "Process", pipeline()).await?;
-        let samples = under_draas(&up, &id, Platform::Process, kills).await;
-        // Servers outlive `draas up` (to be re-adopted): delete it.
-        let _ = up.delete(&id).await;
-        samples?
-    };
-    let in_docker = {
-        let up = DraasUp::start_with(
-            draas,
-            runtime,
-            "27500-27999",
-            &[
-                "--docker",
-                "on",
-                "--docker-image",
-                IMAGE,
-                "--reconcile",
-                "on",
-            ],
-        )
-        .await?;
-        let mut configuration = pipeline();
-        configuration["host"] = json!("0.0.0.0");
-        configuration["port"] = json!(8080);
-        let id = healing_instance(&up, "Docker", configuration).await?;
-        let samples = under_draas(&up, &id, Platform::Docker(&docker), kills).await;
-        let _ = up.delete(&id).await;
-        samples?
-    };
-    let supervisord = under_supervisord(runtime, kills).await?;
-    let docker_policy = under_docker_policy(&docker, docker_kills).await?;
+    let process_part = only != Some(Only::Docker);
+    let docker_part = only != Some(Only::Process);
 
     println!("### Self-healing: kill -9 → `/health` answering again (same runtime, same configuration, one run)\n");
     println!("| | runs | p50 | p99 | max | p50 vs the runtime's own start there |");
     println!("|---|---|---|---|---|---|");
-    row(
-        "the runtime's own start as a process (spawn → `/health`): the floor",
-        &own,
-        floor,
-    );
-    row(
-        "**DRaaS, Process** (`draas up`, reconciler)",
-        &process,
-        floor,
-    );
-    row("supervisord `autorestart=true`", &supervisord, floor);
-    row(
-        "the runtime's own start as a container (Engine API create + start → `/health`): the floor",
-        &own_container,
-        container_floor,
-    );
-    row(
-        "**DRaaS, Docker** (`draas up --docker on`, reconciler)",
-        &in_docker,
-        container_floor,
-    );
-    row(
-        "Docker `--restart on-failure` (each kill after 11 s)",
-        &docker_policy,
-        container_floor,
-    );
+    if process_part {
+        let own = runtime_start(runtime, kills).await?;
+        let floor = Summary::of(&own).p50;
+        let process = {
+            let up = DraasUp::start_with(
+                draas,
+                runtime,
+                "27000-27499",
+                &["--docker", "off", "--reconcile", "on"],
+            )
+            .await?;
+            let id = healing_instance(&up, "Process", pipeline()).await?;
+            let samples = under_draas(&up, &id, Platform::Process, kills).await;
+            // Servers outlive `draas up` (to be re-adopted): delete it.
+            let _ = up.delete(&id).await;
+            samples?
+        };
+        row(
+            "the runtime's own start as a process (spawn → `/health`): the floor",
+            &own,
+            floor,
+        );
+        row(
+            "**DRaaS, Process** (`draas up`, reconciler)",
+            &process,
+            floor,
+        );
+        if only.is_none() {
+            let supervisord = under_supervisord(runtime, kills).await?;
+            row("supervisord `autorestart=true`", &supervisord, floor);
+        }
+    }
+    if docker_part {
+        let own_container = container_start(&docker, kills).await?;
+        let container_floor = Summary::of(&own_container).p50;
+        let in_docker = {
+            let up = DraasUp::start_with(
+                draas,
+                runtime,
+                "27500-27999",
+                &[
+                    "--docker",
+                    "on",
+                    "--docker-image",
+                    IMAGE,
+                    "--reconcile",
+                    "on",
+                ],
+            )
+            .await?;
+            let mut configuration = pipeline();
+            configuration["host"] = json!("0.0.0.0");
+            configuration["port"] = json!(8080);
+            let id = healing_instance(&up, "Docker", configuration).await?;
+            let samples = under_draas(&up, &id, Platform::Docker(&docker), kills).await;
+            let _ = up.delete(&id).await;
+            samples?
+        };
+        row(
+            "the runtime's own start as a container (Engine API create + start → `/health`): the floor",
+            &own_container,
+            container_floor,
+        );
+        row(
+            "**DRaaS, Docker** (`draas up --docker on`, reconciler)",
+            &in_docker,
+            container_floor,
+        );
+        if only.is_none() {
+            let docker_policy = under_docker_policy(&docker, docker_kills).await?;
+            row(
+                "Docker `--restart on-failure` (each kill after 11 s)",
+                &docker_policy,
+                container_floor,
+            );
+        }
+    }
     println!();
-
+    if only.is_some() {
+        return Ok(());
+    }
     convergence(draas, runtime, fleet).await
 }
 

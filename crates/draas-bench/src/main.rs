@@ -110,6 +110,11 @@ enum Bench {
         /// Instances of the convergence figure.
         #[arg(long, default_value_t = 100)]
         fleet: usize,
+        /// Measure one platform only: its floor and DRaaS on it, without
+        /// the other systems and the fleet (for quick comparisons; the
+        /// published figures come from a full run).
+        #[arg(long, value_enum)]
+        only: Option<healing::Only>,
     },
     /// Kubernetes platform: start→Running against a bare server-side apply
     /// of the same objects, and the API requests per operation (needs the
@@ -160,10 +165,11 @@ async fn main() -> anyhow::Result<()> {
             kills,
             docker_kills,
             fleet,
+            only,
         } => {
             let draas = or_sibling(draas, "draas")?;
             let runtime = or_sibling(runtime, "draas-runtime")?;
-            healing::run(&draas, &runtime, kills, docker_kills, fleet).await
+            healing::run(&draas, &runtime, kills, docker_kills, fleet, only).await
         }
         Bench::ControlPlane {
             draas,
