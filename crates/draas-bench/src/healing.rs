@@ -150,6 +150,52 @@ async fn runtime_start(runtime: &Path, runs: usize) -> anyhow::Result<Vec<Durati
     Ok(samples)
 }
 
+/// A bare supervisor: a loop that starts the runtime again the moment it
+/// exits (wait, spawn; nothing recorded anywhere), timed like the others
+/// from the kill to `/health`. What no supervisor can beat: the kernel's
+/// teardown of the killed process, then the runtime's own start.
+async fn bare_respawn(runtime: &Path, kills: usize) -> anyhow::Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let port = draas_testkit::free_port();
+    let config = config_file(dir.path(), port)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let (pids, spawned) = std::sync::mpsc::channel::<u32>();
+    let (runtime, workdir) = (runtime.to_path_buf(), dir.path().to_path_buf());
+    let supervisor = std::thread::spawn(move || -> anyhow::Result<()> {
+        for _ in 0..=kills {
+            let mut child = Command::new(&runtime)
+                .current_dir(&workdir)
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("spawn the runtime")?;
+            pids.send(child.id())?;
+            child.wait()?;
+        }
+        Ok(())
+    });
+    let client = reqwest::Client::new();
+    let mut samples = Vec::new();
+    let next = || {
+        spawned
+            .recv_timeout(Duration::from_secs(30))
+            .context("the bare supervisor stopped spawning")
+            .and_then(|pid| Ok(i32::try_from(pid)?))
+    };
+    for _ in 0..kills {
+        let pid = next()?;
+        until_ready(&client, &base, Duration::from_secs(30)).await?;
+        samples.push(time_healing(&client, pid, || std::future::ready(Some(base.clone()))).await?);
+    }
+    let _ = kill(Pid::from_raw(next()?), Signal::SIGKILL);
+    supervisor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bare supervisor panicked"))??;
+    Ok(samples)
+}
+
 /// The runtime's own start in a container: create and start through the
 /// Engine API → `/health` on the published port.
 async fn container_start(docker: &Docker, runs: usize) -> anyhow::Result<Vec<Duration>> {
@@ -435,6 +481,12 @@ pub async fn run(
         row(
             "the runtime's own start as a process (spawn → `/health`): the floor",
             &own,
+            floor,
+        );
+        let bare = bare_respawn(runtime, kills).await?;
+        row(
+            "a bare respawn loop (wait → spawn, nothing recorded): the least a supervisor can take",
+            &bare,
             floor,
         );
         row(
