@@ -354,6 +354,15 @@ async fn a_store_outage_yields_an_error_reply_never_a_false_success() {
     driver.script.lock().unwrap().hold_starts = true;
     let pending = rig.spawn_send(start(&id));
     until("the start to run", || driver.count("start") == 1).await;
+    // `Starting` is recorded while the server launches: the outage comes
+    // after it, at the end of the start.
+    for _ in 0..100 {
+        if rig.state(&id).await == ActualState::Starting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.state(&id).await, ActualState::Starting);
     rig.store.fail(true);
     driver.release();
     let reply = pending.await.unwrap();
@@ -436,5 +445,23 @@ async fn over_a_bus_that_never_redelivers_nothing_is_claimed_and_outages_still_f
         0,
         "not stopped when Stopping cannot be recorded"
     );
+
+    // A start whose `Starting` cannot be recorded (it is recorded while the
+    // server launches): the server is stopped again, and the reply says so.
+    let other = rig.instance().await;
+    rig.store.fail(true);
+    let reply = request(start(&other)).await;
+    rig.store.fail(false);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::StoreUnavailable),
+        "{reply:?}"
+    );
+    assert!(
+        matches!(&reply.outcome, Outcome::Error { message, .. } if message.contains("stopped again")),
+        "{reply:?}"
+    );
+    assert_eq!(driver.count("start"), 2, "it was launched");
+    assert_eq!(driver.count("stop"), 1, "and stopped again");
     shutdown.cancel();
 }

@@ -9,7 +9,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{processes_in, redis, serve, wait_workers, workdir, WorkerProcess};
+use common::cluster::{
+    processes_in, redis, serve, serve_with, wait_workers, workdir, WorkerProcess,
+};
 use common::{alive, counter_pipeline, port_range, Api, Reaper};
 use draas_testkit::redis_server::RedisServer;
 use draas_testkit::wait_for;
@@ -216,7 +218,17 @@ async fn two_workers_execute_each_of_200_start_commands_exactly_once() {
     let _reaper = Reaper(dir.path().to_path_buf());
     let redis = redis(dir.path());
     let range = common::port_block(1000);
-    let api = serve(dir.path(), "serve", &redis, &range).await;
+    // 600 requests in a few seconds from one key: the rate limit is not
+    // what this test is about.
+    let api = serve_with(
+        dir.path(),
+        "serve",
+        &redis,
+        &range,
+        draas_testkit::free_port(),
+        &["--reconcile", "off", "--rate-limit", "0"],
+    )
+    .await;
     let w1 = WorkerProcess::start(dir.path(), "w1", &redis, &[]);
     let w2 = WorkerProcess::start(dir.path(), "w2", &redis, &[]);
     wait_workers(&api, 2).await;
