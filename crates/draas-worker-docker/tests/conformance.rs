@@ -229,3 +229,67 @@ async fn the_docker_driver_passes_the_driver_conformance_suite() {
 async fn the_docker_driver_passes_it_with_configurations_uploaded_as_files() {
     suite(false).await;
 }
+
+/// A container's last words are known the moment it ends: its error output
+/// is followed while it runs (a crash report then needs no question to the
+/// engine, which answers slowly while it is still handling the exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_last_words_are_kept_as_it_writes_them() {
+    const TAILS_IMAGE: &str = "draas-runtime:tails-test";
+    let engine = Engine::connect(None, Duration::from_secs(10))
+        .await
+        .expect("the Docker engine (the test command starts it)");
+    let docker = engine.docker.clone();
+    draas_worker_docker::image::build_runtime_image(
+        &docker,
+        &draas_testkit::workspace_binary("draas-runtime"),
+        TAILS_IMAGE,
+    )
+    .await
+    .expect("build the runtime image");
+    let name = format!("draas-tails-test-{}", uuid::Uuid::new_v4().simple());
+    // The runtime told to read a configuration that is not there: it says
+    // so on its error output, then exits.
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            ContainerCreateBody {
+                image: Some(TAILS_IMAGE.into()),
+                cmd: Some(vec!["--config".into(), "/nowhere.yaml".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    docker
+        .start_container(&created.id, None::<StartContainerOptions>)
+        .await
+        .expect("start");
+    let tails = draas_worker_docker::tail::Tails::default();
+    tails.follow(&docker, &created.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let words = loop {
+        let lines = tails.last_lines(&created.id).expect("followed");
+        if lines.iter().any(|l| l.contains("/nowhere.yaml")) {
+            break lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the error never came: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        words.iter().any(|l| l.contains("cannot read config file")),
+        "{words:?}"
+    );
+    assert!(words.len() <= draas_worker_docker::tail::KEPT_LINES);
+    tails.forget(&created.id);
+    assert_eq!(tails.last_lines(&created.id), None, "forgotten");
+    let _ = docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+}
