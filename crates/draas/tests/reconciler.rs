@@ -77,6 +77,53 @@ async fn a_killed_server_runs_again_without_anyone_asking() {
     assert_eq!(draas.state(&id).await, "Stopped");
 }
 
+/// A restart step that the instance's restart policy, as stored, does not
+/// allow is refused, whoever sends it: a reconciler may plan a crash from a
+/// copy of the instance it kept, and the control plane has the last word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_its_policy_does_not_allow_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let draas = Draas::up_with_args(dir.path(), RECONCILE).await;
+    let (id, instance) = running(
+        &draas,
+        json!({"name": "never", "platformType": "Process", "restartPolicy": {"policy": "never"}}),
+    )
+    .await;
+    let pid = server_pid(&instance).expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    draas
+        .until(&id, Duration::from_secs(10), |i| {
+            i["status"]["state"] == "Failed"
+        })
+        .await;
+    let (status, refused) = draas
+        .post(
+            &format!("/api/server/instances/{id}/reconcile"),
+            Some(json!({"action": "recover", "restartCount": 0})),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("STALE_PLAN")),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restart policy"),
+        "{refused}"
+    );
+    let (_, after) = draas.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(after["status"]["state"], "Failed", "{after}");
+    assert_eq!(after["status"]["restartCount"], 0, "{after}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loop_backs_off_longer_each_time_and_stops_at_the_limit() {
     let dir = tempfile::tempdir().expect("tempdir");

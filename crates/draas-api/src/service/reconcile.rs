@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId};
 use draas_core::messages::Command;
-use draas_core::restart::LastFailure;
+use draas_core::restart::{LastFailure, RestartMode};
 use serde::Deserialize;
 
 use super::ControlPlane;
@@ -61,7 +61,9 @@ fn stale(detail: String) -> ApiError {
 }
 
 /// Whether `instance` is still as a restart step was planned: meant to run,
-/// failed (or stopped), `restart_count` restarts in a row.
+/// failed (or stopped), `restart_count` restarts in a row, and its restart
+/// policy (as stored now: a reconciler may plan from a copy it keeps)
+/// restarts it.
 fn still_failed(instance: &Instance, restart_count: u32) -> ApiResult<()> {
     let status = &instance.status;
     if instance.desired_state != DesiredState::Running
@@ -71,6 +73,18 @@ fn still_failed(instance: &Instance, restart_count: u32) -> ApiResult<()> {
         return Err(stale(format!(
             "the instance is now {:?} (desired {:?}) after {} restarts in a row; the plan saw it failed after {restart_count}",
             status.state, instance.desired_state, status.restart_count
+        )));
+    }
+    let policy = &instance.restart_policy;
+    let restarts = match (policy.policy, status.state) {
+        (RestartMode::Never, _) => false,
+        (RestartMode::OnFailure, ActualState::Stopped) => false,
+        _ => !policy.exhausted(restart_count),
+    };
+    if !restarts {
+        return Err(stale(format!(
+            "its restart policy ({:?}, at most {} restarts in a row) does not restart it {:?} after {restart_count}",
+            policy.policy, policy.max_restarts, status.state
         )));
     }
     Ok(())
