@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use draas_core::instance::{Instance, InstanceId};
 use draas_core::lease::{Lease, FENCING_TOKEN_HEADER};
+use draas_core::messages::Event;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
+use crate::cursor::Named;
 use crate::plan::Action;
 
 /// What went wrong talking to the control plane.
@@ -220,13 +222,12 @@ impl ControlPlaneClient {
             .json(&body)
     }
 
-    /// The ids of instances that events name, from the event stream
-    /// (resumed after `last_event` when given); each item also carries the
-    /// event's cursor. Ends when the connection does.
+    /// The instances that events name, from the event stream (resumed
+    /// after `last_event` when given). Ends when the connection does.
     pub async fn instance_events(
         &self,
         last_event: Option<&str>,
-    ) -> Result<impl Stream<Item = (String, Option<String>)>, ClientError> {
+    ) -> Result<impl Stream<Item = Named>, ClientError> {
         // The stream lives as long as the connection: no overall timeout.
         let mut request = self
             .streams
@@ -247,9 +248,17 @@ impl ControlPlaneClient {
             .filter_map(|e| async move {
                 let event = e.ok()?;
                 let data: Value = serde_json::from_str(&event.data).ok()?;
-                let id = data["event"]["instanceId"].as_str()?.to_string();
+                let instance = data["event"]["instanceId"].as_str()?.to_string();
                 let cursor = (!event.id.is_empty()).then_some(event.id);
-                Some((id, cursor))
+                let change = match serde_json::from_value::<Event>(data["event"].clone()) {
+                    Ok(Event::InstanceStatusChanged(change)) => Some(change),
+                    _ => None,
+                };
+                Some(Named {
+                    instance,
+                    cursor,
+                    change,
+                })
             }))
     }
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use draas_core::messages::StatusChange;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,8 @@ pub struct Named {
     pub instance: String,
     /// The event's cursor (resume after it).
     pub cursor: Option<String>,
+    /// The change of its actual state, when the event is one.
+    pub change: Option<StatusChange>,
 }
 
 /// Longest cursor accepted from a file (they are short stream ids).
@@ -94,11 +97,11 @@ pub async fn follow_events(
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         next = stream.next() => match next {
-                            Some((instance, seen)) => {
-                                if seen.is_some() {
-                                    cursor.clone_from(&seen);
+                            Some(event) => {
+                                if event.cursor.is_some() {
+                                    cursor.clone_from(&event.cursor);
                                 }
-                                if named.send(Named { instance, cursor: seen }).is_err() {
+                                if named.send(event).is_err() {
                                     return;
                                 }
                             }

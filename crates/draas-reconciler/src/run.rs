@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use draas_core::instance::{Instance, InstanceId};
+use draas_core::messages::StatusChange;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
@@ -100,6 +101,7 @@ pub async fn run(
         steps: JoinSet::new(),
         fence: None,
         unplanned: HashSet::new(),
+        known: HashMap::new(),
     };
     let every = settings.full_pass_every;
     let mut full_pass = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -138,8 +140,8 @@ pub async fn run(
                 }
             }
             _ = full_pass.tick() => state.full_pass().await,
-            Some(Named { instance, cursor: seen }) = names.recv() => {
-                state.look_at(instance).await;
+            Some(Named { instance, cursor: seen, change }) = names.recv() => {
+                state.on_event(instance, change).await;
                 if seen.is_some() {
                     cursor = seen;
                     unsaved = true;
@@ -195,6 +197,9 @@ struct Loop {
     /// lease: planned when it gets it after resuming from a cursor (else a
     /// full pass covers them).
     unplanned: HashSet<String>,
+    /// Each instance as last read (by a full pass or a look), so that a
+    /// crash can be answered from its event without reading it again.
+    known: HashMap<String, Instance>,
 }
 
 impl Loop {
@@ -206,12 +211,35 @@ impl Loop {
         self.unplanned.clear();
         match self.client.instances().await {
             Ok(all) => {
+                // What is not listed any more is not kept either.
+                self.known.clear();
                 for instance in all {
                     self.consider(instance);
                 }
             }
             Err(e) => warn!("reconciler: full pass skipped: {e}"),
         }
+    }
+
+    /// Plans the instance an event named. A crash of an instance read a
+    /// moment ago is answered from the event (the copy read then, with the
+    /// new status): that spares a read of the instance on the way to the
+    /// restart. The control plane checks the step against the instance as
+    /// stored (state, restarts in a row, restart policy), so a copy that is
+    /// out of date only costs a refused step and a fresh read. Anything
+    /// else is read first.
+    async fn on_event(&mut self, id: String, change: Option<StatusChange>) {
+        if self.fence.is_some() && !self.busy.contains(&id) {
+            let known = self.known.get(&id).cloned();
+            if let Some(instance) = known.zip(change).and_then(|(i, c)| with_change(i, &c)) {
+                let restart = plan(&instance, Utc::now(), &self.settings.plan);
+                if matches!(restart, Decision::Act(Action::Recover { .. })) {
+                    self.consider(instance);
+                    return;
+                }
+            }
+        }
+        self.look_at(id).await;
     }
 
     /// Reads instance `id` and plans it.
@@ -225,7 +253,10 @@ impl Loop {
         }
         match self.client.instance(&id).await {
             Ok(instance) => self.consider(instance),
-            Err(ClientError::Gone(_)) => self.forget(&id),
+            Err(ClientError::Gone(_)) => {
+                self.known.remove(&id);
+                self.forget(&id);
+            }
             Err(e) => debug!(instance = %id, "reconciler: cannot read it: {e}"),
         }
     }
@@ -244,6 +275,7 @@ impl Loop {
     /// Plans `instance` and starts its step, or its wait.
     fn consider(&mut self, instance: Instance) {
         let id = instance.id.as_str().to_string();
+        self.known.insert(id.clone(), instance.clone());
         let Some(fence) = self.fence else { return };
         if self.busy.contains(&id) {
             return;
@@ -277,6 +309,21 @@ impl Loop {
     }
 }
 
+/// `instance` with its status as `change` says, if the change is not older
+/// than what the copy saw.
+fn with_change(mut instance: Instance, change: &StatusChange) -> Option<Instance> {
+    if change.instance_id != instance.id || change.timestamp < instance.status.updated_at {
+        return None;
+    }
+    let status = &mut instance.status;
+    status.state = change.new;
+    status.reason = change.reason;
+    status.message.clone_from(&change.message);
+    status.observed_generation = change.generation;
+    status.updated_at = change.timestamp;
+    Some(instance)
+}
+
 async fn execute(client: &ControlPlaneClient, id: &InstanceId, action: &Action, fence: u64) {
     match client.act(id, action, Some(fence)).await {
         Ok(()) => info!(instance = %id, ?action, fence, "reconciled"),
@@ -290,5 +337,80 @@ async fn execute(client: &ControlPlaneClient, id: &InstanceId, action: &Action, 
         // The step failed (the server did not start, no live worker): the
         // record says so, and the next plan answers it.
         Err(e) => warn!(instance = %id, ?action, "reconcile step failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, TimeZone};
+    use draas_core::instance::{
+        ActualState, DesiredState, InstanceConfiguration, InstanceStatus, PlatformType, Reason,
+        ServerConfiguration,
+    };
+    use draas_core::restart::{RestartPolicy, UpdateStrategy};
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_790_000_000_000 + ms).unwrap()
+    }
+
+    fn running() -> Instance {
+        let mut status = InstanceStatus::created(at(0));
+        status.state = ActualState::Running;
+        status.observed_generation = 1;
+        Instance {
+            id: InstanceId::generate(),
+            name: "i".into(),
+            description: String::new(),
+            platform_type: PlatformType::Process,
+            created_at: at(0),
+            updated_at: at(0),
+            desired_state: DesiredState::Running,
+            generation: 1,
+            server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
+            configuration: InstanceConfiguration::empty("127.0.0.1", 9000),
+            restart_policy: RestartPolicy::default(),
+            update_strategy: UpdateStrategy::default(),
+            status,
+            runtime: None,
+        }
+    }
+
+    fn crash(instance: &Instance, when: DateTime<Utc>) -> StatusChange {
+        StatusChange {
+            cursor: 7,
+            instance_id: instance.id.clone(),
+            old: Some(ActualState::Running),
+            new: ActualState::Failed,
+            reason: Some(Reason::KilledBySignal),
+            message: Some("the server was killed by signal 9 (SIGKILL)".into()),
+            source: "w1".into(),
+            generation: 1,
+            timestamp: when,
+        }
+    }
+
+    #[test]
+    fn a_crash_event_turns_the_known_copy_into_one_the_planner_restarts() {
+        let known = running();
+        let settings = PlanSettings::default();
+        assert_eq!(plan(&known, at(10), &settings), Decision::Nothing);
+        let crashed = with_change(known.clone(), &crash(&known, at(5))).expect("newer");
+        assert_eq!(crashed.status.state, ActualState::Failed);
+        assert_eq!(crashed.status.reason, Some(Reason::KilledBySignal));
+        assert_eq!(crashed.status.updated_at, at(5));
+        assert_eq!(
+            plan(&crashed, at(10), &settings),
+            Decision::Act(Action::Recover { restarts: 0 })
+        );
+    }
+
+    #[test]
+    fn an_older_change_or_another_instances_is_not_applied() {
+        let mut known = running();
+        known.status.updated_at = at(100);
+        assert!(with_change(known.clone(), &crash(&known, at(50))).is_none());
+        let other = running();
+        assert!(with_change(known, &crash(&other, at(200))).is_none());
     }
 }
