@@ -784,24 +784,39 @@ async fn convergence(draas: &Path, runtime: &Path, fleet: usize) -> anyhow::Resu
         .await?
         .json()
         .await?;
+    let mut servers = Vec::new();
     for instance in all["items"].as_array().into_iter().flatten() {
-        if let Some(id) = instance["id"].as_str() {
-            let deleted = client
-                .delete(format!("{base}/api/server/instances/{id}"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            // Whatever the API said, leave no server behind.
-            if let Some(pid) = instance["runtime"]["handle"]["pid"].as_i64() {
-                if !deleted {
-                    eprintln!("could not delete {id}; killing its server");
-                }
-                if let Ok(pid) = i32::try_from(pid) {
-                    if alive(pid) {
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
-                }
-            }
+        let Some(id) = instance["id"].as_str() else {
+            continue;
+        };
+        let response = client
+            .delete(format!("{base}/api/server/instances/{id}"))
+            .send()
+            .await;
+        if !response.as_ref().is_ok_and(|r| r.status().is_success()) {
+            eprintln!("could not delete {id}: {response:?}");
+        }
+        if let Some(pid) = instance["runtime"]["handle"]["pid"]
+            .as_i64()
+            .and_then(|pid| i32::try_from(pid).ok())
+        {
+            servers.push(pid);
+        }
+    }
+    // Whatever the API said, leave no server behind: a stray fleet would
+    // load the machine for every later measurement (and hold its ports).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while servers.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<i32> = servers.into_iter().filter(|pid| alive(*pid)).collect();
+    if !left.is_empty() {
+        eprintln!(
+            "{} servers outlived their deletion; killing them",
+            left.len()
+        );
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
     drop(worker);
