@@ -16,6 +16,8 @@
 //! append and are never reused, so a reader that remembers a cursor can ask
 //! for what came after it and learn when entries it missed were dropped.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -371,12 +373,35 @@ pub enum CasError<E> {
     },
 }
 
+/// The longest pause between two rounds of [`read_modify_write`].
+pub const RETRY_PAUSE_CAP: Duration = Duration::from_millis(5);
+
+/// A random pause before round `round` (from 1): up to 100 µs doubled per
+/// round lost, at most [`RETRY_PAUSE_CAP`] ("full jitter").
+fn retry_pause(round: usize) -> Duration {
+    let ceiling = Duration::from_micros(100)
+        .saturating_mul(1u32 << round.min(16))
+        .min(RETRY_PAUSE_CAP);
+    let mut random = [0u8; 4];
+    // Without randomness the pause is the ceiling: still a pause.
+    let fraction = match getrandom::fill(&mut random) {
+        Ok(()) => f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX),
+        Err(_) => 1.0,
+    };
+    ceiling.mul_f64(fraction)
+}
+
 /// Reads `collection/key`, lets `change` decide what to write, and writes it
 /// with a compare-and-set on the revision read (or `Absent` when there was
 /// no record). When the record changed meanwhile, the whole round runs
 /// again on the fresh record, up to `attempts` times, so `change` must be a
 /// pure function of what it is given. This is the one read-modify-write
 /// loop of DRaaS: every writer that can race goes through it.
+///
+/// After a lost round it waits a random while (up to [`RETRY_PAUSE_CAP`],
+/// growing with the rounds lost) before reading again: without it, N
+/// writers that read together go on colliding, one winning per round, so
+/// the last needs N rounds (20 concurrent PATCHes exhausted 16 attempts).
 ///
 /// Returns `change`'s output and what each of its `also` writes did (an
 /// append's cursor, say; empty when nothing was written).
@@ -392,7 +417,10 @@ where
     T: Serialize + DeserializeOwned + Send,
     F: FnMut(Option<Record<T>>) -> Result<Change<T, O>, E> + Send,
 {
-    for _ in 0..attempts.max(1) {
+    for round in 0..attempts.max(1) {
+        if round > 0 {
+            tokio::time::sleep(retry_pause(round)).await;
+        }
         let current = store
             .get_json::<T>(collection, key)
             .await
@@ -443,4 +471,21 @@ where
         key: key.to_string(),
         attempts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_between_rounds_grows_with_the_rounds_lost_up_to_its_cap() {
+        for _ in 0..200 {
+            assert!(retry_pause(1) <= Duration::from_micros(200));
+            assert!(retry_pause(3) <= Duration::from_micros(800));
+            assert!(retry_pause(40) <= RETRY_PAUSE_CAP);
+        }
+        // Random, not a constant: 200 draws are not all alike.
+        let draws: std::collections::HashSet<Duration> = (0..200).map(|_| retry_pause(6)).collect();
+        assert!(draws.len() > 1);
+    }
 }
