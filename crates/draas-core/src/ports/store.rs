@@ -419,7 +419,7 @@ where
 {
     for round in 0..attempts.max(1) {
         if round > 0 {
-            tokio::time::sleep(retry_pause(round)).await;
+            futures_timer::Delay::new(retry_pause(round)).await;
         }
         let current = store
             .get_json::<T>(collection, key)
