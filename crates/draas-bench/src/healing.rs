@@ -137,6 +137,18 @@ fn config_file(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The bare runtime on `config`, run in `workdir`, its output discarded.
+fn spawn_runtime(runtime: &Path, workdir: &Path, config: &Path) -> anyhow::Result<Child> {
+    Command::new(runtime)
+        .current_dir(workdir)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn the runtime")
+}
+
 /// The runtime's own start: spawn → `/health`.
 async fn runtime_start(runtime: &Path, runs: usize) -> anyhow::Result<Vec<Duration>> {
     let client = reqwest::Client::new();
@@ -147,14 +159,7 @@ async fn runtime_start(runtime: &Path, runs: usize) -> anyhow::Result<Vec<Durati
         let config = config_file(dir.path(), port)?;
         let base = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
-        let mut child = Command::new(runtime)
-            .current_dir(dir.path())
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn the runtime")?;
+        let mut child = spawn_runtime(runtime, dir.path(), &config)?;
         while !healthy(&client, &base).await {
             if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
                 bail!("the runtime did not become healthy");
@@ -181,14 +186,7 @@ async fn bare_respawn(runtime: &Path, kills: usize) -> anyhow::Result<Vec<Durati
     let (runtime, workdir) = (runtime.to_path_buf(), dir.path().to_path_buf());
     let supervisor = std::thread::spawn(move || -> anyhow::Result<()> {
         for _ in 0..=kills {
-            let mut child = Command::new(&runtime)
-                .current_dir(&workdir)
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("spawn the runtime")?;
+            let mut child = spawn_runtime(&runtime, &workdir, &config)?;
             pids.send(child.id())?;
             child.wait()?;
         }
