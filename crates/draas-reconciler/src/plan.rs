@@ -205,7 +205,7 @@ fn jitter(instance: &Instance, restarts: u32) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use draas_core::instance::{
         InstanceConfiguration, InstanceId, InstanceStatus, PlatformType, ServerConfiguration,
@@ -230,13 +230,15 @@ mod tests {
         RestartMode::Always,
     ];
 
-    fn t0() -> DateTime<Utc> {
+    /// A fixed instant the fixtures start from.
+    pub(crate) fn t0() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
     }
 
-    fn instance(desired: DesiredState, state: ActualState) -> Instance {
+    /// An instance at generation 1, observed, `desired` and in `state`.
+    pub(crate) fn instance(desired: DesiredState, state: ActualState) -> Instance {
         let mut status = InstanceStatus::created(t0());
         status.state = state;
         status.observed_generation = 1;
@@ -258,7 +260,8 @@ mod tests {
         }
     }
 
-    fn later(ms: i64) -> DateTime<Utc> {
+    /// `ms` milliseconds after [`t0`].
+    pub(crate) fn later(ms: i64) -> DateTime<Utc> {
         t0() + chrono::Duration::milliseconds(ms)
     }
 

@@ -343,37 +343,12 @@ async fn execute(client: &ControlPlaneClient, id: &InstanceId, action: &Action, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, TimeZone};
-    use draas_core::instance::{
-        ActualState, DesiredState, InstanceConfiguration, InstanceStatus, PlatformType, Reason,
-        ServerConfiguration,
-    };
-    use draas_core::restart::{RestartPolicy, UpdateStrategy};
-
-    fn at(ms: i64) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(1_790_000_000_000 + ms).unwrap()
-    }
+    use crate::plan::tests::{instance, later as at};
+    use chrono::DateTime;
+    use draas_core::instance::{ActualState, DesiredState, Reason};
 
     fn running() -> Instance {
-        let mut status = InstanceStatus::created(at(0));
-        status.state = ActualState::Running;
-        status.observed_generation = 1;
-        Instance {
-            id: InstanceId::generate(),
-            name: "i".into(),
-            description: String::new(),
-            platform_type: PlatformType::Process,
-            created_at: at(0),
-            updated_at: at(0),
-            desired_state: DesiredState::Running,
-            generation: 1,
-            server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
-            configuration: InstanceConfiguration::empty("127.0.0.1", 9000),
-            restart_policy: RestartPolicy::default(),
-            update_strategy: UpdateStrategy::default(),
-            status,
-            runtime: None,
-        }
+        instance(DesiredState::Running, ActualState::Running)
     }
 
     fn crash(instance: &Instance, when: DateTime<Utc>) -> StatusChange {
