@@ -380,6 +380,19 @@ impl Event {
             _ => INSTANCE_EVENTS,
         }
     }
+
+    /// The instance this event is about, if it is about one.
+    pub fn instance_id(&self) -> Option<&InstanceId> {
+        match self {
+            Event::InstanceStarted { instance_id, .. }
+            | Event::InstanceStopped { instance_id }
+            | Event::InstanceDeleted { instance_id }
+            | Event::InstanceFailed { instance_id, .. }
+            | Event::ConfigurationChanged { instance_id, .. } => Some(instance_id),
+            Event::InstanceStatusChanged(change) => Some(&change.instance_id),
+            Event::WorkerHeartbeat(_) | Event::Unknown => None,
+        }
+    }
 }
 
 /// One change of an instance's actual state: an entry of the status buffer

@@ -1,16 +1,20 @@
-//! The control plane as the reconciler sees it: its REST API and its event
-//! stream, nothing else (so the reconciler runs anywhere).
+//! The control plane's REST API and event stream as a
+//! [`ControlPlanePort`]: how a reconciler that runs alone (`draas
+//! reconcile`) reaches it, from anywhere.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use draas_core::instance::{Instance, InstanceId};
 use draas_core::lease::{Lease, FENCING_TOKEN_HEADER};
 use draas_core::messages::Event;
-use futures::{Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::cursor::Named;
 use crate::plan::Action;
+use crate::port::ControlPlanePort;
 
 /// What went wrong talking to the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +100,17 @@ impl ControlPlaneClient {
         format!("{}{path}", self.base)
     }
 
+    fn step(&self, id: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/api/server/instances/{id}/reconcile")))
+            .json(&body)
+    }
+}
+
+#[async_trait]
+impl ControlPlanePort for ControlPlaneClient {
     /// Every instance, page by page.
-    pub async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
+    async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
         let mut all = Vec::new();
         loop {
             let page: Value = answer(
@@ -127,7 +140,7 @@ impl ControlPlaneClient {
     }
 
     /// One instance.
-    pub async fn instance(&self, id: &str) -> Result<Instance, ClientError> {
+    async fn instance(&self, id: &str) -> Result<Instance, ClientError> {
         let value = answer(
             self.http
                 .get(self.url(&format!("/api/server/instances/{id}")))
@@ -145,31 +158,14 @@ impl ControlPlaneClient {
 
     /// Carries out `action` on instance `id`, fenced with the lease's
     /// `fence` token when this reconciler holds one.
-    pub async fn act(
+    async fn act(
         &self,
         id: &InstanceId,
         action: &Action,
         fence: Option<u64>,
     ) -> Result<(), ClientError> {
         let id = id.as_str();
-        let mut request = match action {
-            Action::Start { from } => self.step(id, json!({"action": "start", "state": from})),
-            Action::ScheduleRetry { at, restarts } => self.step(
-                id,
-                json!({"action": "scheduleRetry", "at": at, "restartCount": restarts}),
-            ),
-            Action::Recover { restarts } => {
-                self.step(id, json!({"action": "recover", "restartCount": restarts}))
-            }
-            Action::ResetRestarts { restarts } => self.step(
-                id,
-                json!({"action": "resetRestarts", "restartCount": restarts}),
-            ),
-            Action::ApplyConfiguration { generation } => self.step(
-                id,
-                json!({"action": "applyConfiguration", "generation": generation}),
-            ),
-        };
+        let mut request = self.step(id, step_body(action));
         if let Some(token) = fence {
             request = request.header(FENCING_TOKEN_HEADER, token);
         }
@@ -178,11 +174,7 @@ impl ControlPlaneClient {
 
     /// Claims or renews the reconciler lease for `holder`; `Ok(None)`
     /// while another holder has it.
-    pub async fn claim_lease(
-        &self,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, ClientError> {
+    async fn claim_lease(&self, holder: &str, ttl: Duration) -> Result<Option<Lease>, ClientError> {
         let response = self
             .http
             .post(self.url("/api/reconciler/lease"))
@@ -206,7 +198,7 @@ impl ControlPlaneClient {
 
     /// Gives the lease up (at shutdown), so another reconciler takes over
     /// at once.
-    pub async fn release_lease(&self, holder: &str) -> Result<(), ClientError> {
+    async fn release_lease(&self, holder: &str) -> Result<(), ClientError> {
         let response = self
             .http
             .delete(self.url("/api/reconciler/lease"))
@@ -216,18 +208,12 @@ impl ControlPlaneClient {
         answer(response, "the reconciler lease").await.map(|_| ())
     }
 
-    fn step(&self, id: &str, body: Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(self.url(&format!("/api/server/instances/{id}/reconcile")))
-            .json(&body)
-    }
-
     /// The instances that events name, from the event stream (resumed
     /// after `last_event` when given). Ends when the connection does.
-    pub async fn instance_events(
+    async fn instance_events(
         &self,
         last_event: Option<&str>,
-    ) -> Result<impl Stream<Item = Named>, ClientError> {
+    ) -> Result<BoxStream<'static, Named>, ClientError> {
         // The stream lives as long as the connection: no overall timeout.
         let mut request = self
             .streams
@@ -259,7 +245,27 @@ impl ControlPlaneClient {
                     cursor,
                     change,
                 })
-            }))
+            })
+            .boxed())
+    }
+}
+
+/// `action` as the control plane takes it: the body of `POST
+/// /api/server/instances/{id}/reconcile` (the reconciler built into the
+/// control plane hands the same step over in-process).
+pub fn step_body(action: &Action) -> Value {
+    match action {
+        Action::Start { from } => json!({"action": "start", "state": from}),
+        Action::ScheduleRetry { at, restarts } => {
+            json!({"action": "scheduleRetry", "at": at, "restartCount": restarts})
+        }
+        Action::Recover { restarts } => json!({"action": "recover", "restartCount": restarts}),
+        Action::ResetRestarts { restarts } => {
+            json!({"action": "resetRestarts", "restartCount": restarts})
+        }
+        Action::ApplyConfiguration { generation } => {
+            json!({"action": "applyConfiguration", "generation": generation})
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! change it has not seen instead of missing them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use draas_core::messages::StatusChange;
@@ -11,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::{ClientError, ControlPlaneClient};
+use crate::client::ClientError;
+use crate::port::ControlPlanePort;
 
 /// An instance an event named, with the event's cursor.
 #[derive(Debug, Clone)]
@@ -83,7 +85,7 @@ impl CursorFile {
 /// (from now when `None`), reconnecting from the last cursor seen whenever
 /// the stream ends (the control plane restarted, say).
 pub async fn follow_events(
-    client: ControlPlaneClient,
+    client: Arc<dyn ControlPlanePort>,
     mut cursor: Option<String>,
     named: mpsc::UnboundedSender<Named>,
     reconnect_after: Duration,

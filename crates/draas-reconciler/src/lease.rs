@@ -2,6 +2,7 @@
 //! term, and say at every moment whether this reconciler may act (with
 //! the term's fencing token) or only watch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -9,12 +10,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::client::ControlPlaneClient;
+use crate::port::ControlPlanePort;
 
 /// Claims and renews the lease for `holder` until `shutdown`, publishing
 /// the fencing token while it holds, `None` otherwise.
 pub async fn hold_lease(
-    client: ControlPlaneClient,
+    client: Arc<dyn ControlPlanePort>,
     holder: String,
     ttl: Duration,
     token: watch::Sender<Option<u64>>,

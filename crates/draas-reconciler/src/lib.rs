@@ -9,8 +9,12 @@
 //!
 //! - [`plan`]: what to do about one instance, now: a pure function of the
 //!   instance record and the time, tested exhaustively without I/O;
-//! - [`client`]: the control plane's REST API and event stream, the only
-//!   way the reconciler sees and changes anything (so it runs anywhere);
+//! - [`port`]: the control plane as the reconciler sees it, the only way
+//!   it sees and changes anything: its instances, its event stream, the
+//!   reconciler's steps and lease;
+//! - [`client`]: that port over the REST API and event stream (so the
+//!   reconciler runs anywhere; the one built into the control plane uses
+//!   an in-process implementation instead);
 //! - [`run`]: the loop: plans an instance when an event names it, when its
 //!   planned wait ends, and on a periodic full pass; executes the steps;
 //! - [`lease`]: only the holder of the control plane's reconciler lease
@@ -22,8 +26,10 @@ pub mod client;
 pub mod cursor;
 pub mod lease;
 pub mod plan;
+pub mod port;
 pub mod run;
 
-pub use client::{ClientError, ControlPlaneClient};
+pub use client::{step_body, ClientError, ControlPlaneClient};
 pub use plan::{plan, Action, Decision, PlanSettings};
+pub use port::ControlPlanePort;
 pub use run::{run, ReconcilerSettings};

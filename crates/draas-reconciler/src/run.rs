@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, warn};
 
-use crate::client::{ClientError, ControlPlaneClient};
+use crate::client::ClientError;
 use crate::cursor::{follow_events, CursorFile, Named};
 use crate::lease::hold_lease;
 use crate::plan::{plan, Action, Decision, PlanSettings};
+use crate::port::ControlPlanePort;
 
 /// Settings of a reconciler.
 #[derive(Debug, Clone)]
@@ -61,9 +62,10 @@ impl Default for ReconcilerSettings {
 /// How often a changed cursor is written to its file.
 const SAVE_CURSOR_EVERY: Duration = Duration::from_millis(500);
 
-/// Runs the reconciler against `client` until `shutdown`.
+/// Runs the reconciler against the control plane `client` until
+/// `shutdown`.
 pub async fn run(
-    client: ControlPlaneClient,
+    client: Arc<dyn ControlPlanePort>,
     settings: ReconcilerSettings,
     shutdown: CancellationToken,
 ) {
@@ -183,7 +185,7 @@ pub async fn run(
 }
 
 struct Loop {
-    client: ControlPlaneClient,
+    client: Arc<dyn ControlPlanePort>,
     settings: ReconcilerSettings,
     permits: Arc<Semaphore>,
     timers: DelayQueue<String>,
@@ -301,7 +303,7 @@ impl Loop {
                 let instance_id = instance.id.clone();
                 self.steps.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    execute(&client, &instance_id, &action, fence).await;
+                    execute(client.as_ref(), &instance_id, &action, fence).await;
                     id
                 });
             }
@@ -324,7 +326,7 @@ fn with_change(mut instance: Instance, change: &StatusChange) -> Option<Instance
     Some(instance)
 }
 
-async fn execute(client: &ControlPlaneClient, id: &InstanceId, action: &Action, fence: u64) {
+async fn execute(client: &dyn ControlPlanePort, id: &InstanceId, action: &Action, fence: u64) {
     match client.act(id, action, Some(fence)).await {
         Ok(()) => info!(instance = %id, ?action, fence, "reconciled"),
         // Someone acted first: the next plan starts from what they did.

@@ -18,6 +18,7 @@
 mod cli;
 mod config;
 mod keys;
+mod reconciler_port;
 mod shutdown;
 mod wiring;
 

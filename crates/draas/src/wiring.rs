@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use draas_api::{router, Auth, ControlPlane, ControlPlaneSettings};
 use draas_bus::InProcessBus;
-use draas_core::auth::{KeyRing, Role, StoreKeyRing};
+use draas_core::auth::{KeyRing, StoreKeyRing};
 use draas_core::instance::PlatformType;
 use draas_core::keys;
 use draas_core::messages::WorkerInfo;
@@ -246,7 +246,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         &args.token.trusted(&args.control_plane)?,
     )?;
     info!(control_plane = %args.control_plane, holder = %settings.holder, "reconciler starting");
-    draas_reconciler::run(client, settings, shutdown.graceful.clone()).await;
+    draas_reconciler::run(Arc::new(client), settings, shutdown.graceful.clone()).await;
     info!("stopped");
     Ok(())
 }
@@ -574,10 +574,8 @@ async fn wait_for_worker(store: &dyn StateStore, worker_id: &str) -> anyhow::Res
 /// Serves the API until shutdown, then drains briefly (open event streams
 /// never end on their own); a second signal ends the drain at once. With
 /// `tls` (certificate and key files), HTTPS only. With `reconciler`, runs
-/// the reconciler too, as a client of this API (the same way `draas
-/// reconcile` would from elsewhere) with a key that lives in memory only;
-/// under HTTPS it reaches the API on a loopback listener of its own that
-/// admits no other key.
+/// the reconciler too, calling this control plane in-process (see
+/// [`crate::reconciler_port`]).
 async fn serve_api(
     listen: std::net::SocketAddr,
     control: Arc<ControlPlane>,
@@ -596,48 +594,14 @@ async fn serve_api(
         warn!("the API listens on {listen} without requiring API keys: anyone who reaches it is admin (--require-auth)");
     }
     let mut servers = tokio::task::JoinSet::new();
-    let _reconciler = match reconciler {
-        Some(mut settings) => {
-            settings.holder = format!("control-plane-{bound}-{}", std::process::id());
-            let (base, key_holder) = if tls.is_some() {
-                let inner = Arc::new(Auth::internal_only());
-                let local =
-                    tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-                let base = format!("http://{}", local.local_addr()?);
-                let app = router(control.clone(), inner.clone());
-                let stop = shutdown.graceful.clone();
-                servers.spawn(async move {
-                    axum::serve(local, app)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-                (base, inner)
-            } else {
-                let mut local = bound;
-                if local.ip().is_unspecified() {
-                    local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                (format!("http://{local}"), auth.clone())
-            };
-            let token = key_holder
-                .internal_key("embedded-reconciler", Role::Operator)
-                .map_err(|e| anyhow::anyhow!("cannot make the reconciler's key: {}", e.detail))?;
-            let client = draas_reconciler::ControlPlaneClient::new(
-                &base,
-                // The control plane answers within its own command deadlines.
-                Duration::from_secs(900),
-                Some(&token),
-                &[],
-            )?;
-            Some(AbortOnDrop(tokio::spawn(draas_reconciler::run(
-                client,
-                settings,
-                shutdown.graceful.clone(),
-            ))))
-        }
-        None => None,
-    };
+    let _reconciler = reconciler.map(|mut settings| {
+        settings.holder = format!("control-plane-{bound}-{}", std::process::id());
+        AbortOnDrop(tokio::spawn(draas_reconciler::run(
+            crate::reconciler_port::InProcess::port(control.clone()),
+            settings,
+            shutdown.graceful.clone(),
+        )))
+    });
     let app = router(control, auth);
     match tls {
         Some((cert, key)) => {

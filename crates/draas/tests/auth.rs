@@ -264,13 +264,13 @@ async fn every_route_needs_a_key_whose_role_allows_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_requires_keys_by_default_and_its_reconciler_has_its_own() {
+async fn serve_requires_keys_by_default_and_its_reconciler_needs_none() {
     let dir = tempfile::tempdir().unwrap();
     // Servers outlive their worker: killed when the test ends.
     let _reaper = common::Reaper(dir.path().to_path_buf());
     let redis = cluster::redis(dir.path());
     let range = common::port_range();
-    // The embedded reconciler acts with a key that lives in memory.
+    // The embedded reconciler calls its control plane in-process: no key.
     let serve = cluster::serve_with(
         dir.path(),
         "serve",
@@ -330,6 +330,21 @@ async fn serve_requires_keys_by_default_and_its_reconciler_has_its_own() {
         })
         .await;
     assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
+    // Its step is in the audit log as the API would have recorded it.
+    let (status, audit) = serve.get("/api/audit?limit=1000").await;
+    assert_eq!(status, 200, "{audit}");
+    let step = format!("/api/server/instances/{id}/reconcile");
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|e| {
+            e["key"] == "embedded-reconciler"
+                && e["role"] == "operator"
+                && e["method"] == "POST"
+                && e["path"] == step.as_str()
+                && e["status"] == 200
+                && e["outcome"] == "ok"
+        }),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,8 @@
 //! record is looked up on every request (a revoked or replaced key stops
 //! working at once).
 //!
-//! Keys made in memory ([`Auth::internal_key`]) serve the reconciler that
-//! runs inside the control plane: they are never stored and die with the
-//! process.
+//! The reconciler built into the control plane needs no key: it calls the
+//! control plane in-process, not through this API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use draas_core::auth::{self, Access, ApiKey, KeyRing, Role};
+use draas_core::auth::{self, Access, KeyRing, Role};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -56,7 +55,6 @@ pub struct Auth {
     required: bool,
     keys: Option<Arc<dyn KeyRing>>,
     verified: Mutex<HashMap<String, Verified>>,
-    internal: Mutex<HashMap<String, (ApiKey, [u8; 32])>>,
     limiter: Option<Limiter>,
 }
 
@@ -75,27 +73,20 @@ impl Auth {
             required,
             keys,
             verified: Mutex::new(HashMap::new()),
-            internal: Mutex::new(HashMap::new()),
             limiter: None,
         }
     }
 
     /// Limits each stored key to `per_second` requests a second on
     /// average, in bursts of up to twice that; beyond it, 429 with
-    /// `Retry-After`. Keys made in memory are not limited; neither are
-    /// requests without a key (where none is required).
+    /// `Retry-After`. Requests without a key (where none is required) are
+    /// not limited.
     pub fn with_rate_limit(mut self, per_second: u32) -> Self {
         self.limiter = std::num::NonZeroU32::new(per_second).map(|rate| {
             let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
             governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
         });
         self
-    }
-
-    /// Only keys made in memory ([`Self::internal_key`]) are admitted: for
-    /// a listener that serves this process's own clients.
-    pub fn internal_only() -> Self {
-        Self::new(true, None)
     }
 
     /// Keys are optional: a request without one acts as an admin (for a
@@ -108,21 +99,6 @@ impl Auth {
     /// Whether requests need a key.
     pub fn is_required(&self) -> bool {
         self.required
-    }
-
-    /// A key kept in memory only (the embedded reconciler's): returns the
-    /// token.
-    pub fn internal_key(&self, name: &str, role: Role) -> Result<String, ApiError> {
-        let (key, token) =
-            auth::issue(name, role).map_err(|e| ApiError::internal(e.to_string()))?;
-        let secret_digest = auth::parse_token(&token)
-            .map(|t| digest(t.secret))
-            .ok_or_else(|| ApiError::internal("an issued token did not parse"))?;
-        self.internal
-            .lock()
-            .map_err(|_| ApiError::internal("the key table is poisoned"))?
-            .insert(key.id.clone(), (key, secret_digest));
-        Ok(token)
     }
 
     /// Identifies the caller of a request that needs `access`.
@@ -146,8 +122,8 @@ impl Auth {
             )
             .into());
         };
-        let (caller, stored) = self.identify(value).await?;
-        if let (Some(limiter), true) = (&self.limiter, stored) {
+        let caller = self.identify(value).await?;
+        if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check_key(&caller.name) {
                 use governor::clock::Clock;
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
@@ -186,8 +162,8 @@ impl Auth {
         Ok(Some(caller))
     }
 
-    /// The caller a header names, and whether its key is a stored one.
-    async fn identify(&self, value: &HeaderValue) -> Result<(Caller, bool), ApiError> {
+    /// The caller a header names.
+    async fn identify(&self, value: &HeaderValue) -> Result<Caller, ApiError> {
         const REFUSED: &str = "unknown or revoked API key";
         let token = value
             .to_str()
@@ -201,24 +177,6 @@ impl Auth {
         let token = auth::parse_token(token)
             .ok_or_else(|| unauthenticated("that is not a DRaaS API key (draas_<id>_<secret>)"))?;
         let presented = digest(token.secret);
-        if let Some((key, expected)) = self
-            .internal
-            .lock()
-            .map_err(|_| ApiError::internal("the key table is poisoned"))?
-            .get(token.id)
-        {
-            return if bool::from(expected.ct_eq(&presented)) {
-                Ok((
-                    Caller {
-                        name: key.name.clone(),
-                        role: key.role,
-                    },
-                    false,
-                ))
-            } else {
-                Err(unauthenticated(REFUSED))
-            };
-        }
         let Some(keys) = &self.keys else {
             return Err(unauthenticated(REFUSED));
         };
@@ -267,13 +225,10 @@ impl Auth {
             }
         };
         if good {
-            Ok((
-                Caller {
-                    name: key.name,
-                    role: key.role,
-                },
-                true,
-            ))
+            Ok(Caller {
+                name: key.name,
+                role: key.role,
+            })
         } else {
             Err(unauthenticated(REFUSED))
         }
@@ -358,7 +313,7 @@ pub async fn authorize(
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use draas_core::auth::KeyRingError;
+    use draas_core::auth::{ApiKey, KeyRingError};
 
     struct Ring(Mutex<Vec<ApiKey>>);
 
@@ -434,7 +389,6 @@ mod tests {
         let (other, other_token) = auth::issue("calm", Role::Viewer).unwrap();
         ring.add(other).await.unwrap();
         let auth = Auth::required(ring).with_rate_limit(5);
-        let internal = auth.internal_key("inside", Role::Operator).unwrap();
         let mut admitted = 0;
         let mut refusal = None;
         for _ in 0..50 {
@@ -452,25 +406,16 @@ mod tests {
         assert_eq!(refusal.error.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refusal.error.code, "RATE_LIMITED");
         assert_eq!(refusal.retry_after, Some(1));
-        // Other keys and keys made in memory are not held back.
+        // Other keys are not held back.
         assert!(auth
             .check(Some(&bearer(&other_token)), Access::Read)
             .await
             .is_ok());
-        for _ in 0..50 {
-            assert!(auth
-                .check(Some(&bearer(&internal)), Access::Read)
-                .await
-                .is_ok());
-        }
     }
 
     #[tokio::test]
-    async fn internal_keys_work_without_a_ring_and_optional_auth_admits_the_anonymous() {
+    async fn optional_auth_admits_the_anonymous_and_refuses_an_unknown_key() {
         let auth = Auth::optional(None);
-        let token = auth.internal_key("reconciler", Role::Operator).unwrap();
-        let caller = auth.check(Some(&bearer(&token)), Access::Operate).await;
-        assert_eq!(caller.unwrap().unwrap().name, "reconciler");
         let anonymous = auth.check(None, Access::Administer).await.unwrap().unwrap();
         assert_eq!(anonymous.role, Role::Admin);
         let (_, stranger) = auth::issue("stranger", Role::Admin).unwrap();

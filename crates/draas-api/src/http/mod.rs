@@ -965,11 +965,6 @@ async fn recent_changes(State(cp): Cp, ApiQuery(q): ApiQuery<ChangesQuery>) -> A
     Ok(Json(cp.recent_changes(q.since, q.limit.unwrap_or(1000)).await?).into_response())
 }
 
-/// Events replayed per page when a client resumes.
-const RESUME_PAGE: usize = 1000;
-/// Most events replayed to a resuming client (the bus keeps 10,000).
-const RESUME_LIMIT: usize = 20_000;
-
 /// Server-sent events of every bus event: `event: <type>`, `id: <cursor>`,
 /// `data: <json>`. The `id` is the event's cursor in the kept history, so a
 /// client that reconnects with `Last-Event-ID` first gets every kept event
@@ -978,9 +973,6 @@ async fn events(
     State(cp): Cp,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    // Subscribe before replaying, so nothing published in between is lost;
-    // what both deliver is sent once (by event id).
-    let live = cp.bus().subscribe(&EVENT_CHANNELS).await?;
     let last_seen = headers
         .get("last-event-id")
         .map(|v| {
@@ -990,36 +982,8 @@ async fn events(
         })
         .transpose()?
         .filter(|s| !s.is_empty());
-    let mut missed = Vec::new();
-    if let Some(mut after) = last_seen {
-        loop {
-            let page = cp
-                .bus()
-                .replay_events(Some(&after), RESUME_PAGE)
-                .await
-                .map_err(|e| match e {
-                    BusError::InvalidCursor(_) => {
-                        ApiError::bad_request("INVALID_CURSOR", format!("Last-Event-ID: {e}"))
-                    }
-                    other => other.into(),
-                })?;
-            let full = page.len() == RESUME_PAGE;
-            if let Some(last) = page.last() {
-                after = last.cursor.clone();
-            }
-            missed.extend(page);
-            if !full || missed.len() >= RESUME_LIMIT {
-                break;
-            }
-        }
-    }
-    let replayed: std::collections::HashSet<uuid::Uuid> =
-        missed.iter().map(|e| e.envelope.id).collect();
-    let live = live.filter(move |e| {
-        let fresh = !replayed.contains(&e.envelope.id);
-        async move { fresh }
-    });
-    let stream = futures::stream::iter(missed).chain(live).map(|published| {
+    let events = cp.events_after(last_seen.as_deref()).await?;
+    let stream = events.map(|published| {
         let kind = serde_json::to_value(&published.envelope.event)
             .ok()
             .and_then(|v| v.get("type").and_then(|t| t.as_str().map(str::to_string)))

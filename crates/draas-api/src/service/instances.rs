@@ -248,6 +248,17 @@ impl ControlPlane {
         ))
     }
 
+    /// Every instance, oldest first.
+    pub async fn all_instances(&self) -> ApiResult<Vec<Instance>> {
+        Ok(self
+            .store
+            .list_json::<Instance>(keys::INSTANCES)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r.value)
+            .collect())
+    }
+
     /// Instances matching `query`, oldest first.
     pub async fn list(&self, query: ListQuery) -> ApiResult<InstanceList> {
         let limit = query.limit.unwrap_or(100);
@@ -258,11 +269,9 @@ impl ControlPlane {
             ));
         }
         let matching: Vec<Instance> = self
-            .store
-            .list_json::<Instance>(keys::INSTANCES)
+            .all_instances()
             .await?
             .into_iter()
-            .map(|(_, r)| r.value)
             .filter(|i| query.platform_type.is_none_or(|p| i.platform_type == p))
             .filter(|i| query.state.is_none_or(|s| i.status.state == s))
             .filter(|i| query.name.as_deref().is_none_or(|n| i.name.contains(n)))

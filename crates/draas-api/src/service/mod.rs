@@ -7,6 +7,7 @@
 
 pub mod audit;
 mod configuration;
+mod events;
 mod instances;
 mod lease;
 mod ports;
