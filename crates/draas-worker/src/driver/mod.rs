@@ -31,12 +31,13 @@ mod exit;
 mod records;
 mod registry;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use draas_core::instance::{
     ActualState, InstanceId, PlatformHandle, PlatformType, Reason, RuntimeInfo,
 };
@@ -65,6 +66,10 @@ use registry::{Registry, Snapshot, Task};
 const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 /// How long a killed server may take to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long after a crash its server's record is marked stopped: long
+/// enough for the restart that usually follows to come first (see
+/// `spawn_monitor`), short against a worker's restart.
+const MARK_EXITED_AFTER: Duration = Duration::from_millis(250);
 /// How often a worker of a platform whose servers outlive a silent worker
 /// (Kubernetes) looks for servers whose worker died, to watch them.
 const ADOPT_EVERY: Duration = Duration::from_secs(5);
@@ -205,6 +210,9 @@ struct Inner<P: Platform> {
     sink: Arc<dyn StatusSink>,
     records: Records<P::Record>,
     servers: Registry<P::Record, P::Handle>,
+    /// Launches this worker saw crash whose records do not say so yet
+    /// (`MARK_EXITED_AFTER`), by instance: their `started_at`.
+    exited: Mutex<HashMap<InstanceId, DateTime<Utc>>>,
     upkeep_started: AtomicBool,
     adoption_started: AtomicBool,
     sweep_started: AtomicBool,
@@ -245,6 +253,7 @@ impl<P: Platform> ManagedDriver<P> {
                 sink: context.sink(),
                 records,
                 servers: Registry::default(),
+                exited: Mutex::new(HashMap::new()),
                 upkeep_started: AtomicBool::new(false),
                 adoption_started: AtomicBool::new(false),
                 sweep_started: AtomicBool::new(false),
@@ -280,6 +289,9 @@ impl<P: Platform> Inner<P> {
         if let Some(current) = self.servers.get(id) {
             return Ok(Some(current.record));
         }
+        if let Some(record) = self.exited_here(id).await {
+            return Ok(Some(record));
+        }
         match self.take_over(id).await? {
             Takeover::NoRecord => Ok(None),
             Takeover::OwnedBy(owner) => Err(DriverError::new(
@@ -289,6 +301,19 @@ impl<P: Platform> Inner<P> {
             Takeover::Stopped(record) | Takeover::Gone(record) => Ok(Some(record)),
             Takeover::Adopted(record, ..) => Ok(Some(record)),
         }
+    }
+
+    /// The record of `id`, marked stopped, when it is of a launch this
+    /// worker saw crash and has not marked yet: nothing to take over or
+    /// attach to (and no write on the way to the restart).
+    async fn exited_here(&self, id: &InstanceId) -> Option<ServerRecord<P::Record>> {
+        let started_at = *lock(&self.exited).get(id)?;
+        let mut record = self.records.get(id).await.ok()??.value;
+        if record.owner != self.worker_id || record.started_at != started_at {
+            return None;
+        }
+        record.running = false;
+        Some(record)
     }
 
     /// Takes over the server of `id` (see [`Records::take_over`]); an
@@ -353,6 +378,10 @@ impl<P: Platform> Inner<P> {
             let Some(crashed) = me.servers.take_crashed(&instance, serial) else {
                 return;
             };
+            // Known before anyone hears of the crash (the restart may come
+            // at once): see `exited_here`.
+            let started_at = crashed.record.started_at;
+            lock(&me.exited).insert(instance.clone(), started_at);
             warn!(instance = %instance, "server {}", exit.description);
             let words = me
                 .platform
@@ -371,10 +400,18 @@ impl<P: Platform> Inner<P> {
                         .runtime(RuntimeUpdate::Exited(exit.code)),
                 )
                 .await;
-            // The record's `running: false` after it: its commit runs while
-            // the reconciler reads and decides, not before.
-            if let Err(e) = me.records.mark_stopped(&instance).await {
+            // Then the record's `running: false`, a moment later: the
+            // restart that usually answers a crash rewrites the record
+            // anyway, and meanwhile this commit would only queue in front
+            // of the restart's own in the store. It marks only the launch
+            // that crashed, never a later one's record.
+            tokio::time::sleep(MARK_EXITED_AFTER).await;
+            if let Err(e) = me.records.mark_exited(&instance, started_at).await {
                 warn!(instance = %instance, "{e}");
+            }
+            let mut exited = lock(&me.exited);
+            if exited.get(&instance) == Some(&started_at) {
+                exited.remove(&instance);
             }
         });
         self.servers
@@ -1182,4 +1219,12 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
         self.inner.detached.store(true, Ordering::SeqCst);
         self.inner.servers.clear();
     }
+}
+
+/// The guard of `mutex`, whether or not a holder panicked (what it guards
+/// stays consistent: single inserts and removes).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

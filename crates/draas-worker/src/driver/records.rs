@@ -161,6 +161,25 @@ where
     /// Marks the record of `id` stopped (the server is gone; the record
     /// still says where its files are).
     pub async fn mark_stopped(&self, id: &InstanceId) -> Result<(), DriverError> {
+        self.mark_stopped_if(id, |_| true).await
+    }
+
+    /// Marks the record of `id` stopped if it still describes the launch
+    /// of `started_at` (a later launch's record is left alone).
+    pub async fn mark_exited(
+        &self,
+        id: &InstanceId,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), DriverError> {
+        self.mark_stopped_if(id, |record| record.started_at == started_at)
+            .await
+    }
+
+    async fn mark_stopped_if(
+        &self,
+        id: &InstanceId,
+        describes: impl Fn(&ServerRecord<P>) -> bool + Send + Sync,
+    ) -> Result<(), DriverError> {
         let outcome = read_modify_write(
             self.store.as_ref(),
             &self.collection,
@@ -168,7 +187,7 @@ where
             ATTEMPTS,
             |current: Option<Record<ServerRecord<P>>>| {
                 Ok::<_, ()>(match current {
-                    Some(record) if record.value.running => {
+                    Some(record) if record.value.running && describes(&record.value) => {
                         let mut value = record.value;
                         value.running = false;
                         Change::Put {
