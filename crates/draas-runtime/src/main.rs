@@ -47,6 +47,13 @@ struct Cli {
     /// waiting for components and exits 1.
     #[arg(long, global = true, default_value_t = 20, value_name = "SECONDS")]
     shutdown_timeout: u64,
+    /// Work in this directory (relative paths, `./data`, and a relative
+    /// `--config` resolve against it), as if started there. DRaaS's Process
+    /// worker says so rather than start the runtime in it: a working
+    /// directory set by the parent makes a static binary fork instead of
+    /// spawn, and fork copies the worker's whole address space.
+    #[arg(long, global = true, value_name = "DIR")]
+    workdir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,6 +68,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Some(dir) = &cli.workdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("Error: cannot work in {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
     match cli.command.take().unwrap_or(Command::Run) {
         Command::Validate => validate::run(&cli.config, cli.config_env.as_deref(), cli.port),
         Command::Run => match run(cli) {

@@ -4,7 +4,15 @@
 //!   this host; the environment is not inherited (only `PATH` and the
 //!   instance's own variables); the process gets its own process group (a
 //!   Ctrl-C on the worker's terminal does not reach it); its output goes
-//!   straight to files, so it outlives its worker.
+//!   straight to files, so it outlives its worker. It works in its
+//!   instance's directory: the bundled runtime is told so (`--workdir`),
+//!   any other executable is started there. Telling is faster: with no
+//!   working directory to set, the standard library launches with
+//!   `posix_spawn` (vfork + exec) instead of fork + exec, and a static
+//!   binary such as `draas` cannot set one through `posix_spawn` (glibc's
+//!   `posix_spawn_file_actions_addchdir_np` is found only by dynamic
+//!   lookup). Fork copies the worker's page tables and exec then tears
+//!   them down: milliseconds on the way from a crash to its restart.
 //! - **Stop**: SIGINT (drasi-server stops gracefully only on SIGINT), then
 //!   SIGKILL after the grace period; always through the pidfd.
 
@@ -20,6 +28,17 @@ use tracing::{info, warn};
 use crate::exit::ProcessHandle;
 use crate::files::Prepared;
 use crate::record::{start_time_of, ProcessRecord};
+
+/// The bundled runtime's file name: it takes `--workdir`.
+const BUNDLED_RUNTIME: &str = "draas-runtime";
+
+/// Whether `executable` is the bundled runtime, which is told its working
+/// directory rather than started in it (see the module docs).
+fn takes_workdir(executable: &std::path::Path) -> bool {
+    executable
+        .file_name()
+        .is_some_and(|name| name == BUNDLED_RUNTIME)
+}
 
 /// How long a server may take to die after SIGKILL.
 const AFTER_SIGKILL: Duration = Duration::from_secs(10);
@@ -57,11 +76,14 @@ pub fn spawn(
     } = files;
     let options = spec.server_configuration.process();
     let mut command = tokio::process::Command::new(&executable);
+    command.arg("--config").arg(&config);
+    if takes_workdir(&executable) {
+        command.arg("--workdir").arg(&workdir);
+    } else {
+        command.current_dir(&workdir);
+    }
     command
-        .arg("--config")
-        .arg(&config)
         .args(&options.arguments)
-        .current_dir(&workdir)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("NO_COLOR", "1")
@@ -130,4 +152,21 @@ pub async fn stop(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn only_the_bundled_runtime_is_told_its_working_directory() {
+        assert!(takes_workdir(Path::new("/opt/draas/draas-runtime")));
+        assert!(takes_workdir(Path::new("draas-runtime")));
+        assert!(!takes_workdir(Path::new("/usr/local/bin/drasi-server")));
+        assert!(!takes_workdir(Path::new("/opt/draas-runtime/bin/server")));
+        assert!(!takes_workdir(Path::new(
+            "/opt/draas/draas-runtime-wrapper"
+        )));
+    }
 }

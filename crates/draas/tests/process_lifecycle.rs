@@ -58,6 +58,17 @@ async fn an_instance_lives_its_whole_life_through_the_api() {
     }
     let workdir = draas.data.join(format!("process/instances/{id}"));
     assert!(workdir.join("logs/stdout.log").is_file());
+    // It works in its instance's directory, told so (`--workdir`).
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        workdir.canonicalize().expect("workdir")
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline.split(|b| *b == 0).any(|arg| arg == b"--workdir"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
 
     // The live view and the logs come from the worker.
     let (_, live) = draas
@@ -376,6 +387,60 @@ async fn start_failures_are_reported_with_their_reason() {
     let (_, status_doc) = draas.get(&format!("/api/status/{no_db}/status")).await;
     assert_eq!(status_doc["status"]["state"], "Failed", "{status_doc}");
     assert_eq!(status_doc["status"]["reason"], "ExitedWithCode");
+}
+
+/// An executable other than the bundled runtime is started in its
+/// instance's directory, and is not given `--workdir` (it may not know it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_executable_is_started_in_its_instances_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let wrapper = dir.path().join("drasi-server");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\"\n",
+            common::runtime_binary().display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let allow = wrapper.display().to_string();
+    let draas = Draas::up_with_args(dir.path(), &["--allow-executable", &allow]).await;
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "foreign", "serverConfiguration": {
+                "process": {"executablePath": allow}, "startTimeoutSeconds": 60}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().expect("id").to_string();
+    let (status, started) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["status"]["state"], "Running", "{started}");
+    let pid = common::server_pid(&started).expect("pid");
+    let workdir = draas.data.join(format!("process/instances/{id}"));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        workdir.canonicalize().expect("workdir")
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(
+        !cmdline.split(|b| *b == 0).any(|arg| arg == b"--workdir"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
