@@ -310,17 +310,7 @@ async fn a_command_whose_worker_is_killed_midway_is_reclaimed_and_completed_by_t
     let _reaper = Reaper(dir.path().to_path_buf());
     let redis = redis(dir.path());
     // A slow server: three seconds pass before the runtime even starts.
-    let slow = dir.path().join("slow-runtime");
-    std::fs::write(
-        &slow,
-        format!(
-            "#!/bin/sh\nsleep 3\nexec {} \"$@\"\n",
-            common::runtime_binary().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let allow = slow.display().to_string();
+    let allow = common::runtime_wrapper(&dir.path().join("slow-runtime"), "sleep 3\n");
     let api = serve(dir.path(), "serve", &redis, &port_range()).await;
     let mut workers = [
         WorkerProcess::start(dir.path(), "wa", &redis, &["--allow-executable", &allow]),

@@ -395,21 +395,7 @@ async fn start_failures_are_reported_with_their_reason() {
 async fn another_executable_is_started_in_its_instances_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _reaper = Reaper(dir.path().to_path_buf());
-    let wrapper = dir.path().join("drasi-server");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec {} \"$@\"\n",
-            common::runtime_binary().display()
-        ),
-    )
-    .expect("script");
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let allow = wrapper.display().to_string();
+    let allow = common::runtime_wrapper(&dir.path().join("drasi-server"), "");
     let draas = Draas::up_with_args(dir.path(), &["--allow-executable", &allow]).await;
     let (status, created) = draas
         .post(
@@ -448,18 +434,7 @@ async fn a_second_signal_ends_the_wait_for_running_commands() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _reaper = Reaper(dir.path().to_path_buf());
     // A server that takes a minute before the runtime even starts.
-    let slow = dir.path().join("slow-runtime");
-    std::fs::write(
-        &slow,
-        format!(
-            "#!/bin/sh\nsleep 60\nexec {} \"$@\"\n",
-            common::runtime_binary().display()
-        ),
-    )
-    .expect("script");
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let allow = slow.display().to_string();
+    let allow = common::runtime_wrapper(&dir.path().join("slow-runtime"), "sleep 60\n");
     let mut draas = Draas::up_with_args(dir.path(), &["--allow-executable", &allow]).await;
     let (status, created) = draas
         .post(

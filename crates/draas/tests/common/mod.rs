@@ -27,6 +27,20 @@ pub fn runtime_binary() -> PathBuf {
     path
 }
 
+/// Writes an executable shell script at `path` that runs `before` and then
+/// execs the runtime with its arguments (a slow or foreign executable, to be
+/// allowed with `--allow-executable`); returns its path as a string.
+pub fn runtime_wrapper(path: &Path, before: &str) -> String {
+    let script = format!(
+        "#!/bin/sh\n{before}exec {} \"$@\"\n",
+        runtime_binary().display()
+    );
+    std::fs::write(path, script).expect("write the wrapper script");
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make the wrapper executable");
+    path.display().to_string()
+}
+
 /// A block of 100 ports for a test's instances that no other test on this
 /// machine uses (see `draas_testkit::PortBlock`). The block stays reserved
 /// until the test process exits (nextest runs each test in a process of its
