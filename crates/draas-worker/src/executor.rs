@@ -39,6 +39,7 @@ use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::claims::{self, Claim, Claimant};
+use crate::lock;
 
 /// How long executed-command records are kept (longer than any redelivery).
 pub(crate) const EXECUTED_RETENTION: Duration = Duration::from_secs(3600);
@@ -123,12 +124,6 @@ impl Executor {
             .await
             .is_ok()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections are single map operations; a poisoned lock still
-    // holds a consistent map.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn is_mutating(command: &Command) -> bool {

@@ -166,3 +166,12 @@ impl Worker {
         outcome
     }
 }
+
+/// The guard of `mutex`, whether or not a holder panicked: the worker's
+/// critical sections are single map operations, so a poisoned lock still
+/// holds a consistent map.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

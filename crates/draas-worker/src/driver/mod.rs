@@ -60,6 +60,7 @@ pub use registry::Phase;
 
 use crate::context::WorkerContext;
 use crate::drasi::{classify_startup_failure, watch_components, ServerApi};
+use crate::lock;
 use registry::{Registry, Snapshot, Task};
 
 /// How long an adopted server may take to prove healthy.
@@ -1219,12 +1220,4 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
         self.inner.detached.store(true, Ordering::SeqCst);
         self.inner.servers.clear();
     }
-}
-
-/// The guard of `mutex`, whether or not a holder panicked (what it guards
-/// stays consistent: single inserts and removes).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
