@@ -468,14 +468,15 @@ fn row(what: &str, samples: &[Duration], floor: Duration) {
     );
 }
 
-/// Runs the healing benchmarks and prints Markdown.
-/// One platform's part of the healing benchmark.
+/// One part of the healing benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
     /// The runtime's own start as a process, and DRaaS's Process platform.
     Process,
     /// The runtime's own start as a container, and DRaaS's Docker platform.
     Docker,
+    /// The fleet's convergence after a worker restart.
+    Fleet,
 }
 
 pub async fn run(
@@ -489,8 +490,11 @@ pub async fn run(
     let engine = draas_worker_docker::Engine::connect(None, Duration::from_secs(10)).await?;
     let docker = engine.docker.clone();
     draas_worker_docker::image::build_runtime_image(&docker, runtime, IMAGE).await?;
-    let process_part = only != Some(Only::Docker);
-    let docker_part = only != Some(Only::Process);
+    let process_part = matches!(only, None | Some(Only::Process));
+    let docker_part = matches!(only, None | Some(Only::Docker));
+    if only == Some(Only::Fleet) {
+        return convergence(draas, runtime, fleet).await;
+    }
 
     println!("### Self-healing: kill -9 → `/health` answering again (same runtime, same configuration, one run)\n");
     println!("| | runs | p50 | p99 | max | p50 vs the runtime's own start there |");
@@ -787,12 +791,18 @@ async fn convergence(draas: &Path, runtime: &Path, fleet: usize) -> anyhow::Resu
         let Some(id) = instance["id"].as_str() else {
             continue;
         };
-        let response = client
+        match client
             .delete(format!("{base}/api/server/instances/{id}"))
             .send()
-            .await;
-        if !response.as_ref().is_ok_and(|r| r.status().is_success()) {
-            eprintln!("could not delete {id}: {response:?}");
+            .await
+        {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                eprintln!("could not delete {id}: {status} {body}");
+            }
+            Err(e) => eprintln!("could not delete {id}: {e}"),
         }
         if let Some(pid) = instance["runtime"]["handle"]["pid"]
             .as_i64()

@@ -110,9 +110,9 @@ enum Bench {
         /// Instances of the convergence figure.
         #[arg(long, default_value_t = 100)]
         fleet: usize,
-        /// Measure one platform only: its floor and DRaaS on it, without
-        /// the other systems and the fleet (for quick comparisons; the
-        /// published figures come from a full run).
+        /// Measure one part only: a platform (its floor and DRaaS on it,
+        /// without the other systems) or the fleet's convergence (for quick
+        /// comparisons; the published figures come from a full run).
         #[arg(long, value_enum)]
         only: Option<healing::Only>,
     },
