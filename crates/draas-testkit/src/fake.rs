@@ -30,6 +30,11 @@ pub struct Script {
     pub start_delay: Duration,
     /// When set, a start waits until [`FakeDriver::release`] is called.
     pub hold_starts: bool,
+    /// When set, recovery (a worker's start) waits until
+    /// [`FakeDriver::release`] is called.
+    pub hold_recovery: bool,
+    /// Whether recovery has begun.
+    pub recovering: bool,
     /// What runs: instance → generation.
     pub running: HashMap<InstanceId, u64>,
 }
@@ -73,9 +78,13 @@ impl FakeDriver {
             .count()
     }
 
-    /// Lets every held start go on.
+    /// Lets every held start, and a held recovery, go on.
     pub fn release(&self) {
-        self.script().hold_starts = false;
+        {
+            let mut script = self.script();
+            script.hold_starts = false;
+            script.hold_recovery = false;
+        }
         self.release.notify_waiters();
     }
 
@@ -169,6 +178,15 @@ impl PlatformDriver for FakeDriver {
     }
 
     async fn recover(&self) -> Result<usize, DriverError> {
+        let released = self.release.notified();
+        let hold = {
+            let mut script = self.script();
+            script.recovering = true;
+            script.hold_recovery
+        };
+        if hold {
+            released.await;
+        }
         Ok(0)
     }
 

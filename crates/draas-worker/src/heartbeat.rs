@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use draas_core::keys;
 use draas_core::messages::{Event, EventEnvelope, WorkerInfo};
-use draas_core::ports::store::{JsonStore, Precondition, StateStore, Write};
+use draas_core::ports::store::{JsonStore, Precondition, StateStore, StoreError, Write};
 use draas_core::ports::{MessageBus, PlatformDriver};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -22,49 +22,77 @@ const REASSERT_EVERY: u64 = 10;
 /// Heartbeats between prunes of executed-command records.
 const PRUNE_EVERY: u64 = 120;
 
+/// One heartbeat: the worker's record and its `WorkerHeartbeat` event.
+/// Fails when the record could not be written.
+pub(crate) async fn beat(
+    settings: &WorkerSettings,
+    started_at: DateTime<Utc>,
+    driver: &dyn PlatformDriver,
+    store: &dyn StateStore,
+    bus: &dyn MessageBus,
+) -> Result<(), StoreError> {
+    let info = WorkerInfo {
+        worker_id: settings.worker_id.clone(),
+        platform: driver.platform(),
+        host: settings.host.clone(),
+        scope: driver.scope(),
+        platform_version: driver.platform_version(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at,
+        last_heartbeat: Utc::now(),
+        ttl_seconds: u32::try_from(settings.heartbeat_ttl.as_secs()).unwrap_or(u32::MAX),
+        instances: u32::try_from(driver.running().await).unwrap_or(u32::MAX),
+        capacity: settings.capacity,
+    };
+    let recorded = store
+        .put_json(
+            keys::WORKERS,
+            &settings.worker_id,
+            &info,
+            Precondition::None,
+        )
+        .await;
+    let _ = bus
+        .publish(&EventEnvelope::new(Event::WorkerHeartbeat(info)))
+        .await;
+    recorded.map(|_| ())
+}
+
+/// Beats every interval after the worker's first beat (`announced`: whether
+/// that one was recorded) until `shutdown`, then withdraws the worker.
 pub(crate) async fn run(
     settings: WorkerSettings,
+    started_at: DateTime<Utc>,
+    announced: bool,
     driver: Arc<dyn PlatformDriver>,
     store: Arc<dyn StateStore>,
     bus: Arc<dyn MessageBus>,
     shutdown: CancellationToken,
 ) {
-    let started_at = Utc::now();
-    let mut interval = tokio::time::interval(settings.heartbeat_interval);
+    let every = settings.heartbeat_interval;
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut beats: u64 = 0;
-    let mut failing = false;
+    prune_executed(store.as_ref()).await;
+    let mut beats: u64 = 1;
+    let mut failing = !announced;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = interval.tick() => {}
         }
-        let info = WorkerInfo {
-            worker_id: settings.worker_id.clone(),
-            platform: driver.platform(),
-            host: settings.host.clone(),
-            scope: driver.scope(),
-            platform_version: driver.platform_version(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+        match beat(
+            &settings,
             started_at,
-            last_heartbeat: Utc::now(),
-            ttl_seconds: u32::try_from(settings.heartbeat_ttl.as_secs()).unwrap_or(u32::MAX),
-            instances: u32::try_from(driver.running().await).unwrap_or(u32::MAX),
-            capacity: settings.capacity,
-        };
-        match store
-            .put_json(
-                keys::WORKERS,
-                &settings.worker_id,
-                &info,
-                Precondition::None,
-            )
-            .await
+            driver.as_ref(),
+            store.as_ref(),
+            bus.as_ref(),
+        )
+        .await
         {
-            Ok(_) => {
+            Ok(()) => {
                 // After a gap (or now and then, to heal any drift) the
                 // control plane hears again what this worker runs.
-                if failing || (beats > 0 && beats.is_multiple_of(REASSERT_EVERY)) {
+                if failing || beats.is_multiple_of(REASSERT_EVERY) {
                     driver.reassert().await;
                 }
                 failing = false;
@@ -76,9 +104,6 @@ pub(crate) async fn run(
                 failing = true;
             }
         }
-        let _ = bus
-            .publish(&EventEnvelope::new(Event::WorkerHeartbeat(info)))
-            .await;
         if beats.is_multiple_of(PRUNE_EVERY) {
             prune_executed(store.as_ref()).await;
         }

@@ -108,17 +108,13 @@ impl Worker {
     async fn run_inner(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let Worker { context, driver } = self;
         let settings = context.settings.clone();
-        let adopted = driver.recover().await.map_err(WorkerError::Recover)?;
-        info!(adopted, "recovered running servers");
+        let started_at = chrono::Utc::now();
 
-        let heartbeat = tokio::spawn(heartbeat::run(
-            settings.clone(),
-            driver.clone(),
-            context.store.clone(),
-            context.bus.clone(),
-            shutdown.clone(),
-        ));
-
+        // Before recovery reports a single server `Running`, the worker
+        // takes commands (they wait until recovery is done) and is
+        // announced: whoever sees a server of it `Running` can command it
+        // at once, rather than hear that no live worker serves it.
+        //
         // The platform's shared channel (new and orphaned instances) and
         // this worker's own (instances it runs), read together: a command
         // is taken off either only when a permit is free.
@@ -132,6 +128,38 @@ impl Worker {
             .bus
             .consume(&channels, &settings.worker_id, credits)
             .await?;
+        let announced = match heartbeat::beat(
+            &settings,
+            started_at,
+            driver.as_ref(),
+            context.store.as_ref(),
+            context.bus.as_ref(),
+        )
+        .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("heartbeat not recorded: {e}");
+                false
+            }
+        };
+        let adopted = match driver.recover().await {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                heartbeat::deregister(context.store.as_ref(), &settings.worker_id).await;
+                return Err(WorkerError::Recover(e));
+            }
+        };
+        info!(adopted, "recovered running servers");
+        let heartbeat = tokio::spawn(heartbeat::run(
+            settings.clone(),
+            started_at,
+            announced,
+            driver.clone(),
+            context.store.clone(),
+            context.bus.clone(),
+            shutdown.clone(),
+        ));
         info!(?channels, "taking commands");
         let executor = executor::Executor::new(&context, driver.clone());
 

@@ -57,6 +57,13 @@ impl Rig {
     /// Starts worker `name` with `concurrency` permits; returns its driver.
     async fn worker(&mut self, name: &str, concurrency: usize) -> FakeDriver {
         let driver = FakeDriver::new(PlatformType::Process, name);
+        self.worker_with(name, concurrency, driver.clone()).await;
+        driver
+    }
+
+    /// Starts worker `name` with `concurrency` permits on `driver`, and
+    /// waits (at most 10 s of test time) until it is announced.
+    async fn worker_with(&mut self, name: &str, concurrency: usize, driver: FakeDriver) {
         let context = WorkerContext::new(
             WorkerSettings {
                 worker_id: name.into(),
@@ -73,11 +80,14 @@ impl Rig {
         let stop = CancellationToken::new();
         let task = tokio::spawn(Worker::new(context, Arc::new(driver.clone())).run(stop.clone()));
         // Announced (first heartbeat) before it is used.
-        while self.store.get(keys::WORKERS, name).await.unwrap().is_none() {
-            tokio::task::yield_now().await;
-        }
-        self.workers.push((driver.clone(), stop, task));
-        driver
+        let announced = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.store.get(keys::WORKERS, name).await.unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(announced.is_ok(), "worker {name} was never announced");
+        self.workers.push((driver, stop, task));
     }
 
     async fn instance(&self) -> InstanceId {
@@ -324,6 +334,36 @@ async fn heartbeats_announce_the_worker_every_interval_and_stopping_withdraws_it
         rig.store.get(keys::WORKERS, "w1").await.unwrap().is_none(),
         "a stopping worker withdraws at once"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_starting_worker_is_announced_and_takes_commands_before_it_reports_its_servers() {
+    // Recovery is where a (re)starting worker reports the servers it
+    // adopts as running: by then a user may command them, so the worker
+    // must already be announced and taking commands.
+    let mut rig = Rig::new();
+    let id = rig.instance().await;
+    let driver = FakeDriver::new(PlatformType::Process, "w1");
+    driver.script.lock().unwrap().hold_recovery = true;
+    rig.worker_with("w1", 4, driver.clone()).await;
+    assert!(driver.script.lock().unwrap().recovering, "recovering now");
+
+    // A command sent meanwhile finds a consumer, and waits for recovery:
+    // nothing runs on servers the worker has not recovered yet.
+    let reply = rig.spawn_send(start(&id));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!reply.is_finished(), "answered before recovery was done");
+    assert_eq!(driver.count("start"), 0, "{:?}", driver.calls());
+
+    driver.release();
+    let reply = reply.await.unwrap();
+    assert!(
+        matches!(reply.outcome, Outcome::Ok { .. }),
+        "{:?}",
+        reply.outcome
+    );
+    assert_eq!(driver.count("start"), 1);
+    assert_eq!(rig.state(&id).await, ActualState::Running);
 }
 
 #[tokio::test(start_paused = true)]

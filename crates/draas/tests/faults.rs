@@ -475,12 +475,24 @@ async fn a_killed_and_restarted_worker_leaves_no_duplicate_and_no_orphan() {
     );
 
     worker.restart();
-    for (id, before) in &servers {
+    for (n, (id, before)) in servers.iter().enumerate() {
         let after = api
             .until(id, Duration::from_secs(20), |i| {
                 i["status"]["state"] == "Running"
             })
             .await;
+        if n == 0 {
+            // Running again means its worker takes commands about it: at
+            // once, not after its first heartbeat.
+            let (status, body) = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/server/instances/{id}/logs?tail=1"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
         // Exactly one server per instance, in its own directory.
         let pids = processes_in(&workdir(&worker, id));
         assert_eq!(pids.len(), 1, "{id}: {pids:?}");
