@@ -330,21 +330,30 @@ async fn serve_requires_keys_by_default_and_its_reconciler_needs_none() {
         })
         .await;
     assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
-    // Its step is in the audit log as the API would have recorded it.
-    let (status, audit) = serve.get("/api/audit?limit=1000").await;
-    assert_eq!(status, 200, "{audit}");
+    // Its step is in the audit log as the API would have recorded it. The
+    // entry is written when the step's request ends, which may be after
+    // the worker already reported the server running again.
     let step = format!("/api/server/instances/{id}/reconcile");
-    assert!(
-        audit["entries"].as_array().unwrap().iter().any(|e| {
-            e["key"] == "embedded-reconciler"
-                && e["role"] == "operator"
-                && e["method"] == "POST"
-                && e["path"] == step.as_str()
-                && e["status"] == 200
-                && e["outcome"] == "ok"
-        }),
-        "{audit}"
-    );
+    draas_testkit::wait_for("the step in the audit log", Duration::from_secs(10), || {
+        let (serve, step) = (&serve, &step);
+        async move {
+            let (status, audit) = serve.get("/api/audit?limit=1000").await;
+            assert_eq!(status, 200, "{audit}");
+            audit["entries"]
+                .as_array()?
+                .iter()
+                .any(|e| {
+                    e["key"] == "embedded-reconciler"
+                        && e["role"] == "operator"
+                        && e["method"] == "POST"
+                        && e["path"] == step.as_str()
+                        && e["status"] == 200
+                        && e["outcome"] == "ok"
+                })
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
