@@ -11,6 +11,13 @@
 //! Observations older than the recorded status are refused (`Stale`), and an
 //! observation that changes nothing records nothing, so redelivered or
 //! duplicated reports are harmless.
+//!
+//! A recorder is durable at once unless made [`deferring`]: a worker's
+//! driver reports through one, since it observes its servers again whenever
+//! it starts (see [`Durability::Deferred`]). What answers a command stays
+//! durable at once: its caller is told it happened.
+//!
+//! [`deferring`]: StatusRecorder::deferring
 
 use std::sync::Arc;
 
@@ -21,7 +28,8 @@ use crate::keys;
 use crate::messages::{Event, EventEnvelope, StatusChange};
 use crate::ports::platform::{Observation, RuntimeUpdate, StatusSink};
 use crate::ports::store::{
-    encode, read_modify_write, CasError, Change, Record, StateStore, StoreError, Write,
+    encode, read_modify_write_with, CasError, Change, Durability, Record, StateStore, StoreError,
+    Write,
 };
 use crate::ports::MessageBus;
 
@@ -72,6 +80,7 @@ pub struct StatusRecorder {
     store: Arc<dyn StateStore>,
     bus: Arc<dyn MessageBus>,
     source: String,
+    durability: Durability,
 }
 
 impl StatusRecorder {
@@ -86,6 +95,17 @@ impl StatusRecorder {
             store,
             bus,
             source: source.into(),
+            durability: Durability::Immediate,
+        }
+    }
+
+    /// The same recorder, recording with [`Durability::Deferred`]: only
+    /// for a worker's observations of its own servers, which it observes
+    /// again when it starts.
+    pub fn deferring(&self) -> Self {
+        Self {
+            durability: Durability::Deferred,
+            ..self.clone()
         }
     }
 
@@ -107,8 +127,9 @@ impl StatusRecorder {
     pub async fn record(&self, observation: Observation) -> Result<Recorded, RecordError> {
         let id = observation.instance_id.clone();
         let source = self.source.clone();
-        let outcome = read_modify_write(
+        let outcome = read_modify_write_with(
             self.store.as_ref(),
+            self.durability,
             keys::INSTANCES,
             id.as_str(),
             MAX_ATTEMPTS,
@@ -186,7 +207,7 @@ impl StatusRecorder {
     }
 
     /// Publishes the events of a recorded change. Publishing is best-effort:
-    /// the change is already durable in the store and the buffer.
+    /// the change is already in the store and the buffer.
     async fn announce(&self, change: &StatusChange, instance: &Instance) {
         let mut events = vec![Event::InstanceStatusChanged(change.clone())];
         let id = change.instance_id.clone();

@@ -11,7 +11,9 @@
 //! - **ACID.** Every [`StateStore::apply`] and [`StateStore::append`] is one
 //!   redb write transaction: all of it is committed or none of it is, and a
 //!   commit is durable (fsynced) before the call returns. A crash never
-//!   leaves half a batch behind.
+//!   leaves half a batch behind. [`StateStore::apply_deferred`] is atomic
+//!   too, and durable a moment later (see the `deferred` module: with the
+//!   next durable commit, at most 50 ms later).
 //! - **Pure Rust.** No C library to build or link, no `unsafe` in this crate.
 //! - **Exclusive.** redb locks the file while it is open, so two DRaaS
 //!   processes cannot corrupt one state file: the second
@@ -31,6 +33,8 @@
 //! | `log_heads`   | `log name`              | last cursor assigned   |
 //! | `meta`        | `"revision"`            | last revision assigned |
 //! | `meta`        | `"schema_version"`      | layout version (1)     |
+//! | `meta`        | `"open"`                | 1 while a process has it open |
+//! | `meta`        | `"cursor_floor"`        | where a new log's cursors start (0 until a crash) |
 //!
 //! Keys are tuples, compared element by element, so one collection's keys
 //! are contiguous and in key order, and a collection named `a` never sees
@@ -54,6 +58,7 @@
 //! creates it again fails). On the first failed precondition the transaction
 //! is aborted: nothing of the batch is written.
 
+mod deferred;
 mod keyfile;
 
 pub use keyfile::{KeyFile, KEY_FILE};
@@ -69,6 +74,8 @@ use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 
+use deferred::Shared;
+
 /// Every record of every collection, keyed by `(collection, key)`.
 const RECORDS: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("records");
 /// Every entry of every log, keyed by `(log, cursor)`.
@@ -80,6 +87,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// `META` key of the last revision assigned.
 const META_REVISION: &str = "revision";
+/// `META` key of the cursor a log without entries counts from (moved
+/// ahead after a crash, like every log's head).
+const META_CURSOR_FLOOR: &str = "cursor_floor";
 /// `META` key of the layout version.
 const META_SCHEMA: &str = "schema_version";
 /// The layout this crate reads and writes.
@@ -90,7 +100,7 @@ const SCHEMA_VERSION: u64 = 1;
 /// Cloning is cheap and every clone shares the same database.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     location: Arc<str>,
 }
 
@@ -142,9 +152,16 @@ impl EmbeddedStore {
         &self.location
     }
 
-    /// Creates the tables and checks the layout version.
+    /// Creates the tables, checks the layout version, and marks the store
+    /// open (after a crash, first moving its counters ahead: see the
+    /// `deferred` module).
     fn init(db: Database, location: String) -> Result<Self, StoreError> {
-        let txn = db.begin_write().map_err(backend)?;
+        let mut shared = Shared {
+            db,
+            deferral: deferred::Deferral::default(),
+            opened: false,
+        };
+        let txn = shared.db.begin_write().map_err(backend)?;
         let checked = (|| {
             txn.open_table(RECORDS).map_err(backend)?;
             txn.open_table(LOG_ENTRIES).map_err(backend)?;
@@ -161,11 +178,22 @@ impl EmbeddedStore {
                     "state store {location} has layout version {other}; \
                      this DRaaS understands version {SCHEMA_VERSION}"
                 ))),
-            }
+            }?;
+            drop(meta);
+            deferred::open_after_crash(&txn)
         })();
-        finish(txn, checked)?;
+        if let Ok(true) = checked {
+            tracing::warn!(
+                store = %location,
+                "the state store was not closed by its last process: revisions and cursors \
+                 move {} ahead, past any a lost deferred write handed out",
+                deferred::MAX_DEFERRED_WRITES
+            );
+        }
+        shared.finish(txn, checked, None)?;
+        shared.opened = true;
         Ok(Self {
-            db: Arc::new(db),
+            shared: Arc::new(shared),
             location: location.into(),
         })
     }
@@ -174,10 +202,10 @@ impl EmbeddedStore {
     async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || op(&db))
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || op(&shared))
             .await
             .map_err(|e| StoreError::Backend(format!("state store task failed: {e}")))?
     }
@@ -186,22 +214,6 @@ impl EmbeddedStore {
 /// Converts any redb error into [`StoreError::Backend`].
 fn backend<E: Into<redb::Error>>(error: E) -> StoreError {
     StoreError::Backend(error.into().to_string())
-}
-
-/// Commits `txn` when `outcome` is `Ok`, aborts it otherwise.
-fn finish<T>(txn: WriteTransaction, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
-    match outcome {
-        Ok(value) => {
-            txn.commit().map_err(backend)?;
-            Ok(value)
-        }
-        Err(error) => {
-            if let Err(abort) = txn.abort() {
-                tracing::warn!(error = %abort, "aborting a state store transaction failed");
-            }
-            Err(error)
-        }
-    }
 }
 
 /// Whether `precondition` holds for a key whose revision is `current`
@@ -221,17 +233,19 @@ struct Outcome {
     existed: Vec<bool>,
 }
 
-/// Checks and applies `writes` in one transaction; see the crate docs.
-fn apply_blocking(db: &Database, writes: Vec<Write>) -> Result<Outcome, StoreError> {
+/// Checks and applies `writes` in one transaction, durable at once or
+/// (`defer`) a moment later; see the crate docs.
+fn apply_blocking(shared: &Shared, writes: Vec<Write>, defer: bool) -> Result<Outcome, StoreError> {
     if writes.is_empty() {
         return Ok(Outcome {
             applied: Vec::new(),
             existed: Vec::new(),
         });
     }
-    let txn = db.begin_write().map_err(backend)?;
+    let txn = shared.db.begin_write().map_err(backend)?;
     let staged = stage(&txn, &writes);
-    finish(txn, staged)
+    let count = u64::try_from(writes.len()).unwrap_or(u64::MAX);
+    shared.finish(txn, staged, defer.then_some(count))
 }
 
 /// Applies `writes` to `txn`, failing on the first unmet precondition.
@@ -244,6 +258,7 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Outcome, StoreError
         .map(|g| g.value())
         .unwrap_or(0);
     let mut revision = first_revision;
+    let floor = cursor_floor(&meta)?;
     let mut outcome = Outcome {
         applied: Vec::with_capacity(writes.len()),
         existed: Vec::with_capacity(writes.len()),
@@ -266,7 +281,7 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Outcome, StoreError
                 value,
                 capacity,
             } => {
-                let cursor = append_in(txn, log, value, *capacity)?;
+                let cursor = append_in(txn, floor, log, value, *capacity)?;
                 outcome.applied.push(Applied::Appended(cursor));
                 outcome.existed.push(false);
                 continue;
@@ -308,20 +323,33 @@ fn stage(txn: &WriteTransaction, writes: &[Write]) -> Result<Outcome, StoreError
 
 /// Appends to `log` and trims it to `capacity`; returns the new cursor.
 fn append_blocking(
-    db: &Database,
+    shared: &Shared,
     log: &str,
     value: &[u8],
     capacity: usize,
 ) -> Result<u64, StoreError> {
-    let txn = db.begin_write().map_err(backend)?;
-    let appended = append_in(&txn, log, value, capacity);
-    finish(txn, appended)
+    let txn = shared.db.begin_write().map_err(backend)?;
+    let appended = txn
+        .open_table(META)
+        .map_err(backend)
+        .and_then(|meta| cursor_floor(&meta))
+        .and_then(|floor| append_in(&txn, floor, log, value, capacity));
+    shared.finish(txn, appended, None)
+}
+
+/// The cursor a log without a head counts from.
+fn cursor_floor(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, StoreError> {
+    Ok(meta
+        .get(META_CURSOR_FLOOR)
+        .map_err(backend)?
+        .map_or(0, |g| g.value()))
 }
 
 /// Appends to `log` within `txn` and trims it to `capacity`; returns the
-/// new cursor.
+/// new cursor (a log with no head yet counts from `floor`).
 fn append_in(
     txn: &WriteTransaction,
+    floor: u64,
     log: &str,
     value: &[u8],
     capacity: usize,
@@ -329,7 +357,7 @@ fn append_in(
     let mut heads = txn.open_table(LOG_HEADS).map_err(backend)?;
     let last = heads.get(log).map_err(backend)?.map(|g| g.value());
     let cursor = last
-        .unwrap_or(0)
+        .unwrap_or(floor)
         .checked_add(1)
         .ok_or_else(|| StoreError::Backend(format!("log {log}: cursor exhausted")))?;
     heads.insert(log, cursor).map_err(backend)?;
@@ -348,12 +376,12 @@ fn append_in(
 
 /// Reads a page of `log`.
 fn read_log_blocking(
-    db: &Database,
+    shared: &Shared,
     log: &str,
     after: u64,
     limit: usize,
 ) -> Result<LogPage, StoreError> {
-    let txn = db.begin_read().map_err(backend)?;
+    let txn = shared.db.begin_read().map_err(backend)?;
     let heads = txn.open_table(LOG_HEADS).map_err(backend)?;
     let newest = heads
         .get(log)
@@ -391,8 +419,8 @@ fn read_log_blocking(
 impl StateStore for EmbeddedStore {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
         let (collection, key) = (collection.to_string(), key.to_string());
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
+        self.run(move |shared| {
+            let txn = shared.db.begin_read().map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
             let found = records
                 .get((collection.as_str(), key.as_str()))
@@ -410,8 +438,8 @@ impl StateStore for EmbeddedStore {
 
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let collection = collection.to_string();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
+        self.run(move |shared| {
+            let txn = shared.db.begin_read().map_err(backend)?;
             let records = txn.open_table(RECORDS).map_err(backend)?;
             let mut out = Vec::new();
             for item in records
@@ -438,19 +466,31 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
-        self.run(move |db| apply_blocking(db, writes).map(|o| o.applied))
+        self.run(move |shared| apply_blocking(shared, writes, false).map(|o| o.applied))
             .await
+    }
+
+    /// Commits without the fsync; the flusher makes it durable
+    /// [`FLUSH_AFTER`](deferred::FLUSH_AFTER) later unless a durable commit
+    /// does first (see the `deferred` module).
+    async fn apply_deferred(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        deferred::start_flusher(&self.shared);
+        let applied = self
+            .run(move |shared| apply_blocking(shared, writes, true).map(|o| o.applied))
+            .await?;
+        deferred::wake_flusher(&self.shared);
+        Ok(applied)
     }
 
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
         let log = log.to_string();
-        self.run(move |db| append_blocking(db, &log, &value, capacity))
+        self.run(move |shared| append_blocking(shared, &log, &value, capacity))
             .await
     }
 
     async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
         let log = log.to_string();
-        self.run(move |db| read_log_blocking(db, &log, after, limit))
+        self.run(move |shared| read_log_blocking(shared, &log, after, limit))
             .await
     }
 
@@ -467,8 +507,8 @@ impl StateStore for EmbeddedStore {
             key: key.to_string(),
             precondition,
         };
-        self.run(move |db| {
-            let applied = apply_blocking(db, vec![write])?;
+        self.run(move |shared| {
+            let applied = apply_blocking(shared, vec![write], false)?;
             Ok(applied.existed.first().copied().unwrap_or(false))
         })
         .await

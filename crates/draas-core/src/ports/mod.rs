@@ -16,7 +16,7 @@ pub use platform::{
     RuntimeUpdate, Started, StatusSink,
 };
 pub use store::{
-    read_modify_write, Applied, CasError, Change, JsonStore, LogPage, Precondition, Record,
-    Revision, StateStore, StoreError, Versioned, Write,
+    read_modify_write, read_modify_write_with, Applied, CasError, Change, Durability, JsonStore,
+    LogPage, Precondition, Record, Revision, StateStore, StoreError, Versioned, Write,
 };
 pub use validator::{ConfigValidator, StructuralValidator};

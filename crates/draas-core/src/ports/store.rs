@@ -15,6 +15,15 @@
 //! A log keeps its newest `capacity` entries. Cursors increase by one per
 //! append and are never reused, so a reader that remembers a cursor can ask
 //! for what came after it and learn when entries it missed were dropped.
+//! (After a crash, a store that defers durability moves its cursors and
+//! revisions ahead, past any a lost write had handed out.)
+//!
+//! # Durability
+//!
+//! A write is durable when [`StateStore::apply`] returns. One kind of write
+//! may be made durable a moment later: [`StateStore::apply_deferred`], for
+//! what a worker observed of its own servers, which the worker observes
+//! again whenever it starts (see [`Durability::Deferred`]).
 
 use std::time::Duration;
 
@@ -35,6 +44,23 @@ pub enum Precondition {
     Absent,
     /// The key must exist at exactly this revision (compare-and-set).
     Revision(Revision),
+}
+
+/// When a write must be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// On disk before the write returns.
+    #[default]
+    Immediate,
+    /// Visible at once, durable a moment later (with the store's next
+    /// durable write, or after a short delay). A crash of the process that
+    /// holds the store may lose it, so it is only for facts its writer
+    /// learns again after such a crash: a worker's observations of its
+    /// servers, recorded in a store that lives in the worker's own process
+    /// (the embedded store; it dies with them), which the worker observes
+    /// anew when it starts. It spares the fsync on the way from a crash to
+    /// its restart: the restart's own durable write makes the crash durable.
+    Deferred,
 }
 
 /// A value and its revision.
@@ -177,6 +203,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// fails. A delete of a missing key with `Precondition::None` succeeds.
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError>;
 
+    /// [`apply`](Self::apply) with [`Durability::Deferred`]: the writes are
+    /// visible at once and may become durable a moment later. A store whose
+    /// writes cost no wait for the disk (or that is shared by processes that
+    /// do not die together) keeps the default: durable at once.
+    async fn apply_deferred(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        self.apply(writes).await
+    }
+
     /// Appends `value` to `log`, dropping the oldest entries beyond
     /// `capacity`; returns the new entry's cursor.
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError>;
@@ -234,6 +268,9 @@ impl<T: StateStore + ?Sized> StateStore for std::sync::Arc<T> {
     }
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
         (**self).apply(writes).await
+    }
+    async fn apply_deferred(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        (**self).apply_deferred(writes).await
     }
     async fn append(&self, log: &str, value: Vec<u8>, capacity: usize) -> Result<u64, StoreError> {
         (**self).append(log, value, capacity).await
@@ -410,6 +447,31 @@ pub async fn read_modify_write<S, T, O, E, F>(
     collection: &str,
     key: &str,
     attempts: usize,
+    change: F,
+) -> Result<(O, Vec<Applied>), CasError<E>>
+where
+    S: StateStore + ?Sized,
+    T: Serialize + DeserializeOwned + Send,
+    F: FnMut(Option<Record<T>>) -> Result<Change<T, O>, E> + Send,
+{
+    read_modify_write_with(
+        store,
+        Durability::Immediate,
+        collection,
+        key,
+        attempts,
+        change,
+    )
+    .await
+}
+
+/// [`read_modify_write`] whose write has the given [`Durability`].
+pub async fn read_modify_write_with<S, T, O, E, F>(
+    store: &S,
+    durability: Durability,
+    collection: &str,
+    key: &str,
+    attempts: usize,
     mut change: F,
 ) -> Result<(O, Vec<Applied>), CasError<E>>
 where
@@ -454,7 +516,11 @@ where
         };
         let mut writes = vec![own];
         writes.extend(also);
-        match store.apply(writes).await {
+        let written = match durability {
+            Durability::Immediate => store.apply(writes).await,
+            Durability::Deferred => store.apply_deferred(writes).await,
+        };
+        match written {
             Ok(mut applied) => {
                 applied.remove(0);
                 return Ok((output, applied));

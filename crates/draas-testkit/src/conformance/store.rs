@@ -9,7 +9,8 @@
 //! Revisions are only required to *increase* on every write of a key (a
 //! backend may use a store-wide counter), so the checks compare revisions
 //! with `<`, never with `+ 1`. Log cursors, in contrast, are exactly
-//! 1, 2, 3, … per log.
+//! 1, 2, 3, … per log (while the store runs: after a crash, a store that
+//! defers durability moves them ahead).
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub async fn run_all(store: Store) {
     recreated_key_gets_a_fresh_revision(store.clone()).await;
     revision_precondition_is_compare_and_set(store.clone()).await;
     apply_is_atomic(store.clone()).await;
+    a_deferred_apply_is_an_apply_visible_at_once(store.clone()).await;
     apply_returns_one_result_per_write(store.clone()).await;
     delete_semantics(store.clone()).await;
     list_returns_one_collection_in_key_order(store.clone()).await;
@@ -384,6 +386,59 @@ pub async fn apply_is_atomic(store: Store) {
         2,
         "a failed batch must leave the collection as it was"
     );
+}
+
+/// [`StateStore::apply_deferred`] differs from `apply` only in when the
+/// writes reach the disk: they are visible at once, checked against their
+/// preconditions, atomic, and numbered like any other.
+pub async fn a_deferred_apply_is_an_apply_visible_at_once(store: Store) {
+    let collection = unique("deferred");
+    let log = unique("deferred-log");
+    let first = store
+        .put(&collection, "k", b"durable".to_vec(), Precondition::None)
+        .await
+        .expect("put");
+    let appended = Write::Append {
+        log: log.clone(),
+        value: b"e1".to_vec(),
+        capacity: 10,
+    };
+    let applied = store
+        .apply_deferred(vec![
+            put(&collection, "k", b"deferred", Precondition::Revision(first)),
+            appended.clone(),
+        ])
+        .await
+        .expect("deferred apply");
+    let [Applied::Put(second), Applied::Appended(1)] = applied.as_slice() else {
+        panic!("a put's revision and the log's first cursor expected, got {applied:?}");
+    };
+    assert!(*second > first, "{second:?} after {first:?}");
+    let read = must_get(&store, &collection, "k").await;
+    assert_eq!(
+        (read.value.as_slice(), read.revision),
+        (b"deferred".as_slice(), *second),
+        "a deferred write is read back at once"
+    );
+    let page = store.read_log(&log, 0, 10).await.expect("read log");
+    assert_eq!(cursors(&page), [1]);
+
+    // A stale precondition: nothing of the batch is written.
+    let refused = store
+        .apply_deferred(vec![
+            appended,
+            put(&collection, "k", b"stale", Precondition::Revision(first)),
+        ])
+        .await;
+    assert_conflict(
+        refused,
+        &collection,
+        "k",
+        "a deferred batch with a stale revision",
+    );
+    assert_eq!(must_get(&store, &collection, "k").await.revision, *second);
+    let page = store.read_log(&log, 0, 10).await.expect("read log");
+    assert_eq!(cursors(&page), [1], "the refused batch appended nothing");
 }
 
 /// A successful batch applies every write and returns, in order, the new
