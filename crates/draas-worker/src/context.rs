@@ -66,9 +66,14 @@ impl WorkerContext {
         }
     }
 
-    /// The recorder, as the sink a driver reports to.
+    /// The recorder, as the sink a driver reports to. It defers
+    /// durability ([`StatusRecorder::deferring`]): what a driver reports
+    /// (a crash, a component's state, a server adopted) it observes again
+    /// when the worker starts, and the fsync it spares is one on the way
+    /// from a crash to its restart. The results of commands go through
+    /// [`recorder`](Self::recorder), durable at once.
     pub fn sink(&self) -> Arc<dyn StatusSink> {
-        Arc::new(self.recorder.clone())
+        Arc::new(self.recorder.deferring())
     }
 }
 

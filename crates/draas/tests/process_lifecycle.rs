@@ -209,6 +209,14 @@ async fn instances_survive_a_restart_of_draas_and_running_servers_are_readopted(
     // SIGTERM to draas: the server keeps running.
     let draas = draas.restart().await;
     assert!(alive(pid), "servers outlive the control plane");
+    assert!(
+        !draas
+            .process
+            .stderr()
+            .contains("was not closed by its last process"),
+        "a clean stop closes the state store: {}",
+        draas.process.stderr()
+    );
 
     // Everything is still there.
     let (_, list) = draas.get("/api/server/instances").await;

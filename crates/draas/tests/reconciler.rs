@@ -77,6 +77,55 @@ async fn a_killed_server_runs_again_without_anyone_asking() {
     assert_eq!(draas.state(&id).await, "Stopped");
 }
 
+/// What a worker observes of its servers is recorded without waiting for
+/// the disk (durable with the next durable write, or 50 ms later), so a
+/// crash of `draas up` itself may lose a server's crash it had just seen.
+/// Nothing is lost for good: the worker sees it again when it starts, and
+/// the reconciler heals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crash_seen_just_before_draas_itself_is_killed_is_seen_again_and_healed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    // No reconciler yet: the crash stays as the worker recorded it.
+    let draas = Draas::up_with_args(dir.path(), &["--reconcile", "off"]).await;
+    let (id, instance) = running(
+        &draas,
+        json!({"name": "seen-twice", "platformType": "Process"}),
+    )
+    .await;
+    let first = server_pid(&instance).expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    draas
+        .wait_state(&id, "Failed", Duration::from_secs(2))
+        .await;
+    // kill -9 draas as soon as it has shown the crash.
+    let draas = draas.crash_and_restart_with(RECONCILE).await;
+    assert!(
+        draas
+            .process
+            .stderr()
+            .contains("was not closed by its last process"),
+        "the store noticed the crash: {}",
+        draas.process.stderr()
+    );
+    let healed = draas
+        .until(&id, Duration::from_secs(10), |i| {
+            i["status"]["state"] == "Running" && server_pid(i).is_some_and(|p| p != first)
+        })
+        .await;
+    assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
+    assert!(
+        healed["status"]["lastFailure"]["reason"].is_string(),
+        "{healed}"
+    );
+    let endpoint = healed["runtime"]["endpoint"].as_str().unwrap();
+    assert!(!draas.rows(endpoint, "values").await.is_empty());
+}
+
 /// A restart step that the instance's restart policy, as stored, does not
 /// allow is refused, whoever sends it: a reconciler may plan a crash from a
 /// copy of the instance it kept, and the control plane has the last word.

@@ -231,6 +231,29 @@ impl Draas {
     }
 }
 
+impl Draas {
+    /// Kills this process with SIGKILL (nothing closed, nothing flushed:
+    /// a crash) and starts another on the same data directory and port,
+    /// with `extra` arguments.
+    pub async fn crash_and_restart_with(self, extra: &[&str]) -> Self {
+        let Draas {
+            mut process,
+            port,
+            data,
+            logs,
+            run,
+            range,
+            ..
+        } = self;
+        process.signal(nix::sys::signal::Signal::SIGKILL);
+        process
+            .wait_timeout(Duration::from_secs(10))
+            .expect("draas dies");
+        drop(process);
+        Self::up_with_extra(&logs, data, port, run + 1, range, extra).await
+    }
+}
+
 /// SIGTERM, and a clean exit within 30 s.
 fn terminate(process: &mut TestProcess) {
     process.signal(nix::sys::signal::Signal::SIGTERM);
