@@ -406,6 +406,11 @@ impl Inner {
         // commit would otherwise add to every (re)start's time to health.
         // Stamped now, it is older than whatever the start ends in, so it
         // can never overwrite that (the recorder refuses older observations).
+        // It is a passing state, recorded with deferred durability: the
+        // start's outcome, recorded durably, makes it durable too, and on
+        // the way to the spawn it costs no fsync competing for the CPU. (A
+        // crash before the outcome loses it with the worker, which finds
+        // the launched server when it starts again.)
         let starting = async {
             if already {
                 return Ok(());
@@ -413,7 +418,9 @@ impl Inner {
             let observation =
                 Observation::now(id.clone(), ActualState::Starting, Some(Reason::Requested))
                     .generation(spec.generation);
-            self.record(observation).await.map(|_| ())
+            self.record_with(&self.recorder.deferring(), observation)
+                .await
+                .map(|_| ())
         };
         let (recorded, started) = tokio::join!(starting, self.driver.start(id, spec));
         if let Err(e) = recorded {
@@ -515,8 +522,17 @@ impl Inner {
         &self,
         observation: Observation,
     ) -> Result<Option<Instance>, draas_core::ports::StoreError> {
+        self.record_with(&self.recorder, observation).await
+    }
+
+    /// [`record`](Self::record) through `recorder`.
+    async fn record_with(
+        &self,
+        recorder: &StatusRecorder,
+        observation: Observation,
+    ) -> Result<Option<Instance>, draas_core::ports::StoreError> {
         let id = observation.instance_id.clone();
-        match self.recorder.record(observation).await {
+        match recorder.record(observation).await {
             Ok(recorded) => Ok(Some(recorded.instance)),
             Err(RecordError::NotFound(_)) => Ok(None),
             Err(RecordError::Stale { .. }) => Ok(self
