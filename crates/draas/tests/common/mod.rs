@@ -214,28 +214,27 @@ impl Draas {
     /// Stops this process with SIGTERM and starts another on the same data
     /// directory and port.
     pub async fn restart(self) -> Self {
-        let Draas {
-            mut process,
-            port,
-            data,
-            logs,
-            run,
-            range,
-            extra,
-            ..
-        } = self;
-        terminate(&mut process);
-        drop(process);
+        let extra = self.extra.clone();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        Self::up_with_extra(&logs, data, port, run + 1, range, &extra).await
+        self.replace(terminate, &extra).await
     }
-}
 
-impl Draas {
     /// Kills this process with SIGKILL (nothing closed, nothing flushed:
     /// a crash) and starts another on the same data directory and port,
     /// with `extra` arguments.
     pub async fn crash_and_restart_with(self, extra: &[&str]) -> Self {
+        let kill = |process: &mut TestProcess| {
+            process.signal(nix::sys::signal::Signal::SIGKILL);
+            process
+                .wait_timeout(Duration::from_secs(10))
+                .expect("draas dies");
+        };
+        self.replace(kill, extra).await
+    }
+
+    /// Ends this process with `end` and starts another on the same data
+    /// directory and port, with `extra` arguments.
+    async fn replace(self, end: impl FnOnce(&mut TestProcess), extra: &[&str]) -> Self {
         let Draas {
             mut process,
             port,
@@ -245,10 +244,7 @@ impl Draas {
             range,
             ..
         } = self;
-        process.signal(nix::sys::signal::Signal::SIGKILL);
-        process
-            .wait_timeout(Duration::from_secs(10))
-            .expect("draas dies");
+        end(&mut process);
         drop(process);
         Self::up_with_extra(&logs, data, port, run + 1, range, extra).await
     }
