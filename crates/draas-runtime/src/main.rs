@@ -9,6 +9,8 @@
 //! draas-runtime --config server.yaml [--port N]     run a server
 //! draas-runtime --config-env VAR                    the YAML from an environment variable
 //! draas-runtime validate --config server.yaml       check a file (exit 0/1)
+//! draas-runtime --standby                           wait for the start's
+//!                                                   arguments on stdin (DRaaS)
 //! ```
 //!
 //! Startup matches drasi-server: every component is created and started
@@ -21,6 +23,7 @@ mod api;
 mod load;
 mod locate;
 mod serve;
+mod standby;
 mod validate;
 
 use std::io::IsTerminal;
@@ -67,7 +70,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 2 && args[1] == standby::FLAG {
+        let program = args.swap_remove(0);
+        let order = standby::wait().and_then(|go| go.map(|go| go.apply(program)).transpose());
+        args = match order {
+            Ok(Some(args)) => args,
+            // Nobody will order a start: the worker went away.
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("Error: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
+    let mut cli = Cli::parse_from(args);
     if let Some(dir) = &cli.workdir {
         if let Err(e) = std::env::set_current_dir(dir) {
             eprintln!("Error: cannot work in {}: {e}", dir.display());

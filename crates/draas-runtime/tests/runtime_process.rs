@@ -460,3 +460,159 @@ async fn the_configuration_can_come_from_an_environment_variable() {
     assert_eq!(unset.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unset.stderr).contains("$NOT_SET_ANYWHERE"));
 }
+
+/// Starts `draas-runtime --standby` with its stdin a pipe.
+fn standby() -> std::process::Child {
+    Command::new(BIN)
+        .arg("--standby")
+        .env_clear()
+        .env("STANDBY_ONLY", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn standby")
+}
+
+/// Waits up to 10 s for `child` to exit.
+fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..500 {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("still running after 10 s");
+}
+
+#[tokio::test]
+async fn a_runtime_in_standby_becomes_the_server_it_is_ordered_to_run() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("server.yaml"),
+        MOCK_PIPELINE.replace("{port}", &port.to_string()),
+    )
+    .expect("write config");
+    let mut child = standby();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().expect("try_wait").is_none(), "it waits");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        std::path::Path::new("/"),
+        "waiting, it keeps no directory busy"
+    );
+
+    // The order: a relative config resolved in --workdir, the environment
+    // replaced (RUST_LOG=debug shows in the output), output to files.
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("logs dir");
+    let order = json!({
+        "args": ["--config", "server.yaml", "--workdir", dir.path()],
+        "env": [["PATH", "/usr/bin:/bin"], ["RUST_LOG", "debug"]],
+        "stdout": logs.join("stdout.log"),
+        "stderr": logs.join("stderr.log"),
+    });
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(order.to_string().as_bytes())
+        .expect("write order");
+    drop(stdin);
+
+    let health = format!("http://127.0.0.1:{port}/health");
+    wait_for(
+        "the ordered server's /health",
+        Duration::from_secs(30),
+        || {
+            let health = health.clone();
+            async move { get_json(&health).await.filter(|(s, _)| *s == 200) }
+        },
+    )
+    .await;
+    assert_eq!(child.id(), pid, "the same process");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        dir.path().canonicalize().expect("dir")
+    );
+    let rows = format!("http://127.0.0.1:{port}/api/v1/queries/readings/results");
+    wait_for("rows", Duration::from_secs(30), || {
+        let rows = rows.clone();
+        async move {
+            let (_, body) = get_json(&rows).await?;
+            (!body["data"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    let stdout = std::fs::read_to_string(logs.join("stdout.log")).expect("stdout.log");
+    assert!(stdout.contains("API listening"), "{stdout}");
+    assert!(
+        stdout.contains(" DEBUG "),
+        "RUST_LOG from the order: {stdout}"
+    );
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGINT).expect("SIGINT");
+    assert_eq!(exit_of(&mut child).code(), Some(0));
+    let mut own = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut own)
+        .expect("read");
+    assert!(own.is_empty(), "nothing went to the starter's pipe: {own}");
+}
+
+#[tokio::test]
+async fn a_runtime_in_standby_ends_quietly_without_an_order_and_refuses_a_bad_one() {
+    use std::io::{Read, Write};
+    // Its starter went away: stdin ends, it exits 0.
+    let mut child = standby();
+    drop(child.stdin.take());
+    assert_eq!(exit_of(&mut child).code(), Some(0));
+
+    // Not an order: exit 1, saying why, on its own stderr.
+    for (order, why) in [
+        (
+            r#"{"args": [], "env": [], "stdout": "/dev/null"}"#,
+            "invalid standby order",
+        ),
+        (
+            r#"{"args": ["--standby"], "env": [], "stdout": "/dev/null", "stderr": "/dev/null"}"#,
+            "cannot ask for --standby again",
+        ),
+    ] {
+        let mut child = standby();
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(order.as_bytes()).expect("write");
+        drop(stdin);
+        assert_eq!(exit_of(&mut child).code(), Some(1), "{order}");
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read");
+        assert!(stderr.contains(why), "{order}: {stderr}");
+    }
+
+    // Once its output is redirected, what goes wrong is said there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr = dir.path().join("stderr.log");
+    let order = json!({"args": [], "env": [["A=B", "c"]], "stdout": "/dev/null", "stderr": stderr});
+    let mut child = standby();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(order.to_string().as_bytes())
+        .expect("write");
+    drop(stdin);
+    assert_eq!(exit_of(&mut child).code(), Some(1));
+    let said = std::fs::read_to_string(&stderr).expect("stderr.log");
+    assert!(
+        said.contains("invalid environment variable 'A=B'"),
+        "{said}"
+    );
+}
