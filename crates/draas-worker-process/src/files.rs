@@ -34,6 +34,8 @@ pub struct Prepared {
     pub stdout: File,
     /// Its stderr file, opened for appending.
     pub stderr: File,
+    /// Where those files are.
+    pub logs: LogFiles,
 }
 
 fn failed(what: &str, e: std::io::Error) -> DriverError {
@@ -85,6 +87,7 @@ impl Files {
             config,
             stdout,
             stderr,
+            logs,
         })
     }
 }

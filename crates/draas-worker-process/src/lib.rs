@@ -16,6 +16,7 @@
 //!   reach a reused pid;
 //! - [`record`]: pid, start time and paths, persisted for re-adoption;
 //! - [`logs`]: output files, their tail and rotation;
+//! - [`spare`]: a bundled runtime started ahead of the next start;
 //! - [`platform`]: the `Platform` implementation tying them together.
 
 pub mod exit;
@@ -24,6 +25,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod platform;
 pub mod record;
+pub mod spare;
 
 use std::path::PathBuf;
 
@@ -57,6 +59,9 @@ pub struct ProcessSettings {
     pub log_max_bytes: u64,
     /// Rotated copies kept per output file.
     pub log_keep: usize,
+    /// Keep one bundled runtime started ahead of need ([`spare`]), so the
+    /// next start, or the restart after a crash, skips the runtime's exec.
+    pub warm_runtime: bool,
 }
 
 impl ProcessSettings {
@@ -70,6 +75,7 @@ impl ProcessSettings {
             host,
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 3,
+            warm_runtime: true,
         }
     }
 }

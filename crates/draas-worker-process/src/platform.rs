@@ -3,6 +3,7 @@
 //! processes and files.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,19 +19,29 @@ use crate::files::{self, Files};
 use crate::lifecycle;
 use crate::logs::LogFiles;
 use crate::record::ProcessRecord;
+use crate::spare::Spares;
 use crate::ProcessSettings;
 
 /// The Process platform: Drasi servers as OS processes of this host.
 pub struct ProcessPlatform {
     settings: ProcessSettings,
     files: Files,
+    spares: Arc<Spares>,
 }
 
 impl ProcessPlatform {
     /// The platform with `settings`.
     pub fn new(settings: ProcessSettings) -> Self {
         let files = Files::new(settings.root.clone());
-        Self { settings, files }
+        let spares = Arc::new(Spares::new(
+            settings.warm_runtime,
+            settings.default_executable.clone(),
+        ));
+        Self {
+            settings,
+            files,
+            spares,
+        }
     }
 
     /// Where the output of instance `id` is: its recorded working directory
@@ -103,7 +114,10 @@ impl Platform for ProcessPlatform {
             files.prepare(&instance, executable, &job.configuration_yaml)
         })
         .await?;
-        let (record, handle, exit) = lifecycle::spawn(id, spec, prepared)?;
+        let started = lifecycle::start(id, spec, prepared, &self.spares).await;
+        // The next start finds a spare again (once this one is under way).
+        self.spares.refill_later();
+        let (record, handle, exit) = started?;
         Ok(Launched {
             record,
             handle,
@@ -216,6 +230,8 @@ impl Platform for ProcessPlatform {
             })
             .collect();
         let (max, keep) = (self.settings.log_max_bytes, self.settings.log_keep);
+        // A spare that died or whose executable changed is replaced.
+        self.spares.check();
         let _ = blocking(move || {
             for (id, logs) in logs {
                 for stream in [LogStream::Stdout, LogStream::Stderr] {

@@ -669,6 +669,16 @@ pub struct ProcessArgs {
     /// [default: this machine's name].
     #[arg(long, env = "DRAAS_ADVERTISE_HOST", value_parser = parse_host)]
     pub advertise_host: Option<String>,
+    /// Keep one bundled runtime started ahead of need, waiting, so the next
+    /// start of a Process instance (above all the restart after a crash)
+    /// skips the runtime's ~2 ms exec. Costs one idle process.
+    #[arg(
+        long = "warm-runtime",
+        env = "DRAAS_WARM_RUNTIME",
+        value_enum,
+        default_value = "on"
+    )]
+    pub warm_runtime: Switch,
 }
 
 /// A host name or IP address: what may stand between `http://` and `:port`.

@@ -505,6 +505,7 @@ fn process_worker(
     );
     let mut settings = ProcessSettings::new(data_dir.join("process"), runtime, host);
     settings.allowed_executables = args.allow_executables.clone();
+    settings.warm_runtime = args.warm_runtime == crate::config::Switch::On;
     if let Some(advertised) = &args.advertise_host {
         settings.advertise_host = advertised.clone();
     }
