@@ -63,11 +63,12 @@ async fn an_instance_lives_its_whole_life_through_the_api() {
         std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
         workdir.canonicalize().expect("workdir")
     );
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    // On its command line when spawned; in its order when the worker's
+    // warm runtime (`--standby`) served the start.
     assert!(
-        cmdline.split(|b| *b == 0).any(|arg| arg == b"--workdir"),
-        "{}",
-        String::from_utf8_lossy(&cmdline)
+        cmdline_has(pid, "--workdir") || cmdline_has(pid, "--standby"),
+        "{:?}",
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
     );
 
     // The live view and the logs come from the worker.
@@ -568,5 +569,176 @@ async fn start_stop_and_restart_wait_for_the_state_asked_for() {
         (status, &body["status"]["state"]),
         (200, &json!("Stopped")),
         "{body}"
+    );
+}
+
+/// The one warm runtime of `draas` other than `not` (it is started a
+/// moment after the worker, and after each start), once it is there.
+async fn warm_runtime(draas: &Draas, not: Option<u64>) -> u64 {
+    let parent = draas.process.pid();
+    draas_testkit::wait_for("a warm runtime", Duration::from_secs(10), || {
+        let found = common::warm_runtimes(parent);
+        async move {
+            match found.as_slice() {
+                [one] if Some(*one) != not => Some(*one),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+/// Creates instance `name` of the counter pipeline with `environment`.
+async fn counter_instance(draas: &Draas, name: &str, environment: Value) -> String {
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": name, "serverConfiguration": {"environment": environment}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().expect("id").to_string();
+    let (status, _, _) = draas
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            counter_pipeline(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    id
+}
+
+fn cmdline_has(pid: u64, arg: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .expect("cmdline")
+        .split(|b| *b == 0)
+        .any(|a| a == arg.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_and_restarts_are_served_by_the_warm_runtime_which_never_outlives_draas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let mut draas = Draas::up_with_args(dir.path(), &["--reconcile", "on"]).await;
+    let first = warm_runtime(&draas, None).await;
+
+    // A start: the warm runtime becomes the server, with everything a
+    // spawned server gets (its directory, its environment, its output).
+    let id = counter_instance(&draas, "warm", json!({"RUST_LOG": "debug"})).await;
+    let (status, started) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["status"]["state"], "Running", "{started}");
+    let pid = common::server_pid(&started).expect("pid");
+    assert_eq!(pid, first, "the warm runtime serves the start");
+    let workdir = draas.data.join(format!("process/instances/{id}"));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        workdir.canonicalize().expect("workdir")
+    );
+    let endpoint = started["runtime"]["endpoint"].as_str().expect("endpoint");
+    assert!(!draas.rows(endpoint, "values").await.is_empty());
+    let stdout = std::fs::read_to_string(workdir.join("logs/stdout.log")).expect("stdout.log");
+    assert!(
+        stdout.contains(" DEBUG "),
+        "the instance's RUST_LOG applies: {stdout}"
+    );
+
+    // Another waits for the next start: the restart after a crash.
+    let second = warm_runtime(&draas, Some(first)).await;
+    common::kill9(pid);
+    let healed = draas
+        .until(&id, Duration::from_secs(10), |i| {
+            i["status"]["state"] == "Running" && common::server_pid(i) != Some(pid)
+        })
+        .await;
+    assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
+    assert_eq!(common::server_pid(&healed), Some(second), "{healed}");
+    let endpoint = healed["runtime"]["endpoint"].as_str().expect("endpoint");
+    assert!(!draas.rows(endpoint, "values").await.is_empty());
+
+    // An environment the C library reads at exec cannot be given to a
+    // process already started: that start spawns, and the warm one waits on.
+    let third = warm_runtime(&draas, Some(second)).await;
+    let cold = counter_instance(&draas, "cold", json!({"MALLOC_ARENA_MAX": "2"})).await;
+    let (status, started) = draas
+        .post(&format!("/api/server/instances/{cold}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let cold_pid = common::server_pid(&started).expect("pid");
+    assert_ne!(cold_pid, third);
+    assert!(cmdline_has(cold_pid, "--workdir"), "spawned");
+    assert_eq!(common::warm_runtimes(draas.process.pid()), vec![third]);
+
+    // draas dies: its warm runtime ends with it; its servers do not.
+    draas.process.signal(nix::sys::signal::Signal::SIGKILL);
+    draas
+        .process
+        .wait_timeout(Duration::from_secs(10))
+        .expect("draas dies");
+    draas_testkit::wait_for(
+        "the warm runtime to end",
+        Duration::from_secs(10),
+        || async move { (!alive(third)).then_some(()) },
+    )
+    .await;
+    assert!(alive(second) && alive(cold_pid), "servers outlive draas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_runtime_is_retired_when_its_executable_changes_and_none_waits_when_turned_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let runtime = bin.join("draas-runtime");
+    std::fs::copy(common::runtime_binary(), &runtime).expect("copy the runtime");
+    let runtime_arg = runtime.display().to_string();
+    let draas = Draas::up_with_args(dir.path(), &["--runtime", &runtime_arg]).await;
+    let stale = warm_runtime(&draas, None).await;
+
+    // An upgrade on disk: the next start runs the new file, not the old
+    // process, and the old one is stopped.
+    let upgraded = bin.join("draas-runtime.new");
+    std::fs::copy(common::runtime_binary(), &upgraded).expect("copy");
+    std::fs::rename(&upgraded, &runtime).expect("replace the runtime");
+    let id = counter_instance(&draas, "upgraded", json!({})).await;
+    let (status, started) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let pid = common::server_pid(&started).expect("pid");
+    assert_ne!(pid, stale);
+    assert!(cmdline_has(pid, "--workdir"), "spawned from the new file");
+    draas_testkit::wait_for(
+        "the stale warm runtime to end",
+        Duration::from_secs(10),
+        || async move { (!alive(stale)).then_some(()) },
+    )
+    .await;
+    let fresh = warm_runtime(&draas, Some(stale)).await;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{fresh}/exe")).expect("exe"),
+        runtime.canonicalize().expect("runtime"),
+        "the new warm runtime runs the new file"
+    );
+
+    // Turned off: every start spawns, nothing waits.
+    let off_dir = dir.path().join("off");
+    std::fs::create_dir(&off_dir).expect("off");
+    let off = Draas::up_with_args(&off_dir, &["--warm-runtime", "off"]).await;
+    let id = counter_instance(&off, "spawned", json!({})).await;
+    let (status, started) = off
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    let pid = common::server_pid(&started).expect("pid");
+    assert!(cmdline_has(pid, "--workdir"), "spawned");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        common::warm_runtimes(off.process.pid()).is_empty(),
+        "no warm runtime when turned off"
     );
 }

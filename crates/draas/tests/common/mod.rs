@@ -169,10 +169,15 @@ impl Draas {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data)
-            .arg("--runtime")
-            .arg(runtime_binary())
             .args(["--heartbeat-seconds", "1", "--port-range", &range])
             .args(extra)
+            // The bundled runtime built with this binary, unless the test
+            // names another.
+            .args(if extra.contains(&"--runtime") {
+                vec![]
+            } else {
+                vec!["--runtime".into(), runtime_binary().into_os_string()]
+            })
             // Never a cluster the developer happens to have configured.
             .args(if extra.contains(&"--kubernetes") {
                 &[][..]
@@ -461,6 +466,33 @@ pub fn kill9(pid: u64) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill -9");
+}
+
+/// The bundled runtimes waiting in standby (the warm runtime of a Process
+/// worker, not yet serving a start) whose parent is process `parent`.
+pub fn warm_runtimes(parent: u32) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u64 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let standby = cmdline.split(|b| *b == 0).any(|arg| arg == b"--standby");
+            // Still waiting: a served one works in its instance's directory.
+            let waiting = std::fs::read_link(e.path().join("cwd")).ok()? == Path::new("/");
+            (ppid == parent && standby && waiting && alive(pid)).then_some(pid)
+        })
+        .collect()
 }
 
 /// The pid of an instance's server, from its runtime info (Process).
