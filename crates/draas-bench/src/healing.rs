@@ -10,9 +10,13 @@
 //! - **the runtime's own start**: the bundled runtime spawned directly on
 //!   the configuration until `/health` answers, after the quiet period: the
 //!   floor of any restart (also shown back to back, on a hot machine);
+//! - **the runtime's start from standby**: `draas-runtime --standby`
+//!   started and left waiting, then after the quiet period handed its
+//!   start (what the Process worker's warm runtime gets) until `/health`;
 //! - **a bare respawn loop**: a thread that waits for the runtime and spawns
 //!   it again at once; each kill after the quiet period;
-//! - **DRaaS, Process** (`draas up`, reconciler on) and **DRaaS, Docker**
+//! - **DRaaS, Process** (`draas up`, reconciler on; with its warm runtime,
+//!   the default, and again with `--warm-runtime off`) and **DRaaS, Docker**
 //!   (`draas up --docker on`): an instance of the mock pipeline with restart
 //!   policy `on-failure` and `resetAfterSeconds: 1`; before each kill the
 //!   instance has run long enough for its restarts in a row to be reset
@@ -186,6 +190,51 @@ async fn runtime_start(
         while !healthy(&client, &base).await {
             if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
                 bail!("the runtime did not become healthy");
+            }
+            pause(PROBE_EVERY).await;
+        }
+        samples.push(started.elapsed());
+        let _ = kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+    Ok(samples)
+}
+
+/// The runtime's start from standby: `draas-runtime --standby` started
+/// and left waiting, then after `QUIET` handed the same start a spawn
+/// would get (the order the Process worker's warm runtime receives), until
+/// `/health`. What a restart through a warm runtime cannot beat.
+async fn standby_start(runtime: &Path, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::io::Write;
+    let client = reqwest::Client::new();
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let port = draas_testkit::free_port();
+        let config = config_file(dir.path(), port)?;
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(runtime)
+            .arg("--standby")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn the runtime in standby")?;
+        let order = serde_json::to_vec(&json!({
+            "args": ["--config", config, "--workdir", dir.path()],
+            "env": [["PATH", "/usr/local/bin:/usr/bin:/bin"], ["NO_COLOR", "1"]],
+            "stdout": "/dev/null",
+            "stderr": "/dev/null",
+        }))?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        tokio::time::sleep(QUIET).await;
+        let started = Instant::now();
+        stdin.write_all(&order)?;
+        drop(stdin);
+        while !healthy(&client, &base).await {
+            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+                bail!("the runtime in standby did not become healthy");
             }
             pause(PROBE_EVERY).await;
         }
@@ -529,20 +578,9 @@ pub async fn run(
         let own = runtime_start(runtime, kills, QUIET).await?;
         let floor = Summary::of(&own).p50;
         let hot = runtime_start(runtime, kills, Duration::ZERO).await?;
-        let process = {
-            let up = DraasUp::start_with(
-                draas,
-                runtime,
-                "27000-27499",
-                &["--docker", "off", "--reconcile", "on"],
-            )
-            .await?;
-            let id = healing_instance(&up, "Process", pipeline()).await?;
-            let samples = under_draas(&up, &id, Platform::Process, kills).await;
-            // Servers outlive `draas up` (to be re-adopted): delete it.
-            let _ = up.delete(&id).await;
-            samples?
-        };
+        let standby = standby_start(runtime, kills).await?;
+        let process = under_draas_process(draas, runtime, kills, "on").await?;
+        let cold = under_draas_process(draas, runtime, kills, "off").await?;
         row(
             "the runtime's own start as a process (spawn → `/health`, after 1 s quiet like every kill): the floor",
             &own,
@@ -553,6 +591,11 @@ pub async fn run(
             &hot,
             floor,
         );
+        row(
+            "the runtime's start from standby (`--standby`, then its order → `/health`, after 1 s quiet): what a restart through the warm runtime cannot beat",
+            &standby,
+            floor,
+        );
         let bare = bare_respawn(runtime, kills).await?;
         row(
             "a bare respawn loop (wait → spawn, nothing recorded): the least a supervisor can take",
@@ -560,8 +603,13 @@ pub async fn run(
             floor,
         );
         row(
-            "**DRaaS, Process** (`draas up`, reconciler)",
+            "**DRaaS, Process** (`draas up`, reconciler; its warm runtime, the default)",
             &process,
+            floor,
+        );
+        row(
+            "DRaaS, Process, `--warm-runtime off` (every restart spawns the runtime)",
+            &cold,
             floor,
         );
         if only.is_none() {
@@ -619,6 +667,34 @@ pub async fn run(
         return Ok(());
     }
     convergence(draas, runtime, fleet).await
+}
+
+/// kill -9 → healthy again under `draas up --warm-runtime <warm>`.
+async fn under_draas_process(
+    draas: &Path,
+    runtime: &Path,
+    kills: usize,
+    warm: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let up = DraasUp::start_with(
+        draas,
+        runtime,
+        "27000-27499",
+        &[
+            "--docker",
+            "off",
+            "--reconcile",
+            "on",
+            "--warm-runtime",
+            warm,
+        ],
+    )
+    .await?;
+    let id = healing_instance(&up, "Process", pipeline()).await?;
+    let samples = under_draas(&up, &id, Platform::Process, kills).await;
+    // Servers outlive `draas up` (to be re-adopted): delete it.
+    let _ = up.delete(&id).await;
+    samples
 }
 
 /// A child process killed (SIGKILL) on drop.
