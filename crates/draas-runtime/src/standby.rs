@@ -8,13 +8,14 @@
 //! restart after a crash, does not wait for that.
 //!
 //! A runtime in standby does nothing but read its stdin (a pipe from the
-//! worker) to the end. What it reads is a [`Go`]: everything a cold start
-//! would have been given (arguments, environment, output files). It then
-//! becomes that start: its output goes to the files, its environment is
-//! replaced, and it parses the arguments as if they were its own. No thread
-//! exists before then, so replacing the environment is safe. Reading the end
-//! of its stdin without an order (the worker stopped or dropped it) ends it
-//! quietly.
+//! worker, or a container's stdin the Docker worker attaches to) until one
+//! JSON order has come. What it reads is a [`Go`]: everything a cold start
+//! would have been given (arguments and, where they differ from what it
+//! was started with, environment and output files). It then becomes that
+//! start: its output goes to the files, its environment is replaced, and it
+//! parses the arguments as if they were its own. No thread exists before
+//! then, so replacing the environment is safe. Reading the end of its stdin
+//! before an order (the worker stopped or dropped it) ends it quietly.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -35,12 +36,18 @@ const MAX_ORDER: u64 = 1024 * 1024;
 pub struct Go {
     /// The arguments after the program name, as a cold start gets them.
     pub args: Vec<String>,
-    /// The whole environment of the server.
-    pub env: Vec<(String, String)>,
-    /// Where stdout goes (appended to, created if missing).
-    pub stdout: PathBuf,
-    /// Where stderr goes (appended to, created if missing).
-    pub stderr: PathBuf,
+    /// The whole environment of the server; absent: the one it has (a
+    /// container's, set when it was created for this server).
+    #[serde(default)]
+    pub env: Option<Vec<(String, String)>>,
+    /// Where stdout goes (appended to, created if missing); absent: where
+    /// it goes now.
+    #[serde(default)]
+    pub stdout: Option<PathBuf>,
+    /// Where stderr goes (appended to, created if missing); absent: where
+    /// it goes now.
+    #[serde(default)]
+    pub stderr: Option<PathBuf>,
 }
 
 /// Waits for the order on stdin. `Ok(None)`: stdin ended without one.
@@ -48,21 +55,22 @@ pub struct Go {
 /// (an order always names the server's own, `--workdir`).
 pub fn wait() -> Result<Option<Go>, String> {
     std::env::set_current_dir("/").map_err(|e| format!("cannot work in /: {e}"))?;
-    let mut text = Vec::new();
-    std::io::stdin()
-        .take(MAX_ORDER + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| format!("cannot read the standby order: {e}"))?;
-    if text.is_empty() {
-        return Ok(None);
-    }
-    if text.len() as u64 > MAX_ORDER {
-        return Err(format!(
-            "the standby order is larger than {MAX_ORDER} bytes"
-        ));
-    }
-    let go: Go =
-        serde_json::from_slice(&text).map_err(|e| format!("invalid standby order: {e}"))?;
+    // The order ends where its JSON value does: the writer need not close
+    // the stream (a container's attached stdin stays open). What follows
+    // it is never read; the server's stdin is replaced anyway.
+    let input = std::io::stdin().lock().take(MAX_ORDER);
+    let go = match serde_json::Deserializer::from_reader(input)
+        .into_iter::<Go>()
+        .next()
+    {
+        None => return Ok(None),
+        Some(Ok(go)) => go,
+        Some(Err(e)) => {
+            return Err(format!(
+                "invalid standby order (one JSON object of at most {MAX_ORDER} bytes): {e}"
+            ))
+        }
+    };
     if go.args.iter().any(|a| a == FLAG) {
         return Err(format!("a standby order cannot ask for {FLAG} again"));
     }
@@ -83,23 +91,29 @@ impl Go {
         };
         // stderr first: any later failure is then written where the
         // worker reads a server's last words.
-        rustix::stdio::dup2_stderr(open(&self.stderr)?)
-            .map_err(|e| format!("cannot redirect stderr: {e}"))?;
-        rustix::stdio::dup2_stdout(open(&self.stdout)?)
-            .map_err(|e| format!("cannot redirect stdout: {e}"))?;
+        if let Some(stderr) = &self.stderr {
+            rustix::stdio::dup2_stderr(open(stderr)?)
+                .map_err(|e| format!("cannot redirect stderr: {e}"))?;
+        }
+        if let Some(stdout) = &self.stdout {
+            rustix::stdio::dup2_stdout(open(stdout)?)
+                .map_err(|e| format!("cannot redirect stdout: {e}"))?;
+        }
         let null =
             std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
         rustix::stdio::dup2_stdin(null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
-        if let Some((name, _)) = self.env.iter().find(|(name, value)| {
-            name.is_empty() || name.contains(['=', '\0']) || value.contains('\0')
-        }) {
-            return Err(format!("invalid environment variable '{name}'"));
-        }
-        for (name, _) in std::env::vars_os() {
-            std::env::remove_var(name);
-        }
-        for (name, value) in &self.env {
-            std::env::set_var(name, value);
+        if let Some(env) = &self.env {
+            if let Some((name, _)) = env.iter().find(|(name, value)| {
+                name.is_empty() || name.contains(['=', '\0']) || value.contains('\0')
+            }) {
+                return Err(format!("invalid environment variable '{name}'"));
+            }
+            for (name, _) in std::env::vars_os() {
+                std::env::remove_var(name);
+            }
+            for (name, value) in env {
+                std::env::set_var(name, value);
+            }
         }
         Ok(std::iter::once(program)
             .chain(self.args.into_iter().map(OsString::from))

@@ -565,6 +565,62 @@ async fn a_runtime_in_standby_becomes_the_server_it_is_ordered_to_run() {
     assert!(own.is_empty(), "nothing went to the starter's pipe: {own}");
 }
 
+/// The order a container's standby gets: arguments only, its stdin left
+/// open (an attached stream), its environment and output its own.
+#[tokio::test]
+async fn a_runtime_in_standby_takes_an_order_of_arguments_only_without_the_end_of_its_stdin() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .arg("--standby")
+        .env_clear()
+        .env("RUST_LOG", "debug")
+        .env(
+            "PIPELINE",
+            MOCK_PIPELINE.replace("{port}", &port.to_string()),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn standby");
+    let order = json!({"args": ["--config-env", "PIPELINE", "--workdir", dir.path()]});
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(order.to_string().as_bytes())
+        .expect("write order");
+    stdin.flush().expect("flush");
+
+    let health = format!("http://127.0.0.1:{port}/health");
+    wait_for(
+        "the ordered server's /health, its stdin still open",
+        Duration::from_secs(30),
+        || {
+            let health = health.clone();
+            async move { get_json(&health).await.filter(|(s, _)| *s == 200) }
+        },
+    )
+    .await;
+    let pid = child.id();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd"),
+        dir.path().canonicalize().expect("dir")
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGINT).expect("SIGINT");
+    assert_eq!(exit_of(&mut child).code(), Some(0));
+    drop(stdin);
+    let mut own = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut own)
+        .expect("read");
+    assert!(own.contains("API listening"), "its own stdout: {own}");
+    assert!(own.contains(" DEBUG "), "its own RUST_LOG: {own}");
+}
+
 #[tokio::test]
 async fn a_runtime_in_standby_ends_quietly_without_an_order_and_refuses_a_bad_one() {
     use std::io::{Read, Write};
@@ -576,7 +632,7 @@ async fn a_runtime_in_standby_ends_quietly_without_an_order_and_refuses_a_bad_on
     // Not an order: exit 1, saying why, on its own stderr.
     for (order, why) in [
         (
-            r#"{"args": [], "env": [], "stdout": "/dev/null"}"#,
+            r#"{"args": [], "env": [], "shell": "/bin/sh"}"#,
             "invalid standby order",
         ),
         (
