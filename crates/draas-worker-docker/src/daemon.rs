@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::container::{GENERATION, INSTANCE, MANAGED};
 use crate::engine::Engine;
 use crate::events::Ended;
+use crate::warm::in_standby;
 
 /// How a daemon reports.
 #[derive(Debug, Clone)]
@@ -93,10 +94,14 @@ pub struct ContainerEvent {
 
 impl ContainerEvent {
     /// Reads an engine event; `None` when it is not about a DRaaS
-    /// container.
+    /// container, or about a warm one still in standby (what it does says
+    /// nothing of its instance's server).
     pub fn from_engine(event: &EventMessage) -> Option<Self> {
         let actor = event.actor.as_ref()?;
         let attributes = actor.attributes.clone().unwrap_or_default();
+        if attributes.get("name").is_some_and(|n| in_standby(n)) {
+            return None;
+        }
         let instance = attributes.get(INSTANCE)?.parse().ok()?;
         let at = event
             .time_nano
@@ -315,6 +320,9 @@ async fn report_current(engine: &Engine, source: &str, outbox: &Outbox) {
     };
     for summary in listed {
         let Some(id) = summary.id else { continue };
+        if summary.names.iter().flatten().any(|n| in_standby(n)) {
+            continue;
+        }
         let Ok(inspected) = engine
             .docker
             .inspect_container(&id, None::<InspectContainerOptions>)
@@ -554,6 +562,29 @@ mod tests {
                 .collect(),
             at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn what_a_warm_container_in_standby_does_is_not_read_as_its_instances() {
+        let event_of = |name: &str| EventMessage {
+            action: Some("die".into()),
+            actor: Some(bollard::models::EventActor {
+                id: Some("c1".into()),
+                attributes: Some(HashMap::from([
+                    (
+                        INSTANCE.to_string(),
+                        "i-0123456789abcdef0123456789abcdef".to_string(),
+                    ),
+                    ("name".to_string(), name.to_string()),
+                    ("exitCode".to_string(), "0".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        assert!(ContainerEvent::from_engine(&event_of("draas-a-89abcdef-1a2b3c")).is_some());
+        assert!(
+            ContainerEvent::from_engine(&event_of("draas-a-89abcdef-1a2b3c-standby")).is_none()
+        );
     }
 
     #[test]

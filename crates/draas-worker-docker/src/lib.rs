@@ -15,6 +15,8 @@
 //!   from the static binary (nothing is pulled);
 //! - [`platform`]: the `Platform` implementation;
 //! - [`tail`]: the last words of running containers, kept as they come;
+//! - [`warm`]: each running instance's next container, started ahead of
+//!   need, so a restart skips the engine's create and start;
 //! - [`daemon`]: `draas docker-daemon`, which reports an engine's DRaaS
 //!   containers to a control plane that no worker of that engine serves.
 
@@ -25,6 +27,7 @@ pub mod events;
 pub mod image;
 pub mod platform;
 pub mod tail;
+pub mod warm;
 
 use std::path::PathBuf;
 
@@ -57,6 +60,9 @@ pub struct DockerSettings {
     /// Give the bundled runtime its configuration in the environment (no
     /// upload); other images always get a file.
     pub config_in_env: bool,
+    /// Keep each running instance's next container started ahead of need
+    /// (the default image only; see [`warm`]).
+    pub warm_containers: bool,
 }
 
 impl Default for DockerSettings {
@@ -67,6 +73,7 @@ impl Default for DockerSettings {
             publish_address: "127.0.0.1".to_string(),
             advertise_host: None,
             config_in_env: true,
+            warm_containers: true,
         }
     }
 }

@@ -1,16 +1,18 @@
 //! The Docker platform as the generic driver sees it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StartContainerOptions,
-    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    RenameContainerOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use draas_core::instance::{ActualState, InstanceId, PlatformHandle, PlatformType, Reason};
@@ -26,6 +28,7 @@ use crate::engine::Engine;
 use crate::events::ExitEvents;
 use crate::image;
 use crate::tail::Tails;
+use crate::warm::{self, Recipe, Taken, Warm, WarmContainers};
 use crate::DockerSettings;
 
 /// How long a stopped container may take to report its `die`.
@@ -54,6 +57,10 @@ pub struct DockerPlatform {
     /// Serialises builds of the default image (many starts may find it
     /// missing at once).
     building: tokio::sync::Mutex<()>,
+    /// Each running instance's next container, started ahead of need.
+    warm: WarmContainers,
+    /// Ends the driver's background tasks when it goes.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 fn engine_error(what: &str, e: impl std::fmt::Display) -> DriverError {
@@ -102,6 +109,8 @@ impl DockerPlatform {
             events,
             tails: Tails::default(),
             building: tokio::sync::Mutex::new(()),
+            warm: WarmContainers::default(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -169,18 +178,7 @@ impl DockerPlatform {
 
     /// Every container of instance `id` (any state), by label.
     async fn containers_of(&self, id: &InstanceId) -> Result<Vec<String>, DriverError> {
-        let filters = container::label_filter(&self.installation, Some(id));
-        let listed = self
-            .docker()
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("cannot list containers", e))?;
-        Ok(listed.into_iter().filter_map(|c| c.id).collect())
+        containers_of(self.docker(), &self.installation, id, &[]).await
     }
 
     /// Removes every container of instance `id`.
@@ -222,6 +220,166 @@ impl DockerPlatform {
     fn stop_watching(&self, container: &str) {
         self.events.forget(container);
         self.tails.forget(container);
+    }
+
+    /// What a warm container must have been made for to serve this launch
+    /// of `spec` in `image`: `None` when none is made for it (turned off, or
+    /// not the default image of a known runtime binary).
+    fn warm_made_for(&self, spec: &StartSpec, image: &str) -> Option<String> {
+        if !self.settings.warm_containers || image != self.settings.default_image {
+            return None;
+        }
+        let runtime = image::fingerprint(self.settings.runtime_binary.as_deref()?)?;
+        let spec = serde_json::to_string(spec).ok()?;
+        Some(format!("{image}\n{runtime}\n{spec}"))
+    }
+
+    /// Removes a warm container no launch will take, in the background.
+    fn remove_warm(&self, warm: Warm) {
+        self.events.forget(&warm.container);
+        let docker = self.docker().clone();
+        tokio::spawn(async move {
+            if let Err(e) = remove_container(&docker, &warm.container).await {
+                warn!("cannot remove a warm container: {}", e.message);
+            }
+        });
+    }
+
+    /// Turns `warm` into the launch of `spec`: its order is written, the
+    /// containers before it go in the background. `None`: it could not
+    /// take the order (a cold launch follows).
+    async fn take_over(
+        &self,
+        id: &InstanceId,
+        image: &str,
+        mut warm: Warm,
+    ) -> Option<Launched<ContainerRecord, String>> {
+        if let Err(e) = warm.go().await {
+            warn!(instance = %id, "the warm container did not take its order ({e}); starting cold");
+            self.remove_warm(warm);
+            return None;
+        }
+        let Warm {
+            container,
+            name,
+            port,
+            exit,
+            ..
+        } = warm;
+        self.tails.follow(self.docker(), &container);
+        // Out of the way of the start: its name, and what came before it.
+        let docker = self.docker().clone();
+        let installation = self.installation.clone();
+        let instance = id.clone();
+        let (current, new_name) = (container.clone(), name.clone());
+        let keep = self.warm.names(id);
+        let events = self.events.clone();
+        let tails = self.tails.clone();
+        tokio::spawn(async move {
+            let renamed = docker
+                .rename_container(
+                    &current,
+                    RenameContainerOptionsBuilder::default()
+                        .name(&new_name)
+                        .build(),
+                )
+                .await;
+            if let Err(e) = renamed {
+                warn!(instance = %instance, "cannot rename the container that took over: {e}");
+            }
+            let earlier = match containers_of(&docker, &installation, &instance, &keep).await {
+                Ok(earlier) => earlier,
+                Err(e) => return warn!(instance = %instance, "{}", e.message),
+            };
+            for container in earlier.into_iter().filter(|c| *c != current) {
+                events.forget(&container);
+                tails.forget(&container);
+                if let Err(e) = remove_container(&docker, &container).await {
+                    warn!(instance = %instance, "cannot remove an earlier container: {}", e.message);
+                }
+            }
+        });
+        info!(instance = %id, container = %&container[..12.min(container.len())], port, "the warm container took over");
+        Some(self.launched(container, name, image.to_string(), exit, port))
+    }
+
+    /// What a launch started.
+    fn launched(
+        &self,
+        container: String,
+        name: String,
+        image: String,
+        exit: ExitWatch,
+        port: u16,
+    ) -> Launched<ContainerRecord, String> {
+        let published = &self.engine.published_host;
+        let advertised = self.settings.advertise_host.as_deref().unwrap_or(published);
+        Launched {
+            record: ContainerRecord {
+                container_id: container.clone(),
+                name,
+                image,
+            },
+            handle: container,
+            exit,
+            address: ServerAddress {
+                api_url: format!("http://{published}:{port}"),
+                endpoint: format!("http://{advertised}:{port}"),
+                host: advertised.to_string(),
+                port,
+            },
+        }
+    }
+
+    /// Makes, [`warm::MAKE_AFTER`] from now, the warm container of `id`'s
+    /// next launch from `recipe`, unless the server that `exit` watches
+    /// has ended by then or the instance launched, stopped or went
+    /// meanwhile (`epoch`); removes it [`warm::LINGER`] after that server
+    /// ended without a launch taking it.
+    fn make_warm_later(&self, id: &InstanceId, epoch: u64, recipe: Arc<Recipe>, exit: ExitWatch) {
+        let docker = self.docker().clone();
+        let events = self.events.clone();
+        let slots = self.warm.clone();
+        let closing = self.closing.clone();
+        let id = id.clone();
+        let work = async move {
+            tokio::time::sleep(warm::MAKE_AFTER).await;
+            if exit.has_exited() {
+                return;
+            }
+            {
+                let _one_at_a_time = slots.making.lock().await;
+                let name =
+                    container::container_name(&recipe.instance_name, &id, &container::new_launch());
+                let standby = warm::standby_name(&name);
+                if !slots.begin(&id, epoch, &standby) {
+                    return;
+                }
+                let made = match make_warm(&docker, &events, recipe, name, &standby).await {
+                    Ok(made) => Some(made),
+                    Err(e) => {
+                        warn!(instance = %id, "cannot make a warm container: {}", e.message);
+                        None
+                    }
+                };
+                if let Some(unkept) = slots.finish(&id, epoch, made) {
+                    events.forget(&unkept.container);
+                    let _ = remove_container(&docker, &unkept.container).await;
+                }
+            }
+            exit.wait().await;
+            tokio::time::sleep(warm::LINGER).await;
+            if let Some(unused) = slots.expire(&id, epoch) {
+                events.forget(&unused.container);
+                let _ = remove_container(&docker, &unused.container).await;
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = closing.cancelled() => {}
+                () = work => {}
+            }
+        });
     }
 
     /// The volume of `id`'s `./data`, created if missing.
@@ -268,23 +426,62 @@ impl DockerPlatform {
 
     /// The published host port of container `id`'s `port`.
     async fn published_port(&self, container: &str, port: u16) -> Result<u16, DriverError> {
-        let inspected = self
-            .docker()
-            .inspect_container(container, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| engine_error("cannot inspect the container", e))?;
-        inspected
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|ports| ports.get(&container::port_key(port)).cloned().flatten())
-            .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| {
-                engine_error(
-                    "the engine published no host port",
-                    format!("for port {port} of {container}"),
-                )
-            })
+        published_port(self.docker(), container, port).await
+    }
+
+    /// Whether the configuration goes in the environment: the bundled
+    /// runtime (an image DRaaS built) reads it there, which spares the
+    /// upload (about 60 ms).
+    fn config_in_env(&self, spec: &StartSpec, facts: &image::ImageFacts) -> bool {
+        self.settings.config_in_env
+            && facts.labels.contains_key(image::RUNTIME_LABEL)
+            && spec.configuration_yaml.len() <= container::MAX_CONFIG_IN_ENV
+    }
+
+    /// The definition of `id`'s container for `spec`.
+    fn create_body(
+        &self,
+        id: &InstanceId,
+        spec: &StartSpec,
+        image: &str,
+        facts: &image::ImageFacts,
+    ) -> bollard::models::ContainerCreateBody {
+        container::create_body(&Plan {
+            id,
+            spec,
+            image,
+            workdir: &facts.workdir,
+            installation: &self.installation,
+            publish_address: &self.settings.publish_address,
+            config_in_env: self.config_in_env(spec, facts),
+        })
+    }
+
+    /// How `id`'s warm containers for `spec` are made.
+    fn recipe(
+        &self,
+        made_for: String,
+        id: &InstanceId,
+        spec: &StartSpec,
+        image: &str,
+        facts: &image::ImageFacts,
+    ) -> Result<Recipe, DriverError> {
+        let archive = if self.config_in_env(spec, facts) {
+            None
+        } else {
+            Some(
+                container::config_archive(&spec.configuration_yaml)
+                    .map_err(|e| engine_error("cannot pack the configuration", e))?,
+            )
+        };
+        Ok(Recipe::new(
+            made_for,
+            spec.name.clone(),
+            self.create_body(id, spec, image, facts),
+            archive,
+            &facts.workdir,
+            spec.api_port,
+        ))
     }
 
     /// Creates, configures and starts the container; on any failure what
@@ -297,20 +494,8 @@ impl DockerPlatform {
         facts: &image::ImageFacts,
         name: &str,
     ) -> Result<(String, ExitWatch), DriverError> {
-        // The bundled runtime (an image DRaaS built) reads its configuration
-        // from the environment, which spares the upload (about 60 ms).
-        let config_in_env = self.settings.config_in_env
-            && facts.labels.contains_key(image::RUNTIME_LABEL)
-            && spec.configuration_yaml.len() <= container::MAX_CONFIG_IN_ENV;
-        let body = container::create_body(&Plan {
-            id,
-            spec,
-            image,
-            workdir: &facts.workdir,
-            installation: &self.installation,
-            publish_address: &self.settings.publish_address,
-            config_in_env,
-        });
+        let config_in_env = self.config_in_env(spec, facts);
+        let body = self.create_body(id, spec, image, facts);
         let created = self
             .docker()
             .create_container(
@@ -353,6 +538,128 @@ impl DockerPlatform {
             }
         }
     }
+}
+
+/// Every container of `installation`'s instance `id` (any state), by
+/// label, but those named in `except`.
+async fn containers_of(
+    docker: &Docker,
+    installation: &str,
+    id: &InstanceId,
+    except: &[String],
+) -> Result<Vec<String>, DriverError> {
+    let filters = container::label_filter(installation, Some(id));
+    let listed = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| engine_error("cannot list containers", e))?;
+    let excepted = |names: &Option<Vec<String>>| {
+        names.iter().flatten().any(|name| {
+            except
+                .iter()
+                .any(|e| name.trim_start_matches('/') == e.as_str())
+        })
+    };
+    Ok(listed
+        .into_iter()
+        .filter(|c| !excepted(&c.names))
+        .filter_map(|c| c.id)
+        .collect())
+}
+
+/// The published host port of `container`'s `port`.
+async fn published_port(docker: &Docker, container: &str, port: u16) -> Result<u16, DriverError> {
+    let inspected = docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+        .map_err(|e| engine_error("cannot inspect the container", e))?;
+    inspected
+        .network_settings
+        .and_then(|n| n.ports)
+        .and_then(|ports| ports.get(&container::port_key(port)).cloned().flatten())
+        .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| {
+            engine_error(
+                "the engine published no host port",
+                format!("for port {port} of {container}"),
+            )
+        })
+}
+
+/// Makes a warm container from `recipe`, named `standby` until it takes
+/// over as `name`: created, its configuration uploaded if it is a file,
+/// watched, its stdin attached, started. What was created is removed on
+/// any failure.
+async fn make_warm(
+    docker: &Docker,
+    events: &ExitEvents,
+    recipe: Arc<Recipe>,
+    name: String,
+    standby: &str,
+) -> Result<Warm, DriverError> {
+    let container = docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::default()
+                    .name(standby)
+                    .build(),
+            ),
+            recipe.body.clone(),
+        )
+        .await
+        .map_err(|e| engine_error("cannot create the container", e))?
+        .id;
+    let made = async {
+        if let Some(archive) = &recipe.archive {
+            docker
+                .upload_to_container(
+                    &container,
+                    Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                    bollard::body_full(archive.clone().into()),
+                )
+                .await
+                .map_err(|e| engine_error("cannot upload the configuration", e))?;
+        }
+        let exit = events.watch(&container).await;
+        let attached = docker
+            .attach_container(
+                &container,
+                Some(
+                    AttachContainerOptionsBuilder::default()
+                        .stdin(true)
+                        .stream(true)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| engine_error("cannot attach to the container", e))?;
+        docker
+            .start_container(&container, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| engine_error("cannot start the container", e))?;
+        let port = published_port(docker, &container, recipe.api_port).await?;
+        Ok::<_, DriverError>(Warm {
+            container: container.clone(),
+            name,
+            recipe,
+            port,
+            exit,
+            input: attached.input,
+            output: attached.output,
+        })
+    }
+    .await;
+    if made.is_err() {
+        events.forget(&container);
+        let _ = remove_container(docker, &container).await;
+    }
+    made
 }
 
 /// Removes `container` (running or not), waiting for a removal someone
@@ -401,6 +708,9 @@ async fn until_gone(docker: &Docker, container: &str) -> Result<(), DriverError>
 impl Drop for DockerPlatform {
     fn drop(&mut self) {
         self.tails.forget_all();
+        self.closing.cancel();
+        // Their stdin closes: the runtimes in standby end.
+        drop(self.warm.drain());
     }
 }
 
@@ -431,9 +741,23 @@ impl Platform for DockerPlatform {
             .docker()
             .image
             .unwrap_or_else(|| self.settings.default_image.clone());
+        let made_for = self.warm_made_for(spec, &image);
+        let (taken, epoch) = self.warm.take(id, made_for.as_deref().unwrap_or_default());
+        match taken {
+            Taken::Fit(warm) => {
+                let recipe = warm.recipe.clone();
+                if let Some(launched) = self.take_over(id, &image, warm).await {
+                    self.make_warm_later(id, epoch, recipe, launched.exit.clone());
+                    return Ok(launched);
+                }
+            }
+            Taken::Unfit(warm) => self.remove_warm(warm),
+            Taken::None => {}
+        }
+        let warm_ones = self.warm.names(id);
         let (facts, earlier, _volume) = tokio::try_join!(
             self.ensure_image(&image),
-            self.containers_of(id),
+            containers_of(self.docker(), &self.installation, id, &warm_ones),
             self.ensure_volume(id),
         )?;
         let name = container::container_name(&spec.name, id, &container::new_launch());
@@ -448,25 +772,15 @@ impl Platform for DockerPlatform {
                 return Err(e.with_state(ActualState::Failed, Reason::PlatformError));
             }
         };
-        let published = &self.engine.published_host;
-        let advertised = self.settings.advertise_host.as_deref().unwrap_or(published);
         self.tails.follow(self.docker(), &container);
         info!(instance = %id, container = %&container[..12.min(container.len())], port, "container started");
-        Ok(Launched {
-            record: ContainerRecord {
-                container_id: container.clone(),
-                name,
-                image,
-            },
-            handle: container,
-            exit,
-            address: ServerAddress {
-                api_url: format!("http://{published}:{port}"),
-                endpoint: format!("http://{advertised}:{port}"),
-                host: advertised.to_string(),
-                port,
-            },
-        })
+        let launched = self.launched(container, name, image.clone(), exit, port);
+        if let Some(made_for) = made_for.filter(|_| facts.labels.contains_key(image::RUNTIME_LABEL))
+        {
+            let recipe = self.recipe(made_for, id, spec, &image, &facts)?;
+            self.make_warm_later(id, epoch, Arc::new(recipe), launched.exit.clone());
+        }
+        Ok(launched)
     }
 
     async fn attach(
@@ -486,6 +800,22 @@ impl Platform for DockerPlatform {
         if !ours || !running {
             return None;
         }
+        if inspected.name.as_deref().is_some_and(warm::in_standby) {
+            // A warm container took over, and its worker ended before it
+            // was renamed.
+            let renamed = self
+                .docker()
+                .rename_container(
+                    &record.container_id,
+                    RenameContainerOptionsBuilder::default()
+                        .name(&record.name)
+                        .build(),
+                )
+                .await;
+            if let Err(e) = renamed {
+                warn!(instance = %id, "cannot rename the container that took over: {e}");
+            }
+        }
         let exit = self.events.watch(&record.container_id).await;
         self.tails.follow(self.docker(), &record.container_id);
         Some((record.container_id.clone(), exit))
@@ -498,6 +828,9 @@ impl Platform for DockerPlatform {
         exit: &ExitWatch,
         grace: Duration,
     ) -> Result<(), DriverError> {
+        if let Some(warm) = self.warm.discard(id) {
+            self.remove_warm(warm);
+        }
         let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
         // The engine sends the stop signal (SIGINT), waits, then SIGKILL.
         match self
@@ -593,6 +926,12 @@ impl Platform for DockerPlatform {
         id: &InstanceId,
         _record: Option<&ContainerRecord>,
     ) -> Result<(), DriverError> {
+        if let Some(warm) = self.warm.discard(id) {
+            self.events.forget(&warm.container);
+        }
+        // A warm container being made goes with it (its making sees the
+        // instance gone) before the rest, and the volume it mounts, go.
+        drop(self.warm.making.lock().await);
         self.remove_containers(id).await?;
         match self
             .docker()

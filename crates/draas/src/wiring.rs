@@ -423,6 +423,7 @@ async fn docker_worker(
         publish_address: args.publish_address.to_string(),
         advertise_host: process.advertise_host.clone(),
         config_in_env: true,
+        warm_containers: args.warm_containers == crate::config::Switch::On,
     };
     let driver = draas_worker_docker::driver(engine, settings, &context)
         .await

@@ -25,8 +25,9 @@ fn docker() -> Docker {
     Docker::connect_with_local_defaults().expect("the Docker engine")
 }
 
-/// Containers labelled for instance `id`.
-async fn containers_of(docker: &Docker, id: &str) -> Vec<String> {
+/// Containers labelled for instance `id`, and whether each is a warm
+/// container in standby.
+async fn listed(docker: &Docker, id: &str) -> Vec<(String, bool)> {
     let filters = HashMap::from([("label", vec![format!("draas.instanceId={id}")])]);
     docker
         .list_containers(Some(
@@ -38,7 +39,34 @@ async fn containers_of(docker: &Docker, id: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .filter_map(|c| c.id)
+        .filter_map(|c| {
+            let standby = c
+                .names
+                .iter()
+                .flatten()
+                .any(|n| draas_worker_docker::warm::in_standby(n));
+            Some((c.id?, standby))
+        })
+        .collect()
+}
+
+/// Containers labelled for instance `id`, warm ones included.
+async fn containers_of(docker: &Docker, id: &str) -> Vec<String> {
+    listed(docker, id)
+        .await
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Containers of instance `id` that are (or were) its servers: all but
+/// warm containers still in standby.
+async fn servers_of(docker: &Docker, id: &str) -> Vec<String> {
+    listed(docker, id)
+        .await
+        .into_iter()
+        .filter(|(_, standby)| !standby)
+        .map(|(c, _)| c)
         .collect()
 }
 
@@ -230,7 +258,7 @@ async fn a_docker_instance_lives_its_whole_life_through_the_api() {
         container.as_str(),
         "the same container"
     );
-    assert_eq!(containers_of(&docker, &id).await, vec![container.clone()]);
+    assert_eq!(servers_of(&docker, &id).await, vec![container.clone()]);
     let (status, instance) = draas
         .post(&format!("/api/server/instances/{id}/stop"), None)
         .await;
@@ -378,7 +406,7 @@ async fn a_docker_worker_over_redis_runs_containers_and_adopts_them_after_a_cras
         .await;
     assert_eq!(status, 204, "deleted without its worker");
     assert_eq!(
-        containers_of(&docker, &orphaned).await.len(),
+        servers_of(&docker, &orphaned).await.len(),
         1,
         "left on the engine"
     );
@@ -406,7 +434,7 @@ async fn a_docker_worker_over_redis_runs_containers_and_adopts_them_after_a_cras
         running["runtime"]["handle"]["containerId"],
         container.as_str()
     );
-    assert_eq!(containers_of(&docker, &id).await, vec![container.clone()]);
+    assert_eq!(servers_of(&docker, &id).await, vec![container.clone()]);
     draas_testkit::wait_for(
         "the deleted instance's container to go",
         Duration::from_secs(10),
@@ -722,7 +750,7 @@ async fn a_vanished_container_is_recreated_and_an_orphan_container_is_removed() 
     .await;
     assert_eq!(again["status"]["restartCount"], 1, "{again}");
     let second = again["runtime"]["handle"]["containerId"].as_str().unwrap();
-    assert_eq!(containers_of(&docker, &id).await, vec![second.to_string()]);
+    assert_eq!(servers_of(&docker, &id).await, vec![second.to_string()]);
 
     // A container labelled as this installation's, of no instance: removed
     // by the worker's periodic sweep.
@@ -762,9 +790,261 @@ async fn a_vanished_container_is_recreated_and_an_orphan_container_is_removed() 
     )
     .await;
     // The instance's own container is left alone.
-    assert_eq!(containers_of(&docker, &id).await, vec![second.to_string()]);
+    assert_eq!(servers_of(&docker, &id).await, vec![second.to_string()]);
     let (status, _) = draas
         .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
         .await;
     assert_eq!(status, 204);
+}
+
+/// The running warm container (in standby) of instance `id`, if any.
+async fn warm_of(docker: &Docker, id: &str) -> Option<String> {
+    let filters = HashMap::from([("label", vec![format!("draas.instanceId={id}")])]);
+    docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| {
+            c.names
+                .iter()
+                .flatten()
+                .any(|n| draas_worker_docker::warm::in_standby(n))
+        })
+        .and_then(|c| c.id)
+}
+
+async fn running(docker: &Docker, container: &str) -> bool {
+    docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|i| i.state)
+        .and_then(|s| s.running)
+        == Some(true)
+}
+
+/// Creates a Docker instance of the counter pipeline that restarts on
+/// failure, and starts it.
+async fn running_instance(draas: &Draas, name: &str) -> (String, Value) {
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({
+                "name": name,
+                "platformType": "Docker",
+                "restartPolicy": {"policy": "on-failure", "resetAfterSeconds": 1, "maxRestarts": 0},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let (status, body, _) = draas
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            counter_pipeline(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, instance) = draas
+        .post(
+            &format!("/api/server/instances/{id}/start?wait=Running&timeout=60"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    (id, instance)
+}
+
+async fn kill_container(docker: &Docker, container: &str) {
+    docker
+        .kill_container(
+            container,
+            Some(
+                KillContainerOptionsBuilder::default()
+                    .signal("SIGKILL")
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_healed_by_the_warm_container_which_never_outlives_its_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = docker();
+    let args = [
+        "--docker",
+        "on",
+        "--docker-image",
+        IMAGE,
+        "--reconcile",
+        "on",
+    ];
+    let draas = Draas::up_with_args(dir.path(), &args).await;
+    docker_platform(&draas).await;
+    let (id, instance) = running_instance(&draas, "warm").await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let first = instance["runtime"]["handle"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Beside the running server: its next container, waiting.
+    let warm = draas_testkit::wait_for("a warm container", Duration::from_secs(30), || {
+        warm_of(&docker, &id)
+    })
+    .await;
+    assert_ne!(warm, first);
+    let standby = docker
+        .inspect_container(&warm, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let config = standby.config.unwrap();
+    assert_eq!(config.cmd, Some(vec!["--standby".to_string()]));
+    assert_eq!(config.labels.unwrap()["draas.instanceId"], id.as_str());
+
+    // A crash: the warm container takes over, and serves the pipeline.
+    kill_container(&docker, &first).await;
+    let healed = draas_testkit::wait_for("the takeover", Duration::from_secs(30), || async {
+        let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
+        (i["status"]["state"] == "Running"
+            && i["runtime"]["handle"]["containerId"].as_str() != Some(first.as_str()))
+        .then_some(i)
+    })
+    .await;
+    assert_eq!(
+        healed["runtime"]["handle"]["containerId"],
+        warm.as_str(),
+        "the warm container took over: {healed}"
+    );
+    assert_eq!(healed["status"]["restartCount"], 1, "{healed}");
+    let endpoint = healed["runtime"]["endpoint"].as_str().unwrap().to_string();
+    let rows = draas.rows(&endpoint, "values").await;
+    assert!(rows.iter().all(|r| r["value"].is_u64()), "{rows:?}");
+    // It goes by a server's name now; the crashed container is removed;
+    // and the next warm container waits.
+    draas_testkit::wait_for(
+        "the crashed container removed, the new server renamed",
+        Duration::from_secs(20),
+        || async { (servers_of(&docker, &id).await == vec![warm.clone()]).then_some(()) },
+    )
+    .await;
+    let next = draas_testkit::wait_for("the next warm container", Duration::from_secs(30), || {
+        warm_of(&docker, &id)
+    })
+    .await;
+    assert_ne!(next, warm);
+
+    // Stopped, the instance keeps no warm container.
+    let (status, stopped) = draas
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    draas_testkit::wait_for(
+        "the warm container removed",
+        Duration::from_secs(20),
+        || async { (!containers_of(&docker, &id).await.contains(&next)).then_some(()) },
+    )
+    .await;
+
+    // Started again, then its worker crashes: the warm container ends with
+    // it (its stdin was the worker's), the server runs on and is adopted.
+    let (status, instance) = draas
+        .post(
+            &format!("/api/server/instances/{id}/start?wait=Running&timeout=60"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let server = instance["runtime"]["handle"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let warm = draas_testkit::wait_for("a warm container", Duration::from_secs(30), || {
+        warm_of(&docker, &id)
+    })
+    .await;
+    let draas = draas.crash_and_restart_with(&args).await;
+    draas_testkit::wait_for(
+        "the warm container to end with its worker",
+        Duration::from_secs(15),
+        || async { (!running(&docker, &warm).await).then_some(()) },
+    )
+    .await;
+    let adopted = draas
+        .wait_state(&id, "Running", Duration::from_secs(20))
+        .await;
+    assert_eq!(adopted["runtime"]["handle"]["containerId"], server.as_str());
+    assert!(running(&docker, &server).await, "the server runs on");
+
+    // Deleted: nothing of it is left, warm containers included.
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert!(containers_of(&docker, &id).await.is_empty());
+    assert!(!volume_exists(&docker, &id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_warm_containers_off_a_restart_creates_its_container() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = docker();
+    let draas = Draas::up_with_args(
+        dir.path(),
+        &[
+            "--docker",
+            "on",
+            "--docker-image",
+            IMAGE,
+            "--reconcile",
+            "on",
+            "--warm-containers",
+            "off",
+        ],
+    )
+    .await;
+    docker_platform(&draas).await;
+    let (id, instance) = running_instance(&draas, "cold").await;
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let first = instance["runtime"]["handle"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Past the time a warm container is made (1 s after the start).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(containers_of(&docker, &id).await, vec![first.clone()]);
+    kill_container(&docker, &first).await;
+    let healed = draas_testkit::wait_for("the restart", Duration::from_secs(30), || async {
+        let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
+        (i["status"]["state"] == "Running"
+            && i["runtime"]["handle"]["containerId"].as_str() != Some(first.as_str()))
+        .then_some(i)
+    })
+    .await;
+    let second = healed["runtime"]["handle"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created = docker
+        .inspect_container(&second, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_ne!(
+        created.config.and_then(|c| c.cmd),
+        Some(vec!["--standby".to_string()]),
+        "a container created for the restart"
+    );
+    let (status, _) = draas
+        .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert!(containers_of(&docker, &id).await.is_empty());
 }
