@@ -320,7 +320,34 @@ async fn container_start(docker: &Docker, runs: usize) -> anyhow::Result<Vec<Dur
 /// Where a DRaaS instance's server process is.
 enum Platform<'a> {
     Process,
-    Docker(&'a Docker),
+    /// A container of `docker`; with `warm`, each kill waits for the warm
+    /// container of the restart to be ready (made 1–1.5 s after a start).
+    Docker {
+        docker: &'a Docker,
+        warm: bool,
+    },
+}
+
+/// Whether instance `id` has a warm container ready (running, named as
+/// one in standby).
+async fn warm_container_ready(docker: &Docker, id: &str) -> anyhow::Result<bool> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("draas.instanceId={id}")],
+    )]);
+    let listed = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    Ok(listed.iter().any(|c| {
+        c.names
+            .iter()
+            .flatten()
+            .any(|n| draas_worker_docker::warm::in_standby(n))
+    }))
 }
 
 /// kill -9 → healthy again, `kills` times, for one instance under `up`.
@@ -351,7 +378,14 @@ async fn under_draas(
                     .as_u64()
                     .context("pid")?,
             )?,
-            Platform::Docker(docker) => {
+            Platform::Docker { docker, warm } => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while *warm && !warm_container_ready(docker, id).await? {
+                    if Instant::now() > deadline {
+                        bail!("no warm container within 30 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 let container = instance["runtime"]["handle"]["containerId"]
                     .as_str()
                     .context("container id")?;
@@ -362,11 +396,11 @@ async fn under_draas(
         // publish another port, so its endpoint is read from the instance.
         let fixed = match platform {
             Platform::Process => instance["runtime"]["endpoint"].as_str().map(str::to_string),
-            Platform::Docker(_) => None,
+            Platform::Docker { .. } => None,
         };
         let every = match platform {
             Platform::Process => PROBE_EVERY,
-            Platform::Docker(_) => PROBE_API_EVERY,
+            Platform::Docker { .. } => PROBE_API_EVERY,
         };
         tokio::time::sleep(QUIET).await;
         let took = time_healing(&up.client, pid, every, || {
@@ -620,37 +654,21 @@ pub async fn run(
     if docker_part {
         let own_container = container_start(&docker, kills).await?;
         let container_floor = Summary::of(&own_container).p50;
-        let in_docker = {
-            let up = DraasUp::start_with(
-                draas,
-                runtime,
-                "27500-27999",
-                &[
-                    "--docker",
-                    "on",
-                    "--docker-image",
-                    IMAGE,
-                    "--reconcile",
-                    "on",
-                ],
-            )
-            .await?;
-            let mut configuration = pipeline();
-            configuration["host"] = json!("0.0.0.0");
-            configuration["port"] = json!(8080);
-            let id = healing_instance(&up, "Docker", configuration).await?;
-            let samples = under_draas(&up, &id, Platform::Docker(&docker), kills).await;
-            let _ = up.delete(&id).await;
-            samples?
-        };
+        let in_docker = under_draas_docker(draas, runtime, &docker, kills, "on").await?;
+        let in_docker_cold = under_draas_docker(draas, runtime, &docker, kills, "off").await?;
         row(
             "the runtime's own start as a container (Engine API create + start → `/health`, after 1 s quiet): the floor",
             &own_container,
             container_floor,
         );
         row(
-            "**DRaaS, Docker** (`draas up --docker on`, reconciler)",
+            "**DRaaS, Docker** (`draas up --docker on`, reconciler; its warm containers, the default)",
             &in_docker,
+            container_floor,
+        );
+        row(
+            "DRaaS, Docker, `--warm-containers off` (every restart creates and starts a container)",
+            &in_docker_cold,
             container_floor,
         );
         if only.is_none() {
@@ -667,6 +685,44 @@ pub async fn run(
         return Ok(());
     }
     convergence(draas, runtime, fleet).await
+}
+
+/// kill -9 → healthy again in a container under `draas up --docker on
+/// --warm-containers <warm>`.
+async fn under_draas_docker(
+    draas: &Path,
+    runtime: &Path,
+    docker: &Docker,
+    kills: usize,
+    warm: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let up = DraasUp::start_with(
+        draas,
+        runtime,
+        "27500-27999",
+        &[
+            "--docker",
+            "on",
+            "--docker-image",
+            IMAGE,
+            "--reconcile",
+            "on",
+            "--warm-containers",
+            warm,
+        ],
+    )
+    .await?;
+    let mut configuration = pipeline();
+    configuration["host"] = json!("0.0.0.0");
+    configuration["port"] = json!(8080);
+    let id = healing_instance(&up, "Docker", configuration).await?;
+    let platform = Platform::Docker {
+        docker,
+        warm: warm == "on",
+    };
+    let samples = under_draas(&up, &id, platform, kills).await;
+    let _ = up.delete(&id).await;
+    samples
 }
 
 /// kill -9 → healthy again under `draas up --warm-runtime <warm>`.
