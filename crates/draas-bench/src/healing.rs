@@ -58,28 +58,6 @@ fn alive(pid: i32) -> bool {
     u64::try_from(pid).is_ok_and(draas_testkit::process::alive)
 }
 
-/// The children of process `parent`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: i32 = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == parent && alive(pid)).then_some(pid)
-        })
-        .collect()
-}
-
 async fn healthy(client: &reqwest::Client, base: &str) -> bool {
     client
         .get(format!("{base}/health"))
@@ -499,7 +477,10 @@ impl Supervisord {
     }
 
     fn server_pid(&self) -> Option<i32> {
-        children_of(self.child.id() as i32).into_iter().next()
+        draas_testkit::process::children_of(u64::from(self.child.id()))
+            .into_iter()
+            .next()
+            .and_then(|pid| i32::try_from(pid).ok())
     }
 }
 

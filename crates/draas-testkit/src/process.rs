@@ -19,6 +19,29 @@ pub fn alive(pid: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// The live children of process `parent` (from `/proc`: any process,
+/// not only this one's).
+pub fn children_of(parent: u64) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u64 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u64 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent && alive(pid)).then_some(pid)
+        })
+        .collect()
+}
+
 /// A child process that is SIGKILLed when dropped, so a failing test never
 /// leaves it behind. Its stdout and stderr go to files in `log_dir`.
 pub struct TestProcess {

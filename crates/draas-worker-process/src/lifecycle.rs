@@ -105,13 +105,12 @@ fn order_for(spec: &StartSpec, files: &Prepared) -> Option<Order> {
         .into_iter()
         .map(|a| a.into_string().ok())
         .collect::<Option<Vec<String>>>()?;
-    let order = Order {
+    Order::new(
         args,
-        env: environment(spec).into_iter().collect(),
-        stdout: files.logs.path(LogStream::Stdout),
-        stderr: files.logs.path(LogStream::Stderr),
-    };
-    order.suits_a_spare().then_some(order)
+        environment(spec).into_iter().collect(),
+        &files.logs.path(LogStream::Stdout),
+        &files.logs.path(LogStream::Stderr),
+    )
 }
 
 fn failed(what: &str, e: std::io::Error) -> DriverError {

@@ -78,33 +78,39 @@ pub struct Spare {
     identity: FileIdentity,
 }
 
-/// The order a spare reads (the runtime's `standby::Go`).
-#[derive(Serialize)]
-struct Go<'a> {
-    args: &'a [String],
-    env: &'a [(String, String)],
-    stdout: &'a str,
-    stderr: &'a str,
-}
-
-/// A cold start's command line and environment, to give to a spare.
+/// A cold start's command line, environment and output files, as a spare
+/// reads them (the runtime's `standby::Go`).
+#[derive(Debug, Serialize)]
 pub struct Order {
     /// The arguments after the program name.
-    pub args: Vec<String>,
+    args: Vec<String>,
     /// The whole environment.
-    pub env: Vec<(String, String)>,
+    env: Vec<(String, String)>,
     /// The stdout file.
-    pub stdout: PathBuf,
+    stdout: String,
     /// The stderr file.
-    pub stderr: PathBuf,
+    stderr: String,
 }
 
 impl Order {
-    /// Whether a spare can serve this start (see the module docs).
-    pub fn suits_a_spare(&self) -> bool {
-        !self.env.iter().any(|(name, _)| read_at_exec(name))
-            && self.stdout.to_str().is_some()
-            && self.stderr.to_str().is_some()
+    /// The order of a start, when a spare can serve it (see the module
+    /// docs): `None` when its environment sets a variable read at exec, or
+    /// an output path is not UTF-8 (the order is JSON).
+    pub fn new(
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        stdout: &Path,
+        stderr: &Path,
+    ) -> Option<Self> {
+        if env.iter().any(|(name, _)| read_at_exec(name)) {
+            return None;
+        }
+        Some(Self {
+            args,
+            env,
+            stdout: stdout.to_str()?.to_string(),
+            stderr: stderr.to_str()?.to_string(),
+        })
     }
 }
 
@@ -118,17 +124,7 @@ impl Spare {
     /// its child handle is returned. `Err`: it could not be ordered (it
     /// died meanwhile); it has been killed.
     pub async fn go(mut self, order: &Order) -> std::io::Result<Child> {
-        let (Some(stdout), Some(stderr)) = (order.stdout.to_str(), order.stderr.to_str()) else {
-            let _ = self.child.start_kill();
-            return Err(std::io::Error::other("output paths are not UTF-8"));
-        };
-        let text = serde_json::to_vec(&Go {
-            args: &order.args,
-            env: &order.env,
-            stdout,
-            stderr,
-        })
-        .map_err(std::io::Error::other)?;
+        let text = serde_json::to_vec(order).map_err(std::io::Error::other)?;
         let written = async {
             self.stdin.write_all(&text).await?;
             self.stdin.shutdown().await
@@ -201,26 +197,21 @@ impl Spares {
         if !self.enabled {
             return;
         }
-        let stale = match self.slot.lock() {
-            Ok(mut slot) => match slot.as_mut() {
-                Some(spare) => {
-                    let alive = matches!(spare.child.try_wait(), Ok(None));
-                    let current =
-                        FileIdentity::of(&spare.executable).as_ref() == Some(&spare.identity);
-                    !(alive && current)
-                }
-                None => true,
-            },
-            Err(_) => return,
+        let Ok(mut slot) = self.slot.lock() else {
+            return;
         };
-        if stale {
-            if let Ok(mut slot) = self.slot.lock() {
-                if let Some(mut old) = slot.take() {
-                    let _ = old.child.start_kill();
-                }
-            }
-            self.refill_later();
+        let fresh = slot.as_mut().is_some_and(|spare| {
+            matches!(spare.child.try_wait(), Ok(None))
+                && FileIdentity::of(&spare.executable).as_ref() == Some(&spare.identity)
+        });
+        if fresh {
+            return;
         }
+        if let Some(mut old) = slot.take() {
+            let _ = old.child.start_kill();
+        }
+        drop(slot);
+        self.refill_later();
     }
 
     /// Starts a spare now if the slot is empty.
@@ -295,21 +286,24 @@ fn start(executable: &Path) -> std::io::Result<Spare> {
 mod tests {
     use super::*;
 
-    fn order(env: &[(&str, &str)]) -> Order {
-        Order {
-            args: vec!["--config".into(), "/c.yaml".into()],
-            env: env
-                .iter()
+    fn order(env: &[(&str, &str)]) -> Option<Order> {
+        Order::new(
+            vec!["--config".into(), "/c.yaml".into()],
+            env.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            stdout: PathBuf::from("/w/logs/stdout.log"),
-            stderr: PathBuf::from("/w/logs/stderr.log"),
-        }
+            Path::new("/w/logs/stdout.log"),
+            Path::new("/w/logs/stderr.log"),
+        )
     }
 
     #[test]
     fn a_spare_serves_only_an_environment_it_could_have_started_with() {
-        assert!(order(&[("PATH", "/bin"), ("RUST_LOG", "debug"), ("TOKEN", "x")]).suits_a_spare());
+        let served = order(&[("PATH", "/bin"), ("RUST_LOG", "debug"), ("TOKEN", "x")])
+            .expect("an ordinary environment");
+        let text = serde_json::to_value(&served).unwrap();
+        assert_eq!(text["stdout"], "/w/logs/stdout.log");
+        assert_eq!(text["env"][1], serde_json::json!(["RUST_LOG", "debug"]));
         for read_at_start in [
             "LD_PRELOAD",
             "LD_LIBRARY_PATH",
@@ -317,7 +311,7 @@ mod tests {
             "GLIBC_TUNABLES",
         ] {
             assert!(
-                !order(&[("PATH", "/bin"), (read_at_start, "1")]).suits_a_spare(),
+                order(&[("PATH", "/bin"), (read_at_start, "1")]).is_none(),
                 "{read_at_start}"
             );
         }
@@ -326,8 +320,8 @@ mod tests {
     #[test]
     fn output_paths_that_are_not_utf8_mean_a_cold_start() {
         use std::os::unix::ffi::OsStrExt;
-        let mut o = order(&[]);
-        o.stdout = PathBuf::from(std::ffi::OsStr::from_bytes(b"/w/\xff/stdout.log"));
-        assert!(!o.suits_a_spare());
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/w/\xff/stdout.log"));
+        assert!(Order::new(Vec::new(), Vec::new(), odd, Path::new("/w/e.log")).is_none());
+        assert!(Order::new(Vec::new(), Vec::new(), Path::new("/w/o.log"), odd).is_none());
     }
 }

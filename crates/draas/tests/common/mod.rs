@@ -471,26 +471,15 @@ pub fn kill9(pid: u64) {
 /// The bundled runtimes waiting in standby (the warm runtime of a Process
 /// worker, not yet serving a start) whose parent is process `parent`.
 pub fn warm_runtimes(parent: u32) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u64 = e.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let standby = cmdline.split(|b| *b == 0).any(|arg| arg == b"--standby");
+    draas_testkit::process::children_of(u64::from(parent))
+        .into_iter()
+        .filter(|pid| {
+            let standby = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"--standby"));
             // Still waiting: a served one works in its instance's directory.
-            let waiting = std::fs::read_link(e.path().join("cwd")).ok()? == Path::new("/");
-            (ppid == parent && standby && waiting && alive(pid)).then_some(pid)
+            let waiting = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd == Path::new("/"));
+            standby && waiting
         })
         .collect()
 }
