@@ -17,7 +17,11 @@
 //!   it again at once; each kill after the quiet period;
 //! - **DRaaS, Process** (`draas up`, reconciler on; with its warm runtime,
 //!   the default, and again with `--warm-runtime off`) and **DRaaS, Docker**
-//!   (`draas up --docker on`): an instance of the mock pipeline with restart
+//!   (`draas up --docker on`; with its warm containers, the default, and
+//!   again with `--warm-containers off`; with them, each kill also waits
+//!   until the instance's warm container is ready, 1–1.5 s after a start;
+//!   the endpoint is read from the API every 2 ms, a container's port
+//!   changing with each restart): an instance of the mock pipeline with restart
 //!   policy `on-failure` and `resetAfterSeconds: 1`; before each kill the
 //!   instance has run long enough for its restarts in a row to be reset
 //!   (`restartCount` 0), so each figure is an occasional crash (the first
