@@ -254,7 +254,15 @@ impl DockerPlatform {
         image: &str,
         mut warm: Warm,
     ) -> Option<Launched<ContainerRecord, String>> {
-        if let Err(e) = warm.go().await {
+        // What came before it is listed now, while the order goes: later,
+        // the list could hold the next warm container, or the container of
+        // a cold restart of this one.
+        let keep = self.warm.names(id);
+        let (went, earlier) = tokio::join!(
+            warm.go(),
+            containers_of(self.docker(), &self.installation, id, &keep)
+        );
+        if let Err(e) = went {
             warn!(instance = %id, "the warm container did not take its order ({e}); starting cold");
             self.remove_warm(warm);
             return None;
@@ -267,14 +275,19 @@ impl DockerPlatform {
             ..
         } = warm;
         self.tails.follow(self.docker(), &container);
-        // Out of the way of the start: its name, and what came before it.
+        match earlier {
+            Ok(earlier) => self.remove_in_background(
+                id,
+                earlier.into_iter().filter(|c| *c != container).collect(),
+            ),
+            Err(e) => {
+                warn!(instance = %id, "earlier containers stay until the next launch: {}", e.message)
+            }
+        }
+        // Out of the way of the start: the name of a server.
         let docker = self.docker().clone();
-        let installation = self.installation.clone();
         let instance = id.clone();
         let (current, new_name) = (container.clone(), name.clone());
-        let keep = self.warm.names(id);
-        let events = self.events.clone();
-        let tails = self.tails.clone();
         tokio::spawn(async move {
             let renamed = docker
                 .rename_container(
@@ -286,17 +299,6 @@ impl DockerPlatform {
                 .await;
             if let Err(e) = renamed {
                 warn!(instance = %instance, "cannot rename the container that took over: {e}");
-            }
-            let earlier = match containers_of(&docker, &installation, &instance, &keep).await {
-                Ok(earlier) => earlier,
-                Err(e) => return warn!(instance = %instance, "{}", e.message),
-            };
-            for container in earlier.into_iter().filter(|c| *c != current) {
-                events.forget(&container);
-                tails.forget(&container);
-                if let Err(e) = remove_container(&docker, &container).await {
-                    warn!(instance = %instance, "cannot remove an earlier container: {}", e.message);
-                }
             }
         });
         info!(instance = %id, container = %&container[..12.min(container.len())], port, "the warm container took over");
@@ -349,6 +351,9 @@ impl DockerPlatform {
             }
             {
                 let _one_at_a_time = slots.making.lock().await;
+                if exit.has_exited() {
+                    return;
+                }
                 let name =
                     container::container_name(&recipe.instance_name, &id, &container::new_launch());
                 let standby = warm::standby_name(&name);
@@ -777,8 +782,12 @@ impl Platform for DockerPlatform {
         let launched = self.launched(container, name, image.clone(), exit, port);
         if let Some(made_for) = made_for.filter(|_| facts.labels.contains_key(image::RUNTIME_LABEL))
         {
-            let recipe = self.recipe(made_for, id, spec, &image, &facts)?;
-            self.make_warm_later(id, epoch, Arc::new(recipe), launched.exit.clone());
+            match self.recipe(made_for, id, spec, &image, &facts) {
+                Ok(recipe) => {
+                    self.make_warm_later(id, epoch, Arc::new(recipe), launched.exit.clone())
+                }
+                Err(e) => warn!(instance = %id, "no warm container: {}", e.message),
+            }
         }
         Ok(launched)
     }
@@ -818,6 +827,19 @@ impl Platform for DockerPlatform {
         }
         let exit = self.events.watch(&record.container_id).await;
         self.tails.follow(self.docker(), &record.container_id);
+        // What else of the instance is left (warm containers of the worker
+        // before, which ended with it; earlier servers) goes.
+        let keep = self.warm.names(id);
+        match containers_of(self.docker(), &self.installation, id, &keep).await {
+            Ok(others) => self.remove_in_background(
+                id,
+                others
+                    .into_iter()
+                    .filter(|c| *c != record.container_id)
+                    .collect(),
+            ),
+            Err(e) => warn!(instance = %id, "{}", e.message),
+        }
         Some((record.container_id.clone(), exit))
     }
 
@@ -929,9 +951,9 @@ impl Platform for DockerPlatform {
         if let Some(warm) = self.warm.discard(id) {
             self.events.forget(&warm.container);
         }
-        // A warm container being made goes with it (its making sees the
-        // instance gone) before the rest, and the volume it mounts, go.
-        drop(self.warm.making.lock().await);
+        // A warm container being made for it goes first (its making sees
+        // the instance gone), then the rest and the volume it mounts.
+        self.warm.until_made(id).await;
         self.remove_containers(id).await?;
         match self
             .docker()

@@ -49,6 +49,9 @@ pub const MAKE_AFTER: Duration = Duration::from_secs(1);
 /// the launch that takes it.
 pub const LINGER: Duration = Duration::from_secs(60);
 
+/// How long the engine may take to pass an order on.
+pub const ORDER_WAIT: Duration = Duration::from_secs(5);
+
 /// The end of the name of a container in standby.
 pub const STANDBY_SUFFIX: &str = "-standby";
 
@@ -62,8 +65,8 @@ type Input = Pin<Box<dyn AsyncWrite + Send>>;
 type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 
 /// How an instance's warm containers are made, for its launches of one
-/// start spec.
-#[derive(Debug)]
+/// start spec. Holds the configuration (secrets included): its `Debug`
+/// shows none of it.
 pub struct Recipe {
     /// What they are made for: the image, its runtime and the start spec
     /// (see [`WarmContainers::take`]).
@@ -111,6 +114,15 @@ impl Recipe {
     }
 }
 
+impl std::fmt::Debug for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipe")
+            .field("instance_name", &self.instance_name)
+            .field("api_port", &self.api_port)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The runtime's flag for standby.
 pub const STANDBY_FLAG: &str = "--standby";
 
@@ -143,10 +155,16 @@ impl std::fmt::Debug for Warm {
 }
 
 impl Warm {
-    /// Writes the order: from now on it is the server.
+    /// Writes the order: from now on it is the server. An engine that
+    /// does not take it within [`ORDER_WAIT`] fails it.
     pub async fn go(&mut self) -> std::io::Result<()> {
-        self.input.write_all(&self.recipe.order).await?;
-        self.input.flush().await
+        let written = async {
+            self.input.write_all(&self.recipe.order).await?;
+            self.input.flush().await
+        };
+        tokio::time::timeout(ORDER_WAIT, written)
+            .await
+            .map_err(|_| std::io::Error::other(format!("not taken within {ORDER_WAIT:?}")))?
     }
 }
 
@@ -164,23 +182,44 @@ pub enum Taken {
 #[derive(Default)]
 struct Slot {
     /// Changes at every launch, stop and removal of the instance: a warm
-    /// container made under an older epoch is not kept.
+    /// container made under another epoch is not kept.
     epoch: u64,
     warm: Option<Warm>,
     /// The name of the warm container being made.
     making: Option<String>,
+    /// The instance stopped or went while its warm container was being
+    /// made: the slot goes when the making ends.
+    gone: bool,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_instance: HashMap<InstanceId, Slot>,
+    /// The last epoch handed out. Epochs only grow, across instances and
+    /// slots: a task of an overtaken launch never matches a later one, even
+    /// of a slot made anew.
+    last_epoch: u64,
+}
+
+impl Slots {
+    fn next_epoch(&mut self) -> u64 {
+        self.last_epoch += 1;
+        self.last_epoch
+    }
 }
 
 /// The warm containers of one driver, one at most per instance.
 #[derive(Default, Clone)]
 pub struct WarmContainers {
-    slots: Arc<Mutex<HashMap<InstanceId, Slot>>>,
+    slots: Arc<Mutex<Slots>>,
     /// One warm container is made at a time.
     pub making: Arc<tokio::sync::Mutex<()>>,
+    /// Told when a making ends.
+    made: Arc<tokio::sync::Notify>,
 }
 
 impl WarmContainers {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<InstanceId, Slot>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Slots) -> T) -> T {
         let mut slots = match self.slots.lock() {
             Ok(slots) => slots,
             Err(poisoned) => poisoned.into_inner(),
@@ -193,8 +232,10 @@ impl WarmContainers {
     /// kept). Returns the new epoch too.
     pub fn take(&self, id: &InstanceId, made_for: &str) -> (Taken, u64) {
         self.with(|slots| {
-            let slot = slots.entry(id.clone()).or_default();
-            slot.epoch += 1;
+            let epoch = slots.next_epoch();
+            let slot = slots.by_instance.entry(id.clone()).or_default();
+            slot.epoch = epoch;
+            slot.gone = false;
             let taken = match slot.warm.take() {
                 None => Taken::None,
                 Some(warm) if warm.recipe.made_for == made_for && !warm.exit.has_exited() => {
@@ -202,7 +243,7 @@ impl WarmContainers {
                 }
                 Some(warm) => Taken::Unfit(warm),
             };
-            (taken, slot.epoch)
+            (taken, epoch)
         })
     }
 
@@ -210,21 +251,42 @@ impl WarmContainers {
     /// being made for it is kept.
     pub fn discard(&self, id: &InstanceId) -> Option<Warm> {
         self.with(|slots| {
-            let slot = slots.get_mut(id)?;
-            slot.epoch += 1;
+            let epoch = slots.next_epoch();
+            let slot = slots.by_instance.get_mut(id)?;
+            slot.epoch = epoch;
             let warm = slot.warm.take();
             if slot.making.is_none() {
-                slots.remove(id);
+                slots.by_instance.remove(id);
+            } else {
+                slot.gone = true;
             }
             warm
         })
+    }
+
+    /// Waits until no warm container is being made for `id`.
+    pub async fn until_made(&self, id: &InstanceId) {
+        loop {
+            // Created before the check: a making that ends after the check
+            // still wakes it.
+            let ended = self.made.notified();
+            if self.with(|slots| {
+                slots
+                    .by_instance
+                    .get(id)
+                    .is_none_or(|slot| slot.making.is_none())
+            }) {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// The instance's server ended `epoch` ago and no launch came: its warm
     /// container, to remove, when the epoch is still the same.
     pub fn expire(&self, id: &InstanceId, epoch: u64) -> Option<Warm> {
         self.with(|slots| {
-            let slot = slots.get_mut(id)?;
+            let slot = slots.by_instance.get_mut(id)?;
             (slot.epoch == epoch).then(|| slot.warm.take()).flatten()
         })
     }
@@ -233,7 +295,7 @@ impl WarmContainers {
     /// `epoch` (no launch, stop or removal since); if so, it is marked as
     /// being made.
     pub fn begin(&self, id: &InstanceId, epoch: u64, name: &str) -> bool {
-        self.with(|slots| match slots.get_mut(id) {
+        self.with(|slots| match slots.by_instance.get_mut(id) {
             Some(slot) if slot.epoch == epoch && slot.warm.is_none() && slot.making.is_none() => {
                 slot.making = Some(name.to_string());
                 true
@@ -245,22 +307,22 @@ impl WarmContainers {
     /// The making of `id`'s warm container ended (`None`: it failed):
     /// kept when its epoch is still current, else handed back to remove.
     pub fn finish(&self, id: &InstanceId, epoch: u64, made: Option<Warm>) -> Option<Warm> {
-        self.with(|slots| {
-            let Some(slot) = slots.get_mut(id) else {
+        let unkept = self.with(|slots| {
+            let Some(slot) = slots.by_instance.get_mut(id) else {
                 return made;
             };
             slot.making = None;
             if slot.epoch != epoch {
-                if slot.warm.is_none() {
-                    // Stopped or removed meanwhile; a later launch made a
-                    // new slot entry if it needed one.
-                    slots.remove(id);
+                if slot.gone {
+                    slots.by_instance.remove(id);
                 }
                 return made;
             }
             slot.warm = made;
             None
-        })
+        });
+        self.made.notify_waiters();
+        unkept
     }
 
     /// The names (without the engine's `/`) of `id`'s warm containers,
@@ -268,6 +330,7 @@ impl WarmContainers {
     pub fn names(&self, id: &InstanceId) -> Vec<String> {
         self.with(|slots| {
             slots
+                .by_instance
                 .get(id)
                 .map(|slot| {
                     slot.warm
@@ -283,10 +346,12 @@ impl WarmContainers {
     /// Every instance's warm container, to remove (the driver goes).
     pub fn drain(&self) -> Vec<Warm> {
         self.with(|slots| {
+            let epoch = slots.next_epoch();
             slots
+                .by_instance
                 .values_mut()
                 .filter_map(|slot| {
-                    slot.epoch += 1;
+                    slot.epoch = epoch;
                     slot.warm.take()
                 })
                 .collect()
@@ -394,11 +459,27 @@ mod tests {
         );
         assert!(slots.names(&id()).is_empty());
 
+        // Overtaken by a launch: handed back, and the launch's own making
+        // may begin.
         let (_, epoch) = slots.take(&id(), "spec-1");
         assert!(slots.begin(&id(), epoch, "n"));
-        let _ = slots.take(&id(), "spec-1");
+        let (_, later) = slots.take(&id(), "spec-1");
         let (made, _n) = warm("spec-1");
         assert!(slots.finish(&id(), epoch, Some(made)).is_some());
+        assert!(slots.begin(&id(), later, "m"), "the later launch's making");
+        let (made, _n2) = warm("spec-1");
+        assert!(slots.finish(&id(), later, Some(made)).is_none());
+
+        // A stop, then a start: the first launch's task, whose server
+        // ended, never takes the new launch's warm container.
+        let (_, old) = slots.take(&id(), "spec-2");
+        assert!(slots.discard(&id()).is_none());
+        let (_, new) = slots.take(&id(), "spec-2");
+        assert!(slots.begin(&id(), new, "n"));
+        let (made, _n3) = warm("spec-2");
+        assert!(slots.finish(&id(), new, Some(made)).is_none());
+        assert!(slots.expire(&id(), old).is_none(), "another epoch");
+        assert_eq!(slots.names(&id()), vec!["draas-a-12345678-abcdef-standby"]);
 
         let (_, epoch) = slots.take(&id(), "spec-1");
         assert!(!slots.begin(&id(), epoch + 1, "n"), "a stale epoch");
@@ -408,5 +489,39 @@ mod tests {
         assert!(slots.expire(&id(), epoch + 1).is_none(), "a launch came");
         assert!(slots.expire(&id(), epoch).is_some(), "none came");
         assert!(slots.drain().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removal_waits_for_its_instances_making_only() {
+        let slots = WarmContainers::default();
+        let other: InstanceId = "11111111-2222-3333-4444-666666666666".parse().unwrap();
+        let (_, epoch) = slots.take(&id(), "spec-1");
+        assert!(slots.begin(&id(), epoch, "n"));
+        let (_, other_epoch) = slots.take(&other, "spec-1");
+        assert!(slots.begin(&other, other_epoch, "o"));
+        // Another instance's making does not hold it up.
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            slots.until_made(&InstanceId::generate()),
+        )
+        .await
+        .expect("nothing being made for it");
+        assert!(slots.discard(&id()).is_none());
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.until_made(&id()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "its own making holds it up");
+        let (made, _n) = warm("spec-1");
+        assert!(
+            slots.finish(&id(), epoch, Some(made)).is_some(),
+            "handed back"
+        );
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the making ended")
+            .unwrap();
+        assert!(slots.names(&id()).is_empty(), "the slot went with it");
     }
 }

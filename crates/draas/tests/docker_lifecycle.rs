@@ -750,7 +750,13 @@ async fn a_vanished_container_is_recreated_and_an_orphan_container_is_removed() 
     .await;
     assert_eq!(again["status"]["restartCount"], 1, "{again}");
     let second = again["runtime"]["handle"]["containerId"].as_str().unwrap();
-    assert_eq!(servers_of(&docker, &id).await, vec![second.to_string()]);
+    // (A warm container that took over is renamed right after.)
+    draas_testkit::wait_for(
+        "the new server alone among the instance's servers",
+        Duration::from_secs(10),
+        || async { (servers_of(&docker, &id).await == vec![second.to_string()]).then_some(()) },
+    )
+    .await;
 
     // A container labelled as this installation's, of no instance: removed
     // by the worker's periodic sweep.
@@ -837,7 +843,7 @@ async fn running_instance(draas: &Draas, name: &str) -> (String, Value) {
             Some(json!({
                 "name": name,
                 "platformType": "Docker",
-                "restartPolicy": {"policy": "on-failure", "resetAfterSeconds": 1, "maxRestarts": 0},
+                "restartPolicy": {"policy": "on-failure", "resetAfterSeconds": 300, "maxRestarts": 0},
             })),
         )
         .await;
@@ -902,6 +908,8 @@ async fn a_crash_is_healed_by_the_warm_container_which_never_outlives_its_worker
     })
     .await;
     assert_ne!(warm, first);
+    // Running, it is the worker's a moment later (once its port is read).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let standby = docker
         .inspect_container(&warm, None::<InspectContainerOptions>)
         .await
@@ -971,13 +979,17 @@ async fn a_crash_is_healed_by_the_warm_container_which_never_outlives_its_worker
         warm_of(&docker, &id)
     })
     .await;
-    let draas = draas.crash_and_restart_with(&args).await;
-    draas_testkit::wait_for(
-        "the warm container to end with its worker",
-        Duration::from_secs(15),
-        || async { (!running(&docker, &warm).await).then_some(()) },
-    )
-    .await;
+    let draas = draas
+        .crash_and_restart_after(&args, async {
+            draas_testkit::wait_for(
+                "the warm container to end with its worker",
+                Duration::from_secs(15),
+                || async { (!running(&docker, &warm).await).then_some(()) },
+            )
+            .await;
+            assert!(running(&docker, &server).await, "the server runs on");
+        })
+        .await;
     let adopted = draas
         .wait_state(&id, "Running", Duration::from_secs(20))
         .await;

@@ -237,6 +237,32 @@ impl Draas {
         self.replace(kill, extra).await
     }
 
+    /// Kills this process with SIGKILL, waits for `meanwhile`, and starts
+    /// another on the same data directory and port with `extra` arguments.
+    #[allow(dead_code)]
+    pub async fn crash_and_restart_after(
+        self,
+        extra: &[&str],
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> Self {
+        let Draas {
+            mut process,
+            port,
+            data,
+            logs,
+            run,
+            range,
+            ..
+        } = self;
+        process.signal(nix::sys::signal::Signal::SIGKILL);
+        process
+            .wait_timeout(Duration::from_secs(10))
+            .expect("draas dies");
+        drop(process);
+        meanwhile.await;
+        Self::up_with_extra(&logs, data, port, run + 1, range, extra).await
+    }
+
     /// Ends this process with `end` and starts another on the same data
     /// directory and port, with `extra` arguments.
     async fn replace(self, end: impl FnOnce(&mut TestProcess), extra: &[&str]) -> Self {
