@@ -741,13 +741,7 @@ async fn a_vanished_container_is_recreated_and_an_orphan_container_is_removed() 
         )
         .await
         .unwrap();
-    let again = draas_testkit::wait_for("a new container", Duration::from_secs(30), || async {
-        let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
-        (i["status"]["state"] == "Running"
-            && i["runtime"]["handle"]["containerId"].as_str() != Some(first.as_str()))
-        .then_some(i)
-    })
-    .await;
+    let again = running_elsewhere(&draas, &id, &first).await;
     assert_eq!(again["status"]["restartCount"], 1, "{again}");
     let second = again["runtime"]["handle"]["containerId"].as_str().unwrap();
     // (A warm container that took over is renamed right after.)
@@ -867,6 +861,22 @@ async fn running_instance(draas: &Draas, name: &str) -> (String, Value) {
     (id, instance)
 }
 
+/// Waits (30 s at most) until instance `id` is Running in a container other
+/// than `first`; returns the instance.
+async fn running_elsewhere(draas: &Draas, id: &str, first: &str) -> Value {
+    draas_testkit::wait_for(
+        "Running in another container",
+        Duration::from_secs(30),
+        || async {
+            let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
+            (i["status"]["state"] == "Running"
+                && i["runtime"]["handle"]["containerId"].as_str() != Some(first))
+            .then_some(i)
+        },
+    )
+    .await
+}
+
 async fn kill_container(docker: &Docker, container: &str) {
     docker
         .kill_container(
@@ -920,13 +930,7 @@ async fn a_crash_is_healed_by_the_warm_container_which_never_outlives_its_worker
 
     // A crash: the warm container takes over, and serves the pipeline.
     kill_container(&docker, &first).await;
-    let healed = draas_testkit::wait_for("the takeover", Duration::from_secs(30), || async {
-        let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
-        (i["status"]["state"] == "Running"
-            && i["runtime"]["handle"]["containerId"].as_str() != Some(first.as_str()))
-        .then_some(i)
-    })
-    .await;
+    let healed = running_elsewhere(&draas, &id, &first).await;
     assert_eq!(
         healed["runtime"]["handle"]["containerId"],
         warm.as_str(),
@@ -1034,13 +1038,7 @@ async fn with_warm_containers_off_a_restart_creates_its_container() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(containers_of(&docker, &id).await, vec![first.clone()]);
     kill_container(&docker, &first).await;
-    let healed = draas_testkit::wait_for("the restart", Duration::from_secs(30), || async {
-        let (_, i) = draas.get(&format!("/api/server/instances/{id}")).await;
-        (i["status"]["state"] == "Running"
-            && i["runtime"]["handle"]["containerId"].as_str() != Some(first.as_str()))
-        .then_some(i)
-    })
-    .await;
+    let healed = running_elsewhere(&draas, &id, &first).await;
     let second = healed["runtime"]["handle"]["containerId"]
         .as_str()
         .unwrap()
