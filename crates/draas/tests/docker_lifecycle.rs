@@ -831,34 +831,13 @@ async fn running(docker: &Docker, container: &str) -> bool {
 /// Creates a Docker instance of the counter pipeline that restarts on
 /// failure, and starts it.
 async fn running_instance(draas: &Draas, name: &str) -> (String, Value) {
-    let (status, created) = draas
-        .post(
-            "/api/server/instances",
-            Some(json!({
-                "name": name,
-                "platformType": "Docker",
-                "restartPolicy": {"policy": "on-failure", "resetAfterSeconds": 300, "maxRestarts": 0},
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["instance"]["id"].as_str().unwrap().to_string();
-    let (status, body, _) = draas
-        .patch(
-            &format!("/api/configuration/instances/{id}"),
-            counter_pipeline(),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, instance) = draas
-        .post(
-            &format!("/api/server/instances/{id}/start?wait=Running&timeout=60"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{instance}");
-    (id, instance)
+    draas
+        .running_pipeline(json!({
+            "name": name,
+            "platformType": "Docker",
+            "restartPolicy": {"policy": "on-failure", "resetAfterSeconds": 300, "maxRestarts": 0},
+        }))
+        .await
 }
 
 /// Waits (30 s at most) until instance `id` is Running in a container other

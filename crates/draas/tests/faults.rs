@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::cluster::{
     processes_in, reconciler, redis, serve, serve_with, wait_workers, workdir, WorkerProcess,
 };
-use common::{alive, counter_pipeline, kill9, port_range, server_pid, Api, Reaper};
+use common::{alive, kill9, port_range, server_pid, Api, Reaper};
 use draas_core::lease::FENCING_TOKEN_HEADER;
 use draas_core::messages::{Command, CommandEnvelope, ErrorCode, Outcome};
 use draas_core::ports::MessageBus;
@@ -25,25 +25,10 @@ use draas_testkit::{free_port, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-/// Creates instance `name` with the counter pipeline and starts it.
+/// Creates Process instance `name` with the counter pipeline and starts it.
 async fn running(api: &Api, name: &str) -> (String, Value) {
-    let id = api.create(name, None).await;
-    let (status, body, _) = api
-        .patch(
-            &format!("/api/configuration/instances/{id}"),
-            counter_pipeline(),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, instance) = api
-        .post(
-            &format!("/api/server/instances/{id}/start?wait=Running&timeout=30"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{instance}");
-    (id, instance)
+    api.running_pipeline(json!({"name": name, "platformType": "Process"}))
+        .await
 }
 
 /// The reconciler lease as the control plane shows it.

@@ -9,40 +9,19 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{alive, counter_pipeline, server_pid, Draas, Reaper};
-use serde_json::{json, Value};
+use common::{alive, server_pid, Draas, Reaper};
+use serde_json::json;
 
 const RECONCILE: &[&str] = &["--reconcile", "on", "--reconcile-interval", "1"];
-
-async fn running(draas: &Draas, create: Value) -> (String, Value) {
-    let (status, created) = draas.post("/api/server/instances", Some(create)).await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["instance"]["id"].as_str().unwrap().to_string();
-    let (status, body, _) = draas
-        .patch(
-            &format!("/api/configuration/instances/{id}"),
-            counter_pipeline(),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, instance) = draas
-        .post(&format!("/api/server/instances/{id}/start"), None)
-        .await;
-    assert_eq!(status, 200, "{instance}");
-    (id, instance)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_runs_again_without_anyone_asking() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _reaper = Reaper(dir.path().to_path_buf());
     let draas = Draas::up_with_args(dir.path(), RECONCILE).await;
-    let (id, instance) = running(
-        &draas,
-        json!({"name": "healing", "platformType": "Process"}),
-    )
-    .await;
+    let (id, instance) = draas
+        .running_pipeline(json!({"name": "healing", "platformType": "Process"}))
+        .await;
     let first = server_pid(&instance).expect("pid");
     assert_eq!(instance["status"]["restartCount"], 0);
 
@@ -88,11 +67,9 @@ async fn a_server_crash_seen_just_before_draas_itself_is_killed_is_seen_again_an
     let _reaper = Reaper(dir.path().to_path_buf());
     // No reconciler yet: the crash stays as the worker recorded it.
     let draas = Draas::up_with_args(dir.path(), &["--reconcile", "off"]).await;
-    let (id, instance) = running(
-        &draas,
-        json!({"name": "seen-twice", "platformType": "Process"}),
-    )
-    .await;
+    let (id, instance) = draas
+        .running_pipeline(json!({"name": "seen-twice", "platformType": "Process"}))
+        .await;
     let first = server_pid(&instance).expect("pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first as i32),
@@ -134,8 +111,7 @@ async fn a_restart_its_policy_does_not_allow_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _reaper = Reaper(dir.path().to_path_buf());
     let draas = Draas::up_with_args(dir.path(), RECONCILE).await;
-    let (id, instance) = running(
-        &draas,
+    let (id, instance) = draas.running_pipeline(
         json!({"name": "never", "platformType": "Process", "restartPolicy": {"policy": "never"}}),
     )
     .await;
@@ -262,12 +238,14 @@ async fn a_configuration_change_reaches_the_running_server_unless_manual() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _reaper = Reaper(dir.path().to_path_buf());
     let draas = Draas::up_with_args(dir.path(), RECONCILE).await;
-    let (auto, _) = running(&draas, json!({"name": "auto", "platformType": "Process"})).await;
-    let (manual, _) = running(
-        &draas,
-        json!({"name": "manual", "platformType": "Process", "updateStrategy": "manual"}),
-    )
-    .await;
+    let (auto, _) = draas
+        .running_pipeline(json!({"name": "auto", "platformType": "Process"}))
+        .await;
+    let (manual, _) = draas
+        .running_pipeline(
+            json!({"name": "manual", "platformType": "Process", "updateStrategy": "manual"}),
+        )
+        .await;
     let change = json!([{"op": "replace", "path": "/sources/0/intervalMs", "value": 50}]);
     for id in [&auto, &manual] {
         let (status, body, _) = draas

@@ -417,6 +417,32 @@ impl Api {
         created["instance"]["id"].as_str().expect("id").to_string()
     }
 
+    /// Creates an instance from `create` (a create body), gives it the
+    /// counter pipeline and starts it, until `Running`; returns its id and
+    /// the started instance.
+    #[allow(dead_code)]
+    pub async fn running_pipeline(&self, create: Value) -> (String, Value) {
+        let (status, created) = self.post("/api/server/instances", Some(create)).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["instance"]["id"].as_str().expect("id").to_string();
+        let (status, body, _) = self
+            .patch(
+                &format!("/api/configuration/instances/{id}"),
+                counter_pipeline(),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, instance) = self
+            .post(
+                &format!("/api/server/instances/{id}/start?wait=Running&timeout=60"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{instance}");
+        (id, instance)
+    }
+
     /// The instance's actual state.
     pub async fn state(&self, id: &str) -> String {
         let (_, body) = self.get(&format!("/api/status/{id}/status")).await;
