@@ -245,9 +245,9 @@ impl DockerPlatform {
         });
     }
 
-    /// Turns `warm` into the launch of `spec`: its order is written, the
-    /// containers before it go in the background. `None`: it could not
-    /// take the order (a cold launch follows).
+    /// Turns `warm` into this launch of `id` (in `image`): its order is
+    /// written, the containers before it go in the background. `None`: it
+    /// could not take the order (a cold launch follows).
     async fn take_over(
         &self,
         id: &InstanceId,
