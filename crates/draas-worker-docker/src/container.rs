@@ -31,6 +31,11 @@ pub const INSTANCE: &str = "draas.instanceId";
 pub const GENERATION: &str = "draas.generation";
 /// Label naming the DRaaS installation that owns it.
 pub const INSTALLATION: &str = "draas.installation";
+/// Label naming the container port of the server's API.
+pub const API_PORT: &str = "draas.apiPort";
+/// Label naming what a warm container for this container's next launch
+/// is made for (see `warm::key`), when one is made.
+pub const WARM_KEY: &str = "draas.warmKey";
 /// Where the configuration is in the container, when it is a file.
 pub const CONFIG_PATH: &str = "/etc/drasi/server.yaml";
 /// The environment variable holding the configuration, for the bundled
@@ -50,6 +55,17 @@ pub fn container_name(name: &str, id: &InstanceId, launch: &str) -> String {
         "draas-{name}-{}-{launch}",
         &id[id.len().saturating_sub(8)..]
     )
+}
+
+/// The instance name in the container name `name` of instance `id` (see
+/// [`container_name`]).
+pub fn instance_name_of<'a>(name: &'a str, id: &InstanceId) -> Option<&'a str> {
+    let id = id.as_str();
+    let end = format!("-{}", &id[id.len().saturating_sub(8)..]);
+    let rest = name.trim_start_matches('/').strip_prefix("draas-")?;
+    let (rest, launch) = rest.rsplit_once('-')?;
+    (launch.len() == 6).then_some(())?;
+    rest.strip_suffix(end.as_str()).filter(|n| !n.is_empty())
 }
 
 /// A new launch's part of a container name: six random hex digits.
@@ -155,7 +171,11 @@ pub fn create_body(plan: &Plan<'_>) -> ContainerCreateBody {
         image: Some(plan.image.to_string()),
         cmd: Some(cmd),
         env: Some(env),
-        labels: Some(labels(plan.id, Some(spec.generation), plan.installation)),
+        labels: Some({
+            let mut labels = labels(plan.id, Some(spec.generation), plan.installation);
+            labels.insert(API_PORT.to_string(), spec.api_port.to_string());
+            labels
+        }),
         exposed_ports: Some(ports.iter().map(|p| port_key(*p)).collect()),
         stop_signal: Some("SIGINT".to_string()),
         stop_timeout: Some(i64::from(
@@ -200,6 +220,16 @@ pub fn config_archive(yaml: &str) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_name_is_read_back_from_a_container_name() {
+        let id = InstanceId::generate();
+        let name = container_name("my-app-2", &id, &new_launch());
+        assert_eq!(instance_name_of(&name, &id), Some("my-app-2"));
+        assert_eq!(instance_name_of(&format!("/{name}"), &id), Some("my-app-2"));
+        assert_eq!(instance_name_of("draas-x-12345678-abcdef", &id), None);
+        assert_eq!(instance_name_of("other", &id), None);
+    }
     use draas_core::instance::{PlatformType, ServerConfiguration};
     use std::io::Read;
 

@@ -222,16 +222,17 @@ impl DockerPlatform {
         self.tails.forget(container);
     }
 
-    /// What a warm container must have been made for to serve this launch
-    /// of `spec` in `image`: `None` when none is made for it (turned off, or
-    /// not the default image of a known runtime binary).
+    /// The key of what a warm container must have been made for to serve
+    /// this launch of `spec` in `image` ([`warm::key`]): `None` when none
+    /// is made for it (turned off, or not the default image of a known
+    /// runtime binary).
     fn warm_made_for(&self, spec: &StartSpec, image: &str) -> Option<String> {
         if !self.settings.warm_containers || image != self.settings.default_image {
             return None;
         }
         let runtime = image::fingerprint(self.settings.runtime_binary.as_deref()?)?;
         let spec = serde_json::to_string(spec).ok()?;
-        Some(format!("{image}\n{runtime}\n{spec}"))
+        Some(warm::key(&format!("{image}\n{runtime}\n{spec}")))
     }
 
     /// Removes a warm container no launch will take, in the background.
@@ -443,15 +444,17 @@ impl DockerPlatform {
             && spec.configuration_yaml.len() <= container::MAX_CONFIG_IN_ENV
     }
 
-    /// The definition of `id`'s container for `spec`.
+    /// The definition of `id`'s container for `spec`; labelled with the
+    /// key of its warm containers, when they are made.
     fn create_body(
         &self,
         id: &InstanceId,
         spec: &StartSpec,
         image: &str,
         facts: &image::ImageFacts,
+        warm_key: Option<&str>,
     ) -> bollard::models::ContainerCreateBody {
-        container::create_body(&Plan {
+        let mut body = container::create_body(&Plan {
             id,
             spec,
             image,
@@ -459,7 +462,11 @@ impl DockerPlatform {
             installation: &self.installation,
             publish_address: &self.settings.publish_address,
             config_in_env: self.config_in_env(spec, facts),
-        })
+        });
+        if let (Some(key), Some(labels)) = (warm_key, body.labels.as_mut()) {
+            labels.insert(container::WARM_KEY.to_string(), key.to_string());
+        }
+        body
     }
 
     /// How `id`'s warm containers for `spec` are made.
@@ -479,13 +486,68 @@ impl DockerPlatform {
                     .map_err(|e| engine_error("cannot pack the configuration", e))?,
             )
         };
+        let body = self.create_body(id, spec, image, facts, Some(&made_for));
         Ok(Recipe::new(
             made_for,
             spec.name.clone(),
-            self.create_body(id, spec, image, facts),
+            body,
             archive,
             &facts.workdir,
             spec.api_port,
+        ))
+    }
+
+    /// How the warm containers of an adopted server are made: from its
+    /// container as the engine shows it (the same definition), when the
+    /// worker that launched it made warm containers for it ([`container::WARM_KEY`]
+    /// label) and it reads its configuration from the environment (an
+    /// uploaded file is not on the engine to copy).
+    fn recipe_of_running(
+        &self,
+        id: &InstanceId,
+        record: &ContainerRecord,
+        inspected: &bollard::models::ContainerInspectResponse,
+    ) -> Option<Recipe> {
+        if !self.settings.warm_containers || record.image != self.settings.default_image {
+            return None;
+        }
+        let config = inspected.config.as_ref()?;
+        let labels = config.labels.as_ref()?;
+        let key = labels.get(container::WARM_KEY)?;
+        let api_port: u16 = labels.get(container::API_PORT)?.parse().ok()?;
+        let cmd = config.cmd.clone()?;
+        if cmd.first().map(String::as_str) != Some("--config-env") {
+            return None;
+        }
+        let host = inspected.host_config.as_ref()?;
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(record.image.clone()),
+            cmd: Some(cmd),
+            env: config.env.clone(),
+            labels: Some(labels.clone()),
+            exposed_ports: config.exposed_ports.clone(),
+            stop_signal: config.stop_signal.clone(),
+            stop_timeout: config.stop_timeout,
+            host_config: Some(bollard::models::HostConfig {
+                port_bindings: host.port_bindings.clone(),
+                mounts: host.mounts.clone(),
+                restart_policy: host.restart_policy.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let workdir = config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+        Some(Recipe::new(
+            key.clone(),
+            container::instance_name_of(&record.name, id)?.to_string(),
+            body,
+            None,
+            &workdir,
+            api_port,
         ))
     }
 
@@ -498,9 +560,10 @@ impl DockerPlatform {
         image: &str,
         facts: &image::ImageFacts,
         name: &str,
+        warm_key: Option<&str>,
     ) -> Result<(String, ExitWatch), DriverError> {
         let config_in_env = self.config_in_env(spec, facts);
-        let body = self.create_body(id, spec, image, facts);
+        let body = self.create_body(id, spec, image, facts, warm_key);
         let created = self
             .docker()
             .create_container(
@@ -767,7 +830,7 @@ impl Platform for DockerPlatform {
         )?;
         let name = container::container_name(&spec.name, id, &container::new_launch());
         let (container, exit) = self
-            .create_and_start(id, spec, &image, &facts, &name)
+            .create_and_start(id, spec, &image, &facts, &name, made_for.as_deref())
             .await?;
         self.remove_in_background(id, earlier);
         let port = match self.published_port(&container, spec.api_port).await {
@@ -802,10 +865,14 @@ impl Platform for DockerPlatform {
             .inspect_container(&record.container_id, None::<InspectContainerOptions>)
             .await
             .ok()?;
-        let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+        let labels = inspected
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
         let ours = labels.get(INSTANCE).map(String::as_str) == Some(id.as_str())
             && labels.get(INSTALLATION) == Some(&self.installation);
-        let running = inspected.state.and_then(|s| s.running) == Some(true);
+        let running = inspected.state.as_ref().and_then(|s| s.running) == Some(true);
         if !ours || !running {
             return None;
         }
@@ -839,6 +906,13 @@ impl Platform for DockerPlatform {
                     .collect(),
             ),
             Err(e) => warn!(instance = %id, "{}", e.message),
+        }
+        if let Some(recipe) = self.recipe_of_running(id, record, &inspected) {
+            let (unfit, epoch) = self.warm.take(id, &recipe.made_for);
+            if let Taken::Unfit(warm) | Taken::Fit(warm) = unfit {
+                self.remove_warm(warm);
+            }
+            self.make_warm_later(id, epoch, Arc::new(recipe), exit.clone());
         }
         Some((record.container_id.clone(), exit))
     }

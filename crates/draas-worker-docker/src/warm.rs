@@ -68,8 +68,8 @@ type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error
 /// start spec. Holds the configuration (secrets included): its `Debug`
 /// shows none of it.
 pub struct Recipe {
-    /// What they are made for: the image, its runtime and the start spec
-    /// (see [`WarmContainers::take`]).
+    /// The [`key`] of what they are made for: the image, its runtime and
+    /// the start spec (see [`WarmContainers::take`]).
     pub made_for: String,
     /// The instance's name (container names derive from it).
     pub instance_name: String,
@@ -357,6 +357,15 @@ impl WarmContainers {
                 .collect()
         })
     }
+}
+
+/// The key of what a warm container is made for (its image, runtime and
+/// start spec, `made_for`): 32 hex digits of its SHA-256. It is put on the
+/// server's container as a label, so that a worker adopting the server
+/// can make its warm container without the start spec.
+pub fn key(made_for: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(made_for.as_bytes())[..16])
 }
 
 /// The name of the warm container that takes over as `name`.

@@ -979,6 +979,26 @@ async fn a_crash_is_healed_by_the_warm_container_which_never_outlives_its_worker
     assert_eq!(adopted["runtime"]["handle"]["containerId"], server.as_str());
     assert!(running(&docker, &server).await, "the server runs on");
 
+    // The adopted server gets a warm container of its own (made from its
+    // container as the engine shows it), which takes over at its crash.
+    let warm = draas_testkit::wait_for(
+        "a warm container for the adopted server",
+        Duration::from_secs(30),
+        || warm_of(&docker, &id),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill_container(&docker, &server).await;
+    let healed = running_elsewhere(&draas, &id, &server).await;
+    assert_eq!(
+        healed["runtime"]["handle"]["containerId"],
+        warm.as_str(),
+        "the adopted server's warm container took over: {healed}"
+    );
+    let endpoint = healed["runtime"]["endpoint"].as_str().unwrap().to_string();
+    let rows = draas.rows(&endpoint, "values").await;
+    assert!(!rows.is_empty());
+
     // Deleted: nothing of it is left, warm containers included.
     let (status, _) = draas
         .call(Method::DELETE, &format!("/api/server/instances/{id}"), None)
