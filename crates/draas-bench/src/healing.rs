@@ -152,6 +152,31 @@ fn spawn_runtime(runtime: &Path, workdir: &Path, config: &Path) -> anyhow::Resul
         .context("spawn the runtime")
 }
 
+/// How long since `started` until `base` answers `/health` (probed every
+/// [`PROBE_EVERY`], at most 30 s, failing if `child`, `what`, exits);
+/// then `child` is killed.
+async fn healthy_since(
+    client: &reqwest::Client,
+    base: &str,
+    started: Instant,
+    child: &mut Child,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    let result = async {
+        while !healthy(client, base).await {
+            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
+                bail!("{what} did not become healthy");
+            }
+            pause(PROBE_EVERY).await;
+        }
+        Ok(started.elapsed())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 /// The runtime's own start: spawn → `/health`, each after `quiet` of
 /// doing nothing (zero: back to back, each right after the last one ended).
 async fn runtime_start(
@@ -169,15 +194,7 @@ async fn runtime_start(
         tokio::time::sleep(quiet).await;
         let started = Instant::now();
         let mut child = spawn_runtime(runtime, dir.path(), &config)?;
-        while !healthy(&client, &base).await {
-            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
-                bail!("the runtime did not become healthy");
-            }
-            pause(PROBE_EVERY).await;
-        }
-        samples.push(started.elapsed());
-        let _ = kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGKILL);
-        let _ = child.wait();
+        samples.push(healthy_since(&client, &base, started, &mut child, "the runtime").await?);
     }
     Ok(samples)
 }
@@ -214,15 +231,16 @@ async fn standby_start(runtime: &Path, runs: usize) -> anyhow::Result<Vec<Durati
         let started = Instant::now();
         stdin.write_all(&order)?;
         drop(stdin);
-        while !healthy(&client, &base).await {
-            if started.elapsed() > Duration::from_secs(30) || child.try_wait()?.is_some() {
-                bail!("the runtime in standby did not become healthy");
-            }
-            pause(PROBE_EVERY).await;
-        }
-        samples.push(started.elapsed());
-        let _ = kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGKILL);
-        let _ = child.wait();
+        samples.push(
+            healthy_since(
+                &client,
+                &base,
+                started,
+                &mut child,
+                "the runtime in standby",
+            )
+            .await?,
+        );
     }
     Ok(samples)
 }

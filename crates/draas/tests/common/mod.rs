@@ -221,20 +221,14 @@ impl Draas {
     pub async fn restart(self) -> Self {
         let extra = self.extra.clone();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        self.replace(terminate, &extra).await
+        self.replace(terminate, &extra, async {}).await
     }
 
     /// Kills this process with SIGKILL (nothing closed, nothing flushed:
     /// a crash) and starts another on the same data directory and port,
     /// with `extra` arguments.
     pub async fn crash_and_restart_with(self, extra: &[&str]) -> Self {
-        let kill = |process: &mut TestProcess| {
-            process.signal(nix::sys::signal::Signal::SIGKILL);
-            process
-                .wait_timeout(Duration::from_secs(10))
-                .expect("draas dies");
-        };
-        self.replace(kill, extra).await
+        self.replace(sigkill, extra, async {}).await
     }
 
     /// Kills this process with SIGKILL, waits for `meanwhile`, and starts
@@ -242,6 +236,17 @@ impl Draas {
     #[allow(dead_code)]
     pub async fn crash_and_restart_after(
         self,
+        extra: &[&str],
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> Self {
+        self.replace(sigkill, extra, meanwhile).await
+    }
+
+    /// Ends this process with `end`, waits for `meanwhile`, and starts
+    /// another on the same data directory and port, with `extra` arguments.
+    async fn replace(
+        self,
+        end: impl FnOnce(&mut TestProcess),
         extra: &[&str],
         meanwhile: impl std::future::Future<Output = ()>,
     ) -> Self {
@@ -254,31 +259,19 @@ impl Draas {
             range,
             ..
         } = self;
-        process.signal(nix::sys::signal::Signal::SIGKILL);
-        process
-            .wait_timeout(Duration::from_secs(10))
-            .expect("draas dies");
+        end(&mut process);
         drop(process);
         meanwhile.await;
         Self::up_with_extra(&logs, data, port, run + 1, range, extra).await
     }
+}
 
-    /// Ends this process with `end` and starts another on the same data
-    /// directory and port, with `extra` arguments.
-    async fn replace(self, end: impl FnOnce(&mut TestProcess), extra: &[&str]) -> Self {
-        let Draas {
-            mut process,
-            port,
-            data,
-            logs,
-            run,
-            range,
-            ..
-        } = self;
-        end(&mut process);
-        drop(process);
-        Self::up_with_extra(&logs, data, port, run + 1, range, extra).await
-    }
+/// SIGKILL, and its end within 10 s.
+fn sigkill(process: &mut TestProcess) {
+    process.signal(nix::sys::signal::Signal::SIGKILL);
+    process
+        .wait_timeout(Duration::from_secs(10))
+        .expect("draas dies");
 }
 
 /// SIGTERM, and a clean exit within 30 s.
