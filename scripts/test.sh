@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The test command. Sets up everything the tests need on a fresh Debian
 # machine, then runs the lint gates and every test of the workspace:
-#   - packages: pkg-config and libssl-dev (postgres source), redis-server
-#     (Redis-mode tests start their own on free loopback ports), openssl
+#   - build dependencies (scripts/build-deps.sh: pkg-config, libssl-dev,
+#     protoc for the grpc plugins, libclang for the RocksDB index);
+#   - packages: redis-server (Redis-mode tests start their own on free
+#     loopback ports), postgresql (the postgres source's tests initdb and
+#     start clusters of their own on free loopback ports, with
+#     wal_level=logical; the package's own cluster is not used), openssl
 #     (certificates for the rediss:// and HTTPS tests), curl (the HTTPS test),
 #     chromium and chromium-driver (the dashboard's browser test);
 #   - a running Docker engine (runtime image test);
@@ -29,9 +33,9 @@ as_root() {
 }
 
 # --- system packages --------------------------------------------------------
+bash "$root/scripts/build-deps.sh"
 missing=()
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)

@@ -566,12 +566,6 @@ async fn configuration_patches_are_validated_whole_and_atomic() {
             "/port",
         ),
         (
-            r#"[{"op": "replace", "path": "/port", "value": 0}]"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_CONFIGURATION",
-            "/port",
-        ),
-        (
             r#"[{"op": "replace", "path": "/queries/0/query", "value": "MATCH (n RETURN"}]"#,
             StatusCode::UNPROCESSABLE_ENTITY,
             "INVALID_CONFIGURATION",
@@ -1237,7 +1231,7 @@ async fn running_instance(
         desired_state: DesiredState::Running,
         generation: 1,
         server_configuration: ServerConfiguration::for_platform(platform),
-        configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+        configuration: draas_core::config::DrasiServerConfig::empty("0.0.0.0", 8080),
         restart_policy: Default::default(),
         update_strategy: Default::default(),
         status: InstanceStatus {

@@ -53,22 +53,16 @@ fn spec_for(id: &InstanceId, name: &str) -> anyhow::Result<StartSpec> {
     let mut configuration = pipeline();
     configuration["host"] = json!("0.0.0.0");
     configuration["port"] = json!(8080);
-    let configuration: draas_core::instance::InstanceConfiguration =
+    let configuration: draas_core::config::DrasiServerConfig =
         serde_json::from_value(configuration)?;
-    let server = configuration.to_server_config(id);
-    Ok(StartSpec {
-        name: name.to_string(),
-        generation: 1,
-        configuration_yaml: draas_core::config::render_yaml(&server)?,
-        api_host: server.host.clone(),
-        api_port: server.port,
-        listening_ports: server
-            .listening_ports()
-            .into_iter()
-            .map(|p| p.port)
-            .collect(),
-        server_configuration: ServerConfiguration::for_platform(PlatformType::Kubernetes),
-    })
+    StartSpec::render(
+        id.as_str(),
+        name,
+        1,
+        &configuration,
+        ServerConfiguration::for_platform(PlatformType::Kubernetes),
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// Whether every query of the server behind `service` runs, asked through
@@ -188,7 +182,8 @@ async fn store_instance(
     id: &InstanceId,
     name: &str,
 ) -> anyhow::Result<()> {
-    use draas_core::instance::{DesiredState, Instance, InstanceConfiguration, InstanceStatus};
+    use draas_core::config::DrasiServerConfig;
+    use draas_core::instance::{DesiredState, Instance, InstanceStatus};
     use draas_core::ports::store::{JsonStore, Precondition};
     let now = chrono::Utc::now();
     let instance = Instance {
@@ -201,7 +196,7 @@ async fn store_instance(
         desired_state: DesiredState::Running,
         generation: 1,
         server_configuration: ServerConfiguration::for_platform(PlatformType::Kubernetes),
-        configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+        configuration: DrasiServerConfig::empty("0.0.0.0", 8080),
         restart_policy: Default::default(),
         update_strategy: Default::default(),
         status: InstanceStatus::created(now),
@@ -377,9 +372,7 @@ async fn measure(
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         }
     }
-    let stop = StopSpec {
-        shutdown_timeout_seconds: 10,
-    };
+    let stop = StopSpec::grace(10);
     let id = InstanceId::generate();
     let spec = spec_for(&id, "counted")?;
     // The instance exists, as the control plane would have it: a restarted

@@ -13,9 +13,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{
-    DrasiServerConfig, QueryConfig, ReactionConfig, SourceConfig, DEFAULT_LOG_LEVEL,
-};
+use crate::config::DrasiServerConfig;
 
 // === ids and names ===
 
@@ -241,6 +239,9 @@ pub enum Reason {
     Requested,
     /// Readiness was reached.
     Ready,
+    /// The server runs, and its continuous queries still load their
+    /// sources' current state (the message says which, how far).
+    Bootstrapping,
     /// The server exited on its own with an exit code.
     ExitedWithCode,
     /// The server was killed by a signal it did not ask for.
@@ -422,7 +423,7 @@ pub struct RuntimeInfo {
 // === configuration ===
 
 /// How the platform runs the server (not what the server does: that is
-/// [`InstanceConfiguration`]). The settings every platform shares sit at the
+/// [`DrasiServerConfig`]). The settings every platform shares sit at the
 /// top; each platform's own options sit in its section, and only the
 /// section of the instance's platform may be set.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -587,6 +588,16 @@ impl ServerConfiguration {
             }
         }
         self
+    }
+
+    /// Whether the server is DRaaS's bundled runtime (no other executable
+    /// or image named for `platform`): then its plugins are known.
+    pub fn runs_bundled_runtime(&self, platform: PlatformType) -> bool {
+        match platform {
+            PlatformType::Process => self.process().executable_path.is_none(),
+            PlatformType::Docker => self.docker().image.is_none(),
+            PlatformType::Kubernetes => self.kubernetes().image.is_none(),
+        }
     }
 
     /// The Process options (defaults when the section is absent).
@@ -794,74 +805,6 @@ fn is_label_key(text: &str) -> bool {
     }
 }
 
-/// What the server does: its drasi-server settings and components. This is
-/// the document `GET/PATCH /api/configuration/instances/{id}` works on; the
-/// server `id` and `persistConfig: false` are added when rendering.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct InstanceConfiguration {
-    /// API bind address (at creation, empty means the platform's default).
-    #[serde(default)]
-    pub host: String,
-    /// API port (at creation, absent or 0 means: allocate one).
-    #[serde(default)]
-    pub port: u16,
-    /// Log level.
-    #[serde(default = "default_log_level")]
-    pub log_level: String,
-    /// Persistent query indexes (RocksDB).
-    #[serde(default)]
-    pub persist_index: bool,
-    /// Sources.
-    #[serde(default)]
-    pub sources: Vec<SourceConfig>,
-    /// Continuous queries.
-    #[serde(default)]
-    pub queries: Vec<QueryConfig>,
-    /// Reactions.
-    #[serde(default)]
-    pub reactions: Vec<ReactionConfig>,
-}
-
-fn default_log_level() -> String {
-    DEFAULT_LOG_LEVEL.to_string()
-}
-
-impl InstanceConfiguration {
-    /// An empty server on `host:port`.
-    pub fn empty(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            log_level: default_log_level(),
-            persist_index: false,
-            sources: Vec::new(),
-            queries: Vec::new(),
-            reactions: Vec::new(),
-        }
-    }
-
-    /// The complete drasi-server file for instance `id`: the id is the
-    /// instance id and `persistConfig` is false, so the file DRaaS writes
-    /// stays authoritative.
-    pub fn to_server_config(&self, id: &InstanceId) -> DrasiServerConfig {
-        DrasiServerConfig {
-            api_version: Some("drasi.io/v1".to_string()),
-            id: Some(id.to_string()),
-            host: self.host.clone(),
-            port: self.port,
-            log_level: self.log_level.clone(),
-            persist_config: false,
-            persist_index: self.persist_index,
-            sources: self.sources.clone(),
-            queries: self.queries.clone(),
-            reactions: self.reactions.clone(),
-            ..DrasiServerConfig::default()
-        }
-    }
-}
-
 // === the record ===
 
 /// One managed Drasi server.
@@ -888,8 +831,10 @@ pub struct Instance {
     pub generation: u64,
     /// How the platform runs it.
     pub server_configuration: ServerConfiguration,
-    /// What it does.
-    pub configuration: InstanceConfiguration,
+    /// What it does: a drasi-server configuration file, whole (what the
+    /// user gave, with DRaaS's decisions filled in: the API's host and port,
+    /// ports it allocated, replication slot names).
+    pub configuration: DrasiServerConfig,
     /// When the reconciler restarts it (not part of `generation`).
     #[serde(default)]
     pub restart_policy: crate::restart::RestartPolicy,
@@ -1058,9 +1003,12 @@ mod tests {
     #[test]
     fn rendered_config_carries_the_instance_id_and_no_persistence() {
         let id: InstanceId = "i-1".parse().unwrap();
-        let config = InstanceConfiguration::empty("127.0.0.1", 20001).to_server_config(&id);
-        assert_eq!(config.id.as_deref(), Some("i-1"));
-        assert!(!config.persist_config);
+        let config = DrasiServerConfig::empty("127.0.0.1", 20001).for_server(id.as_str());
+        assert_eq!(
+            config.id,
+            Some(crate::config::ConfigValue::Static("i-1".to_string()))
+        );
+        assert_eq!(config.persist_config, Some(false));
         let yaml = crate::config::render_yaml(&config).unwrap();
         assert!(yaml.contains("persistConfig: false"), "{yaml}");
     }

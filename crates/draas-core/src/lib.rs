@@ -6,6 +6,8 @@
 //! - [`instance`]: what an instance is (ids, names, platforms, desired and
 //!   actual state, runtime info, configuration);
 //! - [`config`]: the drasi-server configuration schema and YAML rendering;
+//! - [`dataplane`]: what happens inside a server (components, bootstraps,
+//!   numbers), as the bundled runtime reports it;
 //! - [`patch`]: JSON Patch applied atomically to typed documents;
 //! - [`messages`]: commands, replies and events on the bus, with channel names;
 //! - [`ports`]: the traits adapters implement (bus, store, platform driver);
@@ -25,6 +27,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dataplane;
 pub mod installation;
 pub mod instance;
 pub mod keys;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::DrasiServerConfig;
 use crate::instance::{
     ActualState, InstanceId, InstanceStatus, PlatformType, Reason, RuntimeInfo, ServerConfiguration,
 };
@@ -176,12 +177,74 @@ pub struct StartSpec {
     pub server_configuration: ServerConfiguration,
 }
 
+impl StartSpec {
+    /// The start of `configuration` for instance `instance_id`: the file
+    /// the server is given ([`DrasiServerConfig::for_server`]: references
+    /// stay references, resolved by the server in the environment of
+    /// `server_configuration`), its API's address and the ports it listens
+    /// on (resolved in that environment).
+    pub fn render(
+        instance_id: &str,
+        name: &str,
+        generation: u64,
+        configuration: &DrasiServerConfig,
+        server_configuration: ServerConfiguration,
+    ) -> Result<Self, String> {
+        let server = configuration.for_server(instance_id);
+        let environment = &server_configuration.environment;
+        let lookup = |name: &str| environment.get(name).cloned();
+        let api_host = match &server.host {
+            None => crate::config::DEFAULT_HOST.to_string(),
+            Some(host) => host
+                .resolve(&lookup, "a host")
+                .map_err(|e| format!("/host: {e}"))?,
+        };
+        let api_port = match &server.port {
+            None => crate::config::DEFAULT_PORT,
+            Some(port) => port
+                .resolve(&lookup, "a port")
+                .map_err(|e| format!("/port: {e}"))?,
+        };
+        let mut listening_ports: Vec<u16> = crate::config::listening_ports(&server, &lookup)
+            .into_iter()
+            .map(|p| p.port)
+            .collect();
+        listening_ports.dedup();
+        Ok(Self {
+            name: name.to_string(),
+            generation,
+            configuration_yaml: crate::config::render_yaml(&server).map_err(|e| e.to_string())?,
+            api_host,
+            api_port,
+            listening_ports,
+            server_configuration,
+        })
+    }
+}
+
 /// How to stop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StopSpec {
     /// Grace period between SIGINT and SIGKILL.
     pub shutdown_timeout_seconds: u32,
+    /// On a delete: the instance's last start, when its configuration has
+    /// postgres sources whose replication slots DRaaS drops with it (a slot
+    /// left behind keeps WAL forever). The worker asks the running server
+    /// to drop them, or, where the server does not run, runs the bundled
+    /// runtime once to do so (Process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_slots: Option<Box<StartSpec>>,
+}
+
+impl StopSpec {
+    /// A stop with `shutdown_timeout_seconds` of grace.
+    pub fn grace(shutdown_timeout_seconds: u32) -> Self {
+        Self {
+            shutdown_timeout_seconds,
+            release_slots: None,
+        }
+    }
 }
 
 /// Which output to read.
@@ -484,9 +547,7 @@ mod tests {
     fn commands_round_trip_as_versioned_json() {
         let env = CommandEnvelope::new(
             "i-1".parse().unwrap(),
-            Command::Stop(StopSpec {
-                shutdown_timeout_seconds: 5,
-            }),
+            Command::Stop(StopSpec::grace(5)),
             std::time::Duration::from_secs(30),
         );
         let text = serde_json::to_string(&env).unwrap();

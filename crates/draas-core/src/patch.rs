@@ -212,10 +212,10 @@ fn op_name(op: &json_patch::PatchOperation) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::InstanceConfiguration;
+    use crate::config::DrasiServerConfig;
 
-    fn doc() -> InstanceConfiguration {
-        InstanceConfiguration::empty("127.0.0.1", 20001)
+    fn doc() -> DrasiServerConfig {
+        DrasiServerConfig::empty("127.0.0.1", 20001)
     }
 
     #[test]
@@ -228,7 +228,10 @@ mod tests {
         let patched = apply_json_patch(&doc(), body).unwrap();
         assert_eq!(patched.queries[0].id, "q");
         assert_eq!(patched.sources[0].kind, "mock");
-        assert_eq!(patched.log_level, "debug");
+        assert_eq!(
+            patched.log_level,
+            crate::config::ConfigValue::Static("debug".to_string())
+        );
     }
 
     #[test]

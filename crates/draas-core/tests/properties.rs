@@ -10,8 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use draas_core::config::{parse_yaml, render_yaml, DrasiServerConfig, QueryConfig, SourceConfig};
-use draas_core::instance::InstanceConfiguration;
+use draas_core::config::{
+    parse_yaml, render_yaml, ConfigValue, DrasiServerConfig, QueryConfig, SourceConfig,
+};
 use draas_core::patch::{apply_json_patch, apply_json_patch_guarded};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -81,9 +82,9 @@ fn configuration() -> impl Strategy<Value = DrasiServerConfig> {
     )
         .prop_map(|(id, port, level, sources, persist)| {
             let mut config: DrasiServerConfig = serde_json::from_value(json!({})).unwrap();
-            config.id = Some(id);
-            config.port = port;
-            config.log_level = level.to_string();
+            config.id = Some(ConfigValue::Static(id));
+            config.port = Some(ConfigValue::Static(port));
+            config.log_level = ConfigValue::Static(level.to_string());
             config.persist_index = persist;
             for source in &sources {
                 config.sources.push(
@@ -137,7 +138,7 @@ proptest! {
 
     #[test]
     fn any_json_is_answered_as_a_configuration_without_panic(value in any_json()) {
-        let _ = serde_json::from_value::<InstanceConfiguration>(value.clone());
+        let _ = serde_json::from_value::<DrasiServerConfig>(value.clone());
         let _ = serde_json::from_value::<DrasiServerConfig>(value);
     }
 
@@ -146,7 +147,7 @@ proptest! {
         ops in prop::collection::vec(operation(), 0..6),
         garbage in any::<bool>(),
     ) {
-        let document = InstanceConfiguration::empty("0.0.0.0", 8080);
+        let document = DrasiServerConfig::empty("0.0.0.0", 8080);
         let before = serde_json::to_value(&document).unwrap();
         let body = if garbage {
             // Bytes that are not a patch at all.
@@ -158,7 +159,7 @@ proptest! {
             Ok(patched) => {
                 // A typed document: it encodes and decodes as one.
                 let value = serde_json::to_value(&patched).unwrap();
-                let again: InstanceConfiguration = serde_json::from_value(value).unwrap();
+                let again: DrasiServerConfig = serde_json::from_value(value).unwrap();
                 prop_assert_eq!(again, patched);
             }
             Err(_) => prop_assert_eq!(serde_json::to_value(&document).unwrap(), before),

@@ -207,9 +207,8 @@ fn jitter(instance: &Instance, restarts: u32) -> f64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use draas_core::instance::{
-        InstanceConfiguration, InstanceId, InstanceStatus, PlatformType, ServerConfiguration,
-    };
+    use draas_core::config::DrasiServerConfig;
+    use draas_core::instance::{InstanceId, InstanceStatus, PlatformType, ServerConfiguration};
     use draas_core::restart::RestartPolicy;
 
     const ALL_STATES: [ActualState; 10] = [
@@ -252,7 +251,7 @@ pub(crate) mod tests {
             desired_state: desired,
             generation: 1,
             server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
-            configuration: InstanceConfiguration::empty("127.0.0.1", 9000),
+            configuration: DrasiServerConfig::empty("127.0.0.1", 9000),
             restart_policy: RestartPolicy::default(),
             update_strategy: UpdateStrategy::default(),
             status,

@@ -4,10 +4,12 @@
 //! runtime at a file it did not write wants to hear about it, not get an
 //! empty server.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use draas_core::config::{parse_yaml, ConfigIssue, DrasiServerConfig};
+use draas_core::ports::{CheckTarget, Runtime};
 
 use crate::locate::{locate, Position};
 
@@ -90,14 +92,33 @@ fn parse(path: PathBuf, text: String) -> Result<LoadedConfig, LoadError> {
 }
 
 impl LoadedConfig {
+    /// Every issue and warning of the configuration, located in the file,
+    /// as the bundled runtime runs it: references resolve in this process's
+    /// environment.
+    pub fn report(&self) -> (Vec<LocatedIssue>, Vec<LocatedIssue>) {
+        let environment: BTreeMap<String, String> = std::env::vars().collect();
+        let report = draas_drasi::validate::validate(
+            &self.config,
+            &CheckTarget {
+                instance_id: "default",
+                environment: &environment,
+                runtime: Runtime::Bundled,
+            },
+        );
+        let located = |issues: Vec<ConfigIssue>| {
+            issues
+                .into_iter()
+                .map(|issue| LocatedIssue {
+                    position: locate(&self.text, &issue.path),
+                    issue,
+                })
+                .collect()
+        };
+        (located(report.issues), located(report.warnings))
+    }
+
     /// Every validation issue of the configuration, located in the file.
     pub fn issues(&self) -> Vec<LocatedIssue> {
-        draas_drasi::validate::validate(&self.config)
-            .into_iter()
-            .map(|issue| LocatedIssue {
-                position: locate(&self.text, &issue.path),
-                issue,
-            })
-            .collect()
+        self.report().0
     }
 }

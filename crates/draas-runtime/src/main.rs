@@ -9,6 +9,8 @@
 //! draas-runtime --config server.yaml [--port N]     run a server
 //! draas-runtime --config-env VAR                    the YAML from an environment variable
 //! draas-runtime validate --config server.yaml       check a file (exit 0/1)
+//! draas-runtime release-replication-slots -c FILE   drop the slots of its
+//!                                                   postgres sources (DRaaS)
 //! draas-runtime --standby                           wait for the start's
 //!                                                   arguments on stdin (DRaaS)
 //! ```
@@ -23,6 +25,7 @@ mod api;
 mod load;
 mod locate;
 mod serve;
+mod slots;
 mod standby;
 mod validate;
 
@@ -31,6 +34,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use draas_core::config::ConfigValue;
 
 /// A drasi-server-compatible Drasi runtime with its plugins linked in.
 #[derive(Parser)]
@@ -67,6 +71,9 @@ enum Command {
     Run,
     /// Check a configuration file and print a report; exit 1 on any error.
     Validate,
+    /// Drop the replication slots of the configuration's postgres sources
+    /// (references resolve in this environment); exit 1 when one cannot be.
+    ReleaseReplicationSlots,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +100,16 @@ fn main() -> ExitCode {
     }
     match cli.command.take().unwrap_or(Command::Run) {
         Command::Validate => validate::run(&cli.config, cli.config_env.as_deref(), cli.port),
+        Command::ReleaseReplicationSlots => match release(cli) {
+            Ok(released) => {
+                println!("released: {}", released.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("Error: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run => match run(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -111,20 +128,22 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let mut loaded = loaded.map_err(|e| e.to_string())?;
     if let Some(port) = cli.port {
-        loaded.config.port = port;
+        loaded.config.port = Some(ConfigValue::Static(port));
     }
     if let Some(e) = serve::invalid(&loaded) {
         return Err(e.to_string());
     }
-    let server_id = loaded
-        .config
-        .id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Without an id, drasi-server makes up a new one on every start.
+    let default_id = uuid::Uuid::new_v4().to_string();
     // drasi-server semantics: `logLevel` applies when RUST_LOG is unset. Set
     // here, before any thread exists.
     if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", loaded.config.log_level.to_ascii_lowercase());
+        let level = loaded
+            .config
+            .log_level
+            .resolve(&|name| std::env::var(name).ok(), "a log level")
+            .map_err(|e| format!("logLevel: {e}"))?;
+        std::env::set_var("RUST_LOG", level.to_ascii_lowercase());
     }
     // Log files and pipes get plain text; drasi-lib's formatter honours NO_COLOR.
     if !std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
@@ -136,6 +155,20 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let shutdown_timeout = std::time::Duration::from_secs(cli.shutdown_timeout);
     runtime
-        .block_on(serve::run(loaded, server_id, shutdown_timeout))
+        .block_on(serve::run(loaded, default_id, shutdown_timeout))
         .map_err(|e| e.to_string())
+}
+
+/// `release-replication-slots`: the slots of the file's postgres sources.
+fn release(cli: Cli) -> Result<Vec<String>, String> {
+    let loaded = match &cli.config_env {
+        Some(name) => load::load_env(name),
+        None => load::load(&cli.config),
+    }
+    .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(slots::release(&[], &loaded.config))
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use draas_drasi::assemble;
+use draas_drasi::assemble::{self, Lib};
+use draas_drasi::supervise::supervise;
+use drasi_lib::ComponentStatus;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
@@ -62,20 +64,34 @@ pub fn invalid(loaded: &LoadedConfig) -> Option<RunError> {
 }
 
 /// Runs the server described by `loaded` (already validated) until a signal.
+/// `default_id` is the lib instance id when the file names none.
 pub async fn run(
     loaded: LoadedConfig,
-    server_id: String,
+    default_id: String,
     shutdown_timeout: Duration,
 ) -> Result<(), RunError> {
-    let config = loaded.config;
     // Installs drasi-lib's tracing subscriber (stdout, RUST_LOG) before the
     // first log line, so our lines and the components' share one format.
     let _ = drasi_lib::get_or_init_global_registry();
-    for key in config.ignored_keys() {
-        warn!("{key}: ignored (plugins are linked into this runtime)");
+    let (_, warnings) = loaded.report();
+    for warning in warnings {
+        warn!("{warning}");
     }
-
-    let addr = format!("{}:{}", config.host, config.port);
+    let config = loaded.config;
+    let env = |name: &str| std::env::var(name).ok();
+    let host = match &config.host {
+        None => draas_core::config::DEFAULT_HOST.to_string(),
+        Some(host) => host
+            .resolve(&env, "a host")
+            .map_err(|e| RunError::Startup(startup("host", e)))?,
+    };
+    let port = match &config.port {
+        None => draas_core::config::DEFAULT_PORT,
+        Some(port) => port
+            .resolve(&env, "a port")
+            .map_err(|e| RunError::Startup(startup("port", e)))?,
+    };
+    let addr = format!("{host}:{port}");
     // Fail fast on a taken port, before any component opens its own.
     std::net::TcpListener::bind(&addr).map_err(|source| RunError::Bind {
         addr: addr.clone(),
@@ -88,16 +104,16 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
 
     let work_dir = std::env::current_dir().unwrap_or_else(|_| ".".into());
-    let lib = Arc::new(assemble::build(&config, &server_id, &work_dir).await?);
-    if let Err(e) = assemble::start(&lib, &config).await {
-        stop(&lib, shutdown_timeout).await.ok();
+    let libs = assemble::build(&config, &default_id, &work_dir).await?;
+    if let Err(e) = assemble::start(&libs).await {
+        stop(&libs, shutdown_timeout).await.ok();
         return Err(e.into());
     }
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(source) => {
-            stop(&lib, shutdown_timeout).await.ok();
+            stop(&libs, shutdown_timeout).await.ok();
             return Err(RunError::Bind { addr, source });
         }
     };
@@ -105,15 +121,22 @@ pub async fn run(
         addr: addr.clone(),
         source,
     })?;
-    info!(server = %server_id, %local, "Drasi server started; API listening");
+    let ids: Vec<&str> = libs.iter().map(|l| l.id.as_str()).collect();
+    info!(instances = ?ids, %local, "Drasi server started; API listening");
+
+    // Reactions start once their queries have bootstrapped; failed sources
+    // are started again.
+    let supervising = tokio_util::sync::CancellationToken::new();
+    let (pending, mut supervisors) = supervise(&libs, supervising.clone());
 
     let stopped = tokio_util::sync::CancellationToken::new();
-    let app = router(Arc::new(ApiState {
-        lib: lib.clone(),
+    let state = Arc::new(ApiState {
+        libs,
         config,
-        server_id,
+        pending,
         stopped: stopped.clone(),
-    }));
+    });
+    let app = router(state.clone());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut http = tokio::spawn(
         axum::serve(listener, app)
@@ -128,15 +151,18 @@ pub async fn run(
         _ = sigterm.recv() => "SIGTERM",
         result = &mut http => {
             // The server only returns on its own after an accept error.
-            stop(&lib, shutdown_timeout).await.ok();
+            supervising.cancel();
+            stop(&state.libs, shutdown_timeout).await.ok();
             return Err(RunError::Shutdown(format!("API server ended: {result:?}")));
         }
     };
     info!("{which} received: stopping reactions, queries, then sources");
+    supervising.cancel();
+    supervisors.abort_all();
     let _ = stop_http.send(());
 
     let result = tokio::select! {
-        r = stop(&lib, shutdown_timeout) => r,
+        r = stop(&state.libs, shutdown_timeout) => r,
         _ = sigint.recv() => Err("second signal received".to_string()),
         _ = sigterm.recv() => Err("second signal received".to_string()),
     };
@@ -149,25 +175,42 @@ pub async fn run(
     Ok(())
 }
 
+fn startup(what: &str, e: impl std::fmt::Display) -> assemble::StartupError {
+    assemble::StartupError {
+        component: "configuration".to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
 /// How long the runtime waits, after stopping the components, for drasi-lib
 /// to have published every component's final status.
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
-/// Stops every component (reactions → queries → sources) and releases the
-/// lib, within `limit`.
-async fn stop(lib: &drasi_lib::DrasiLib, limit: Duration) -> Result<(), String> {
+/// Stops every component of every lib (reactions → queries → sources)
+/// and releases the libs, within `limit`.
+async fn stop(libs: &[Lib], limit: Duration) -> Result<(), String> {
     let work = async {
-        if lib.is_running().await {
-            if let Err(e) = lib.stop().await {
-                warn!("some components reported errors while stopping: {e}");
+        for lib in libs {
+            let lib = &lib.lib;
+            // Reactions first: the runtime started them itself (after
+            // their queries), so `stop` may not count them as its own.
+            for (id, status) in lib.list_reactions().await.unwrap_or_default() {
+                if matches!(status, ComponentStatus::Running | ComponentStatus::Starting) {
+                    let _ = lib.stop_reaction(&id).await;
+                }
             }
-        }
-        // drasi-lib publishes status changes (and the events of
-        // `/api/v1/events`) from its graph-update loop, which `shutdown`
-        // aborts: without this wait, the last Stopped events are lost.
-        settle(lib).await;
-        if let Err(e) = lib.shutdown().await {
-            warn!("shutdown reported an error: {e}");
+            if lib.is_running().await {
+                if let Err(e) = lib.stop().await {
+                    warn!("some components reported errors while stopping: {e}");
+                }
+            }
+            // drasi-lib publishes status changes (and the events of
+            // `/api/v1/events`) from its graph-update loop, which `shutdown`
+            // aborts: without this wait, the last Stopped events are lost.
+            settle(lib).await;
+            if let Err(e) = lib.shutdown().await {
+                warn!("shutdown reported an error: {e}");
+            }
         }
     };
     tokio::time::timeout(limit, work)
@@ -179,7 +222,6 @@ async fn stop(lib: &drasi_lib::DrasiLib, limit: Duration) -> Result<(), String> 
 /// (`Stopped` or `Error`): by then the graph-update loop has applied and
 /// published every status change.
 async fn settle(lib: &drasi_lib::DrasiLib) {
-    use drasi_lib::channels::ComponentStatus;
     let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
     loop {
         let (sources, queries, reactions) =
@@ -187,7 +229,12 @@ async fn settle(lib: &drasi_lib::DrasiLib) {
         let settled = [sources, queries, reactions]
             .into_iter()
             .flat_map(|listed| listed.unwrap_or_default())
-            .all(|(_, status)| matches!(status, ComponentStatus::Stopped | ComponentStatus::Error));
+            .all(|(_, status)| {
+                matches!(
+                    status,
+                    ComponentStatus::Stopped | ComponentStatus::Error | ComponentStatus::Added
+                )
+            });
         if settled {
             return;
         }

@@ -374,7 +374,7 @@ fn validate_reports_and_sets_the_exit_code() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("[ERR]  source 'k': unknown kind 'kafka'"),
+        stdout.contains("[ERR]  source 'k': the bundled runtime has no plugin of kind 'kafka'"),
         "{stdout}"
     );
     assert!(stdout.contains("line 2"), "{stdout}");

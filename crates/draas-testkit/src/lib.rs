@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod fake;
 pub mod kubelet;
 pub mod kubernetes;
+pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
 
@@ -74,7 +75,7 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
 
 /// A small real Drasi configuration: a mock counter source and a query over
 /// it, the API on `127.0.0.1:<port>`.
-pub fn counter_configuration(port: u16) -> draas_core::instance::InstanceConfiguration {
+pub fn counter_configuration(port: u16) -> draas_core::config::DrasiServerConfig {
     serde_json::from_value(serde_json::json!({
         "host": "127.0.0.1",
         "port": port,
@@ -90,27 +91,21 @@ pub fn counter_configuration(port: u16) -> draas_core::instance::InstanceConfigu
 /// `generation` on `platform` (as the control plane renders it).
 pub fn start_spec(
     id: &draas_core::instance::InstanceId,
-    configuration: &draas_core::instance::InstanceConfiguration,
+    configuration: &draas_core::config::DrasiServerConfig,
     platform: draas_core::instance::PlatformType,
     generation: u64,
 ) -> draas_core::messages::StartSpec {
-    let server = configuration.to_server_config(id);
     let mut server_configuration =
         draas_core::instance::ServerConfiguration::for_platform(platform);
     server_configuration.shutdown_timeout_seconds = 5;
-    draas_core::messages::StartSpec {
-        name: id.to_string(),
+    draas_core::messages::StartSpec::render(
+        id.as_str(),
+        id.as_str(),
         generation,
-        configuration_yaml: draas_core::config::render_yaml(&server).expect("render"),
-        api_host: server.host.clone(),
-        api_port: server.port,
-        listening_ports: server
-            .listening_ports()
-            .into_iter()
-            .map(|p| p.port)
-            .collect(),
+        configuration,
         server_configuration,
-    }
+    )
+    .expect("render")
 }
 
 /// A block of ports that no other test on this machine holds while this

@@ -108,7 +108,7 @@ impl DriverFixture for Containers {
         // Inside its container a server listens on every interface, on
         // drasi-server's default port: ports are private to containers.
         let mut configuration = draas_testkit::counter_configuration(8080);
-        configuration.host = "0.0.0.0".into();
+        configuration.host = Some("0.0.0.0".to_string().into());
         draas_testkit::start_spec(id, &configuration, PlatformType::Docker, generation)
     }
 

@@ -12,7 +12,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use draas_worker::drasi::{ServerTransport, CALL_TIMEOUT};
+use draas_worker::drasi::{ServerTransport, ACTION_TIMEOUT, CALL_TIMEOUT};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body_util::BodyExt;
@@ -48,7 +48,17 @@ impl ServiceProxy {
     }
 
     async fn send(&self, path: &str) -> Result<http::Response<Body>, String> {
-        let request = http::Request::get(format!("{}{path}", self.prefix))
+        self.send_as(http::Method::GET, path).await
+    }
+
+    async fn send_as(
+        &self,
+        method: http::Method,
+        path: &str,
+    ) -> Result<http::Response<Body>, String> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
             .body(Body::empty())
             .map_err(|e| e.to_string())?;
         self.client.send(request).await.map_err(|e| e.to_string())
@@ -72,6 +82,23 @@ impl ServerTransport for ServiceProxy {
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
+    }
+
+    async fn post(&self, path: &str) -> Result<(u16, Bytes), String> {
+        let call = async {
+            let response = self.send_as(http::Method::POST, path).await?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(ACTION_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no answer within {ACTION_TIMEOUT:?}"))?
     }
 
     async fn stream(

@@ -114,7 +114,7 @@ impl DriverFixture for Fixture {
 
     fn start_spec(&self, id: &InstanceId, generation: u64) -> StartSpec {
         let mut configuration = draas_testkit::counter_configuration(8080);
-        configuration.host = "0.0.0.0".into();
+        configuration.host = Some("0.0.0.0".to_string().into());
         draas_testkit::start_spec(id, &configuration, PlatformType::Kubernetes, generation)
     }
 

@@ -31,9 +31,7 @@ use kube::api::{Api, ListParams};
 use kube::ResourceExt;
 
 fn stop() -> StopSpec {
-    StopSpec {
-        shutdown_timeout_seconds: 5,
-    }
+    StopSpec::grace(5)
 }
 
 fn deployment_name(

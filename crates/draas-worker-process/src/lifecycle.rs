@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::Path;
 use std::time::Duration;
 
 use draas_core::instance::{ActualState, InstanceId, Reason};
@@ -65,7 +66,7 @@ pub fn check_ports_free(spec: &StartSpec) -> Result<(), DriverError> {
 
 /// The environment of a server of `spec`: nothing inherited, only `PATH`,
 /// `NO_COLOR` and the instance's own variables (which may override both).
-fn environment(spec: &StartSpec) -> BTreeMap<String, String> {
+pub(crate) fn environment(spec: &StartSpec) -> BTreeMap<String, String> {
     let mut env = BTreeMap::from([
         (
             "PATH".to_string(),
@@ -247,6 +248,39 @@ pub async fn stop(
         }
     }
     Ok(())
+}
+
+/// The environment variable that hands the bundled runtime a configuration
+/// without a file (`--config-env`).
+const RELEASE_CONFIG: &str = "DRAAS_RELEASE_CONFIGURATION";
+
+/// Runs the bundled `runtime` once to drop the replication slots of the
+/// postgres sources of `spec` (its configuration, in its environment).
+pub(crate) async fn release_slots(runtime: &Path, spec: &StartSpec) -> Result<Vec<String>, String> {
+    let output = tokio::process::Command::new(runtime)
+        .args(["release-replication-slots", "--config-env", RELEASE_CONFIG])
+        .env_clear()
+        .envs(environment(spec))
+        .env(RELEASE_CONFIG, &spec.configuration_yaml)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), output)
+        .await
+        .map_err(|_| "the runtime did not finish within 60 s".to_string())?
+        .map_err(|e| format!("cannot run {}: {e}", runtime.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    Ok(stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("released: "))
+        .flat_map(|l| l.split(", "))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 #[cfg(test)]

@@ -209,6 +209,22 @@ impl Platform for ProcessPlatform {
         .await
     }
 
+    async fn release_slots(
+        &self,
+        _id: &InstanceId,
+        start: &StartSpec,
+    ) -> Result<Vec<String>, String> {
+        if start
+            .server_configuration
+            .process()
+            .executable_path
+            .is_some()
+        {
+            return Err("the instance runs another executable than the bundled runtime".into());
+        }
+        lifecycle::release_slots(&self.settings.default_executable, start).await
+    }
+
     fn handle_of(&self, record: &ProcessRecord) -> PlatformHandle {
         PlatformHandle::Process {
             pid: record.pid,

@@ -338,9 +338,7 @@ impl Inner {
             Command::Start(spec) => self.start(id, spec).await,
             Command::Stop(spec) => self.stop(id, spec).await,
             Command::Restart(spec) => {
-                let stop = StopSpec {
-                    shutdown_timeout_seconds: spec.server_configuration.shutdown_timeout_seconds,
-                };
+                let stop = StopSpec::grace(spec.server_configuration.shutdown_timeout_seconds);
                 match self.stop(id, &stop).await {
                     Outcome::Ok { .. } => self.start(id, spec).await,
                     failed => failed,
@@ -426,9 +424,7 @@ impl Inner {
         if let Err(e) = recorded {
             // Nobody could tell it was starting: it must not run.
             if started.is_ok() {
-                let stop = StopSpec {
-                    shutdown_timeout_seconds: spec.server_configuration.shutdown_timeout_seconds,
-                };
+                let stop = StopSpec::grace(spec.server_configuration.shutdown_timeout_seconds);
                 if let Err(stop) = self.driver.stop(id, &stop).await {
                     warn!("stopping the server again failed: {}", stop.message);
                 }
@@ -437,10 +433,10 @@ impl Inner {
         }
         match started {
             Ok(started) => {
-                let reason = if started.state == ActualState::Degraded {
-                    Reason::ComponentError
-                } else {
-                    Reason::Ready
+                let reason = match started.state {
+                    ActualState::Degraded => Reason::ComponentError,
+                    ActualState::Starting => Reason::Bootstrapping,
+                    _ => Reason::Ready,
                 };
                 let mut observation = Observation::now(id.clone(), started.state, Some(reason))
                     .generation(spec.generation)

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use draas_core::config::DrasiServerConfig;
 use draas_core::instance::{
-    DesiredState, Instance, InstanceConfiguration, InstanceId, InstanceStatus, PlatformType,
-    ServerConfiguration,
+    DesiredState, Instance, InstanceId, InstanceStatus, PlatformType, ServerConfiguration,
 };
 use draas_core::keys;
 use draas_core::messages::{Command, CommandEnvelope, CommandReply, ErrorCode, Outcome};
@@ -65,7 +65,7 @@ async fn instance(store: &dyn StateStore) -> InstanceId {
         desired_state: DesiredState::Running,
         generation: 1,
         server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
-        configuration: InstanceConfiguration::empty("127.0.0.1", 20000),
+        configuration: DrasiServerConfig::empty("127.0.0.1", 20000),
         restart_policy: Default::default(),
         update_strategy: Default::default(),
         status: InstanceStatus::created(now),
@@ -84,7 +84,7 @@ async fn instance(store: &dyn StateStore) -> InstanceId {
 }
 
 fn start(id: &InstanceId) -> CommandEnvelope {
-    let configuration = InstanceConfiguration::empty("127.0.0.1", 20000);
+    let configuration = DrasiServerConfig::empty("127.0.0.1", 20000);
     let spec = draas_testkit::start_spec(id, &configuration, PlatformType::Process, 1);
     CommandEnvelope::new(id.clone(), Command::Start(spec), Duration::from_secs(30))
 }

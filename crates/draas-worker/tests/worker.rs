@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use draas_bus::InProcessBus;
+use draas_core::config::DrasiServerConfig;
 use draas_core::instance::{
-    ActualState, DesiredState, Instance, InstanceConfiguration, InstanceId, InstanceStatus,
-    PlatformType, ServerConfiguration,
+    ActualState, DesiredState, Instance, InstanceId, InstanceStatus, PlatformType,
+    ServerConfiguration,
 };
 use draas_core::keys;
 use draas_core::messages::{
@@ -103,7 +104,7 @@ impl Rig {
             desired_state: DesiredState::Running,
             generation: 1,
             server_configuration: ServerConfiguration::for_platform(PlatformType::Process),
-            configuration: InstanceConfiguration::empty("127.0.0.1", 20000),
+            configuration: DrasiServerConfig::empty("127.0.0.1", 20000),
             restart_policy: Default::default(),
             update_strategy: Default::default(),
             status: InstanceStatus::created(now),
@@ -158,7 +159,7 @@ impl Rig {
 }
 
 fn start(id: &InstanceId) -> CommandEnvelope {
-    let configuration = InstanceConfiguration::empty("127.0.0.1", 20000);
+    let configuration = DrasiServerConfig::empty("127.0.0.1", 20000);
     let spec = draas_testkit::start_spec(id, &configuration, PlatformType::Process, 1);
     CommandEnvelope::new(id.clone(), Command::Start(spec), Duration::from_secs(30))
 }
@@ -166,9 +167,7 @@ fn start(id: &InstanceId) -> CommandEnvelope {
 fn stop(id: &InstanceId) -> CommandEnvelope {
     CommandEnvelope::new(
         id.clone(),
-        Command::Stop(StopSpec {
-            shutdown_timeout_seconds: 1,
-        }),
+        Command::Stop(StopSpec::grace(1)),
         Duration::from_secs(30),
     )
 }

@@ -185,7 +185,7 @@ pub fn routes() -> Vec<Route> {
     use Access::{Administer, Operate, Public, PushStatus, Read};
     use Method as M;
     type Instance = draas_core::instance::Instance;
-    type Config = draas_core::instance::InstanceConfiguration;
+    type Config = draas_core::config::DrasiServerConfig;
     type ServerConfig = draas_core::instance::ServerConfiguration;
     type Lease = draas_core::lease::Lease;
     type Any = serde_json::Value;
@@ -603,10 +603,14 @@ async fn not_found() -> ApiError {
 
 async fn create(State(cp): Cp, body: ApiBody<CreateInstance>) -> ApiResult<Response> {
     let ApiBody { value, source } = body;
-    let instance = redact::instance(cp.create(value).await.map_err(|e| source.locate(e))?);
+    let created = cp.create(value).await.map_err(|e| source.locate(e))?;
+    let instance = redact::instance(created.instance);
     let location = format!("/api/server/instances/{}", instance.id);
-    let body =
-        json!({ "instance": instance, "serverConfiguration": instance.server_configuration });
+    let body = json!({
+        "instance": instance,
+        "serverConfiguration": instance.server_configuration,
+        "warnings": warnings_json(&created.warnings),
+    });
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -864,21 +868,25 @@ async fn put_configuration(
     if let Some(document) = value.as_object_mut() {
         if !document.contains_key("host") || !document.contains_key("port") {
             let (current, _) = cp.configuration(&id).await?;
-            document
-                .entry("host")
-                .or_insert_with(|| json!(current.host));
-            document
-                .entry("port")
-                .or_insert_with(|| json!(current.port));
+            if let Some(host) = &current.host {
+                document.entry("host").or_insert_with(|| json!(host));
+            }
+            if let Some(port) = &current.port {
+                document.entry("port").or_insert_with(|| json!(port));
+            }
         }
     }
     let patch = serde_json::to_vec(&json!([{ "op": "replace", "path": "", "value": value }]))
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let (config, generation) = cp
+    let changed = cp
         .patch_configuration(&id, &patch, expected)
         .await
         .map_err(|e| source.locate(e))?;
-    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+    Ok(changed_response(
+        changed.generation,
+        &changed.warnings,
+        Json(changed.document),
+    ))
 }
 
 async fn query_results(
@@ -898,8 +906,12 @@ async fn patch_configuration(
 ) -> ApiResult<Response> {
     require_json_patch(&headers)?;
     let expected = if_match(&headers)?;
-    let (config, generation) = cp.patch_configuration(&id, &body, expected).await?;
-    Ok(([(header::ETAG, etag(generation))], Json(config)).into_response())
+    let changed = cp.patch_configuration(&id, &body, expected).await?;
+    Ok(changed_response(
+        changed.generation,
+        &changed.warnings,
+        Json(changed.document),
+    ))
 }
 
 async fn get_server_configuration(
@@ -922,12 +934,55 @@ async fn patch_server_configuration(
 ) -> ApiResult<Response> {
     require_json_patch(&headers)?;
     let expected = if_match(&headers)?;
-    let (config, generation) = cp.patch_server_configuration(&id, &body, expected).await?;
-    Ok((
-        [(header::ETAG, etag(generation))],
-        Json(redact::server_configuration(config)),
-    )
-        .into_response())
+    let changed = cp.patch_server_configuration(&id, &body, expected).await?;
+    Ok(changed_response(
+        changed.generation,
+        &changed.warnings,
+        Json(redact::server_configuration(changed.document)),
+    ))
+}
+
+/// The header that carries a change's warnings: a JSON array of `{path,
+/// message}`, ASCII only.
+pub const WARNINGS_HEADER: &str = "draas-warnings";
+
+/// Warnings as the answer shows them.
+fn warnings_json(warnings: &[draas_core::config::ConfigIssue]) -> serde_json::Value {
+    warnings
+        .iter()
+        .map(|w| json!({"path": w.path, "message": w.message}))
+        .collect()
+}
+
+/// The answer to a change of a document: the document, its ETag, and its
+/// warnings (in [`WARNINGS_HEADER`]: the body is the document itself).
+fn changed_response(
+    generation: u64,
+    warnings: &[draas_core::config::ConfigIssue],
+    body: impl IntoResponse,
+) -> Response {
+    let mut response = ([(header::ETAG, etag(generation))], body).into_response();
+    if !warnings.is_empty() {
+        let text: String = warnings_json(warnings)
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c.to_string()
+                } else {
+                    // JSON's own escape: a header is visible ASCII.
+                    c.encode_utf16(&mut [0; 2])
+                        .iter()
+                        .map(|u| format!("\\u{u:04x}"))
+                        .collect()
+                }
+            })
+            .collect();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
+            response.headers_mut().insert(WARNINGS_HEADER, value);
+        }
+    }
+    response
 }
 
 // === status ===

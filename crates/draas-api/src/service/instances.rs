@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use draas_core::config::render_yaml;
+use draas_core::config::{ConfigIssue, DrasiServerConfig};
 use draas_core::instance::{
-    validate_name, ActualState, DesiredState, Instance, InstanceConfiguration, InstanceId,
-    InstanceStatus, PlatformType, ServerConfiguration,
+    validate_name, ActualState, DesiredState, Instance, InstanceId, InstanceStatus, PlatformType,
+    ServerConfiguration,
 };
 use draas_core::keys;
 use draas_core::messages::{
@@ -43,9 +43,10 @@ pub struct CreateInstance {
     /// How to run it; defaults apply when absent.
     #[serde(default)]
     pub server_configuration: Option<ServerConfiguration>,
-    /// What it does; an empty server on an allocated port when absent.
+    /// What it does: a drasi-server configuration file, whole (an empty
+    /// server on an allocated port when absent).
     #[serde(default)]
-    pub configuration: Option<InstanceConfiguration>,
+    pub configuration: Option<DrasiServerConfig>,
     /// When the reconciler restarts it (default: on failure, backoff
     /// from 1 s to 60 s, at most 10 in a row).
     #[serde(default)]
@@ -58,6 +59,16 @@ pub struct CreateInstance {
 
 fn default_platform() -> PlatformType {
     PlatformType::Process
+}
+
+/// A created instance, and what DRaaS says about its configuration.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The instance.
+    pub instance: Instance,
+    /// What DRaaS decided in its configuration, and what its user should
+    /// know (keys the runtime ignores, ...).
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// `GET /api/server/instances` query.
@@ -98,7 +109,7 @@ const MAX_DESCRIPTION: usize = 4096;
 
 impl ControlPlane {
     /// Creates an instance (desired: Stopped; actual: Created).
-    pub async fn create(&self, request: CreateInstance) -> ApiResult<Instance> {
+    pub async fn create(&self, request: CreateInstance) -> ApiResult<Created> {
         let mut errors = Vec::new();
         if let Err(e) = validate_name(&request.name) {
             errors.push(FieldError {
@@ -149,29 +160,23 @@ impl ControlPlane {
         }
 
         let id = InstanceId::generate();
-        let policy = platform.policy();
-        let mut configuration = request
-            .configuration
-            .unwrap_or_else(|| InstanceConfiguration::empty("", 0));
-        if configuration.host.is_empty() {
-            configuration.host = match platform {
-                PlatformType::Process => self.settings.process_host.clone(),
-                _ => policy.default_api_host.to_string(),
-            };
+        let mut given = request.configuration.unwrap_or_default();
+        // An empty host (the original create body's way of saying "any")
+        // is the platform's choice.
+        if given.static_host() == Some("") {
+            given.host = None;
         }
-        if configuration.port == 0 {
-            if let Some(port) = policy.default_api_port {
-                configuration.port = port;
-            }
-        }
-        let allocate = configuration.port == 0;
-        let mut tried = BTreeSet::new();
         for _ in 0..super::MAX_ATTEMPTS {
-            if allocate {
-                configuration.port = self.allocate_port(platform, &tried).await?;
-                tried.insert(configuration.port);
-            }
-            self.check_configuration(&id, &configuration, "/configuration")?;
+            let reserved = self.reserved_ports(platform).await?;
+            let prepared = self.prepare(
+                &id,
+                platform,
+                &server_configuration,
+                given.clone(),
+                &reserved,
+                "/configuration",
+            )?;
+            let configuration = prepared.config;
             let now = Utc::now();
             let instance = Instance {
                 id: id.clone(),
@@ -207,7 +212,7 @@ impl ControlPlane {
                 platform,
                 &id,
                 &BTreeSet::new(),
-                &ports_of(&configuration, &id),
+                &ports_of(&configuration, &server_configuration),
             ));
             let (created, entry) = Self::own_change(&instance, None, ActualState::Created)?;
             writes.push(entry);
@@ -215,7 +220,10 @@ impl ControlPlane {
                 Ok(applied) => {
                     let cursor = applied.last().and_then(|a| a.cursor());
                     self.announce_change(created, cursor).await;
-                    return Ok(instance);
+                    return Ok(Created {
+                        instance,
+                        warnings: prepared.warnings,
+                    });
                 }
                 Err(StoreError::Conflict { collection, key })
                     if collection == keys::INSTANCE_NAMES =>
@@ -229,11 +237,13 @@ impl ControlPlane {
                     if collection == keys::port_reservations(platform) =>
                 {
                     let port: u16 = key.parse().unwrap_or_default();
-                    if allocate && port == configuration.port {
+                    if prepared.allocated.contains(&port) {
                         // Another creation took the allocated port first.
                         continue;
                     }
-                    let mut error = self.port_taken(platform, &configuration, port).await;
+                    let mut error = self
+                        .port_taken(platform, &configuration, &server_configuration, port)
+                        .await;
                     for e in &mut error.errors {
                         e.path = format!("/configuration{}", e.path);
                     }
@@ -323,9 +333,7 @@ impl ControlPlane {
             // Nothing runs: nothing to ask a worker.
             return Ok(instance);
         }
-        let spec = StopSpec {
-            shutdown_timeout_seconds: instance.server_configuration.shutdown_timeout_seconds,
-        };
+        let spec = StopSpec::grace(instance.server_configuration.shutdown_timeout_seconds);
         let timeout = self.stop_timeout(&instance);
         let reply = self.send(&instance, Command::Stop(spec), timeout).await?;
         self.after(instance, reply).await
@@ -348,9 +356,16 @@ impl ControlPlane {
     pub async fn delete(&self, id: &InstanceId, force: bool) -> ApiResult<()> {
         let instance = self.load(id).await?.value;
         if instance.status.state != ActualState::Created {
-            let spec = StopSpec {
-                shutdown_timeout_seconds: instance.server_configuration.shutdown_timeout_seconds,
-            };
+            let mut spec = StopSpec::grace(instance.server_configuration.shutdown_timeout_seconds);
+            // Replication slots of its postgres sources go with it.
+            let has_slots = instance
+                .configuration
+                .all_sources()
+                .iter()
+                .any(|(_, s)| s.kind == "postgres");
+            if has_slots {
+                spec.release_slots = self.start_spec(&instance).ok().map(Box::new);
+            }
             match self
                 .send(
                     &instance,
@@ -383,7 +398,7 @@ impl ControlPlane {
                 also.extend(reservation_writes(
                     instance.platform_type,
                     id,
-                    &ports_of(&instance.configuration, id),
+                    &ports_of(&instance.configuration, &instance.server_configuration),
                     &BTreeSet::new(),
                 ));
                 let (deleting, entry) = Self::own_change(
@@ -444,7 +459,12 @@ impl ControlPlane {
         query: &str,
     ) -> ApiResult<Vec<serde_json::Value>> {
         let instance = self.load(id).await?.value;
-        if !instance.configuration.queries.iter().any(|q| q.id == query) {
+        if !instance
+            .configuration
+            .all_queries()
+            .iter()
+            .any(|(_, q)| q.id == query)
+        {
             return Err(ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "NO_SUCH_QUERY",
@@ -538,21 +558,19 @@ impl ControlPlane {
 
     /// What a worker needs to launch `instance`.
     pub(crate) fn start_spec(&self, instance: &Instance) -> ApiResult<StartSpec> {
-        let server = instance.configuration.to_server_config(&instance.id);
-        let configuration_yaml =
-            render_yaml(&server).map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(StartSpec {
-            name: instance.name.clone(),
-            generation: instance.generation,
-            configuration_yaml,
-            api_host: server.host.clone(),
-            api_port: server.port,
-            listening_ports: server
-                .listening_ports()
-                .into_iter()
-                .map(|p| p.port)
-                .collect(),
-            server_configuration: instance.server_configuration.clone(),
+        StartSpec::render(
+            instance.id.as_str(),
+            &instance.name,
+            instance.generation,
+            &instance.configuration,
+            instance.server_configuration.clone(),
+        )
+        .map_err(|e| {
+            ApiError::invalid(
+                "INVALID_CONFIGURATION",
+                format!("the configuration cannot be started: {e}"),
+                Vec::new(),
+            )
         })
     }
 

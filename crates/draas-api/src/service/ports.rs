@@ -1,19 +1,22 @@
 //! Port bookkeeping, for platforms whose servers share their host's ports
 //! ([`PortPolicy::SharedWithHost`]: Process). Every port an instance's
-//! configuration listens on is reserved in the store
+//! configuration **listens on** is reserved in the store
 //! (`ports/<platform>/<port>` → instance id) in the same atomic batch that
-//! stores the configuration. A port already reserved makes the batch fail,
-//! so no two instances of the platform are given the same port, whichever
-//! host runs them. Whether the port is actually free on the host is the
-//! worker's check, at launch, on its own host: the control plane binds
-//! nothing (it may not even run there).
+//! stores the configuration; ports a server connects to (a database's) are
+//! not its own and are never reserved (see `draas_core::config::PORT_FIELDS`).
+//! A port already reserved makes the batch fail, so no two instances of the
+//! platform are given the same port, whichever host runs them. Whether the
+//! port is actually free on the host is the worker's check, at launch, on
+//! its own host: the control plane binds nothing (it may not even run
+//! there).
 //!
 //! Containers and pods have ports of their own ([`PortPolicy::Private`]):
 //! nothing is reserved for them.
 
 use std::collections::BTreeSet;
 
-use draas_core::instance::{InstanceConfiguration, InstanceId, PlatformType};
+use draas_core::config::{listening_ports, DrasiServerConfig};
+use draas_core::instance::{InstanceId, PlatformType, ServerConfiguration};
 use draas_core::keys;
 use draas_core::policy::PortPolicy;
 use draas_core::ports::store::{Precondition, Write};
@@ -22,11 +25,11 @@ use draas_core::ports::JsonStore;
 use super::ControlPlane;
 use crate::error::{ApiError, ApiResult, FieldError};
 
-/// The ports `config` listens on, for instance `id`.
-pub(crate) fn ports_of(config: &InstanceConfiguration, id: &InstanceId) -> BTreeSet<u16> {
-    config
-        .to_server_config(id)
-        .listening_ports()
+/// The ports `config` listens on, with references resolved in the
+/// instance's environment.
+pub(crate) fn ports_of(config: &DrasiServerConfig, server: &ServerConfiguration) -> BTreeSet<u16> {
+    let lookup = |name: &str| server.environment.get(name).cloned();
+    listening_ports(config, &lookup)
         .into_iter()
         .map(|p| p.port)
         .collect()
@@ -58,50 +61,49 @@ pub(crate) fn reservation_writes(
     released.chain(reserved).collect()
 }
 
-/// Where in a configuration `port` is set.
-pub(crate) fn port_path(config: &InstanceConfiguration, port: u16) -> String {
-    if config.port == port {
-        return "/port".to_string();
-    }
-    let set = |props: &serde_json::Map<String, serde_json::Value>| {
-        props.get("port").and_then(serde_json::Value::as_u64) == Some(u64::from(port))
-    };
-    if let Some(i) = config.sources.iter().position(|s| set(&s.properties)) {
-        return format!("/sources/{i}/port");
-    }
-    if let Some(i) = config.reactions.iter().position(|r| set(&r.properties)) {
-        return format!("/reactions/{i}/port");
-    }
-    if let Some(i) = config
-        .reactions
-        .iter()
-        .position(|r| r.kind == "sse" && !r.properties.contains_key("port"))
-    {
-        return format!("/reactions/{i}");
-    }
-    "/port".to_string()
+/// Where in a configuration `port` is set (the field, or the component
+/// whose plugin default it is).
+pub(crate) fn port_path(
+    config: &DrasiServerConfig,
+    server: &ServerConfiguration,
+    port: u16,
+) -> (String, bool) {
+    let lookup = |name: &str| server.environment.get(name).cloned();
+    listening_ports(config, &lookup)
+        .into_iter()
+        .find(|p| p.port == port)
+        .map(|p| (p.pointer, p.defaulted))
+        .unwrap_or_else(|| ("/port".to_string(), false))
 }
 
 impl ControlPlane {
-    /// A port for a new instance of a platform whose servers share their
-    /// host's ports: in the configured range, reserved by no instance, and
-    /// free on the workers' host where the control plane can tell.
-    pub(crate) async fn allocate_port(
-        &self,
-        platform: PlatformType,
-        avoid: &BTreeSet<u16>,
-    ) -> ApiResult<u16> {
-        let reserved: BTreeSet<u16> = self
+    /// The ports reserved on `platform` now.
+    pub(crate) async fn reserved_ports(&self, platform: PlatformType) -> ApiResult<BTreeSet<u16>> {
+        if platform.policy().ports == PortPolicy::Private {
+            return Ok(BTreeSet::new());
+        }
+        Ok(self
             .store
             .list(&keys::port_reservations(platform))
             .await?
             .into_iter()
             .filter_map(|(key, _)| key.parse().ok())
-            .collect();
+            .collect())
+    }
+
+    /// A port for a listened port DRaaS chooses, on a platform whose
+    /// servers share their host's ports: in the configured range, not in
+    /// `avoid` (reserved, or used by the configuration), and free on the
+    /// workers' host where the control plane can tell.
+    pub(crate) fn allocate_port(
+        &self,
+        platform: PlatformType,
+        avoid: &BTreeSet<u16>,
+    ) -> ApiResult<u16> {
         self.settings
             .port_range
             .clone()
-            .filter(|p| !reserved.contains(p) && !avoid.contains(p))
+            .filter(|p| !avoid.contains(p))
             .find(|p| match (&self.settings.process_port_probe, platform) {
                 (Some(free), PlatformType::Process) => free(*p),
                 _ => true,
@@ -119,11 +121,13 @@ impl ControlPlane {
             })
     }
 
-    /// The 422 for a port another instance holds.
+    /// The 422 for a listened port another instance holds: which instance,
+    /// and how to let the platform choose.
     pub(crate) async fn port_taken(
         &self,
         platform: PlatformType,
-        config: &InstanceConfiguration,
+        config: &DrasiServerConfig,
+        server: &ServerConfiguration,
         port: u16,
     ) -> ApiError {
         let holder = self
@@ -144,13 +148,21 @@ impl ControlPlane {
                 .unwrap_or_else(|| format!("instance {id}")),
             _ => "another instance".to_string(),
         };
-        let message =
-            format!("port {port} is already used by {holder_name} on the {platform} platform");
+        let (path, defaulted) = port_path(config, server, port);
+        let how = if defaulted {
+            format!("it is the plugin's default: set `port` at {path} to 0 (or another port) to let DRaaS choose one")
+        } else {
+            format!("leave `port` out at {path} (or set it to 0) to let DRaaS choose a free one")
+        };
+        let message = format!(
+            "port {port} is already used by {holder_name} on the {platform} platform (servers \
+             there share their host's ports); {how}"
+        );
         ApiError::invalid(
             "PORT_CONFLICT",
             message.clone(),
             vec![FieldError {
-                path: port_path(config, port),
+                path,
                 message,
                 line: None,
             }],

@@ -169,6 +169,7 @@ impl ControlPlane {
     /// Platforms with their live workers.
     pub async fn platforms(&self) -> ApiResult<serde_json::Value> {
         let workers = self.live_workers(None).await?;
+        let bundled = self.validator.catalog();
         let platforms: Vec<serde_json::Value> = PlatformType::ALL
             .iter()
             .map(|platform| {
@@ -180,6 +181,26 @@ impl ControlPlane {
                     "instances": live.iter().map(|w| w.instances).sum::<u32>(),
                     "capacity": capacity,
                     "workers": live,
+                    // What a configuration may use, by the runtime that
+                    // runs it: checked at create (the bundled runtime's
+                    // kinds), or by the server itself (another runtime).
+                    "runtimes": [
+                        {
+                            "runtime": "bundled",
+                            "when": "no executablePath or image is named (the default)",
+                            "catalog": bundled,
+                        },
+                        {
+                            "runtime": "other",
+                            "when": match platform {
+                                PlatformType::Process => "serverConfiguration.process.executablePath names another executable (e.g. drasi-server)",
+                                PlatformType::Docker => "serverConfiguration.docker.image names another image",
+                                PlatformType::Kubernetes => "serverConfiguration.kubernetes.image names another image",
+                            },
+                            "catalog": serde_json::Value::Null,
+                            "note": "its plugins are its own: kinds and plugin fields are checked when it starts",
+                        }
+                    ],
                 })
             })
             .collect();

@@ -1,23 +1,36 @@
-//! The drasi-server configuration schema, as DRaaS and the bundled runtime use it.
+//! The drasi-server configuration file, whole, as DRaaS and the bundled
+//! runtime use it.
 //!
 //! One model serves three readers:
-//! - the bundled runtime parses its YAML file into [`DrasiServerConfig`];
-//! - the control plane keeps an instance's Drasi configuration as a
-//!   [`DrasiServerConfig`] and renders it to YAML for the platform worker;
+//! - the control plane keeps an instance's configuration as a
+//!   [`DrasiServerConfig`] (what the user gave, with DRaaS's decisions
+//!   filled in) and renders it to YAML for the platform worker
+//!   ([`DrasiServerConfig::for_server`]);
+//! - the bundled runtime parses its YAML file into the same type;
 //! - the official `drasi-server` reads what [`render_yaml`] writes.
 //!
-//! Field names and defaults follow drasi-server (`src/config/types.rs`,
-//! `api/models/*`): camelCase, unknown top-level and query keys rejected.
-//! Sources and reactions carry their plugin-specific keys in `properties`;
-//! those are checked by the plugin that owns them (see `draas-drasi`), which is
-//! why [`SourceConfig`] and [`ReactionConfig`] cannot deny unknown fields
-//! themselves. [`validate_structure`] checks what needs no plugin knowledge.
+//! Field names and defaults follow drasi-server 0.2.x (`src/config/types.rs`,
+//! `api/models/*`): camelCase, every top-level key it accepts, unknown
+//! top-level, instance and query keys rejected. Values drasi-server resolves
+//! from the environment are [`ConfigValue`]s, kept in the form they were
+//! written in. Sources, reactions and providers carry their plugin-specific
+//! keys in `properties`; those are checked by the plugin that owns them (see
+//! `draas-drasi`). [`validate_structure`] checks what needs no plugin.
 
 mod lines;
+mod ports;
+mod settle;
 mod validate;
+mod value;
 
 pub use lines::line_of;
-pub use validate::{validate_structure, ConfigIssue};
+pub use ports::{
+    listening_ports, port_role, port_value, ComponentClass, ListeningPort, PortField, PortRole,
+    PORT_FIELDS,
+};
+pub use settle::{set_port, settle, slot_name, SettleContext, Settled};
+pub use validate::{inner_path_problem, validate_structure, ConfigIssue, ValidationContext};
+pub use value::{parse_reference, reference_in, ConfigValue, EnvReference, ResolveError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -31,21 +44,7 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Log levels drasi-server accepts (case-insensitive).
 pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
-/// Top-level keys of drasi-server that only concern its dynamic plugin
-/// machinery. A statically linked runtime has nothing to do with them, so they
-/// are accepted (a drasi-server file stays valid) and ignored with a warning.
-pub const PLUGIN_MANAGEMENT_KEYS: [&str; 8] = [
-    "plugins",
-    "autoInstallPlugins",
-    "verifyPlugins",
-    "pluginRegistry",
-    "trustedIdentities",
-    "hotReloadPlugins",
-    "hotReloadDebounceMs",
-    "enableUi",
-];
-
-/// One drasi-server configuration file (single-instance mode).
+/// A whole drasi-server configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,25 +52,74 @@ pub struct DrasiServerConfig {
     /// Informational (`drasi.io/v1`); never validated, as in drasi-server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    /// Server id. It names the data directory (`./data/id-<hex>/`); without
-    /// it drasi-server invents a new UUID on every start.
+    /// The server's (single lib instance's) id. It names the data directory
+    /// (`./data/id-<hex>/`) and the `/api/v1/instances/{id}` routes; DRaaS
+    /// gives the instance's own id when the file has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// API bind address.
-    #[serde(default = "default_host")]
-    pub host: String,
-    /// API port.
-    #[serde(default = "default_port")]
-    pub port: u16,
+    pub id: Option<ConfigValue<String>>,
+    /// API bind address (default `0.0.0.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<ConfigValue<String>>,
+    /// API port (default 8080; DRaaS allocates one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<ConfigValue<u16>>,
     /// Log level, used when `RUST_LOG` is unset.
     #[serde(default = "default_log_level")]
-    pub log_level: String,
-    /// Whether the server writes API changes back to this file.
-    #[serde(default = "default_true")]
-    pub persist_config: bool,
+    pub log_level: ConfigValue<String>,
+    /// Whether the server writes API changes back to this file (drasi-server
+    /// default: true). DRaaS keeps the file itself: servers it runs get
+    /// `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_config: Option<bool>,
     /// Whether queries keep their index on disk (RocksDB).
     #[serde(default)]
     pub persist_index: bool,
+    /// The archive index (`past()` functions) of persistent queries.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_archive: bool,
+    /// drasi-server's web UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_ui: Option<bool>,
+    /// Where drasi-server keeps solution templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solutions_dir: Option<String>,
+    /// Where reactions keep their state (`{kind: redb, path}`); in memory
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_store: Option<StateStoreConfig>,
+    /// Resolves `{kind: Secret, name}` values in plugin fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_store: Option<PluginConfig>,
+    /// Priority queue capacity of every query (drasi-lib default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_priority_queue_capacity: Option<ConfigValue<usize>>,
+    /// Dispatch buffer capacity of every component (drasi-lib default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_dispatch_buffer_capacity: Option<ConfigValue<usize>>,
+    /// Plugin management (drasi-server's dynamic plugins): the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_registry: Option<String>,
+    /// Plugin management: download `plugins` at startup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_install_plugins: Option<bool>,
+    /// Plugin management: the plugins the file needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginReference>,
+    /// Plugin management: verify signatures (drasi-server default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_plugins: Option<bool>,
+    /// Plugin management: whose signatures are trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_identities: Vec<TrustedIdentity>,
+    /// Plugin management: watch the plugin directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_reload_plugins: Option<bool>,
+    /// Plugin management: debounce of the watch, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_reload_debounce_ms: Option<u64>,
+    /// Origins allowed to call the API from a browser (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_allowed_origins: Vec<String>,
     /// Sources, in file order.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -81,122 +129,120 @@ pub struct DrasiServerConfig {
     /// Reactions, in file order.
     #[serde(default)]
     pub reactions: Vec<ReactionConfig>,
-
-    // --- drasi-server plugin-management keys: accepted, never rendered ---
-    /// Ignored: plugins are linked into the bundled runtime.
-    #[serde(default, skip_serializing)]
-    pub plugins: Option<Value>,
-    /// Ignored: nothing is downloaded.
-    #[serde(default, skip_serializing)]
-    pub auto_install_plugins: Option<Value>,
-    /// Ignored: nothing is loaded dynamically.
-    #[serde(default, skip_serializing)]
-    pub verify_plugins: Option<Value>,
-    /// Ignored: nothing is downloaded.
-    #[serde(default, skip_serializing)]
-    pub plugin_registry: Option<Value>,
-    /// Ignored: nothing is verified.
-    #[serde(default, skip_serializing)]
-    pub trusted_identities: Option<Value>,
-    /// Ignored: nothing is loaded dynamically.
-    #[serde(default, skip_serializing)]
-    pub hot_reload_plugins: Option<Value>,
-    /// Ignored: nothing is loaded dynamically.
-    #[serde(default, skip_serializing)]
-    pub hot_reload_debounce_ms: Option<Value>,
-    /// Ignored: the bundled runtime serves no UI.
-    #[serde(default, skip_serializing)]
-    pub enable_ui: Option<Value>,
+    /// Identity providers sources and reactions name (`identityProvider`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_providers: Vec<NamedPluginConfig>,
+    /// Bootstrap providers sources name by id (`bootstrapProvider: <id>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap_providers: Vec<NamedPluginConfig>,
+    /// Several Drasi lib instances in one server. When set, the top-level
+    /// id, stores, capacities and components are not used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<LibInstanceConfig>,
 }
 
-impl Default for DrasiServerConfig {
-    fn default() -> Self {
-        Self {
-            api_version: None,
-            id: None,
-            host: default_host(),
-            port: default_port(),
-            log_level: default_log_level(),
-            persist_config: true,
-            persist_index: false,
-            sources: Vec::new(),
-            queries: Vec::new(),
-            reactions: Vec::new(),
-            plugins: None,
-            auto_install_plugins: None,
-            verify_plugins: None,
-            plugin_registry: None,
-            trusted_identities: None,
-            hot_reload_plugins: None,
-            hot_reload_debounce_ms: None,
-            enable_ui: None,
-        }
-    }
+/// One Drasi lib instance of a multi-instance server (`instances[]`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LibInstanceConfig {
+    /// Its id (routes `/api/v1/instances/{id}/...`, data `./data/id-<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ConfigValue<String>>,
+    /// Queries keep their index on disk.
+    #[serde(default)]
+    pub persist_index: bool,
+    /// The archive index of persistent queries.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_archive: bool,
+    /// Where its reactions keep state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_store: Option<StateStoreConfig>,
+    /// Resolves secrets in its plugin fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_store: Option<PluginConfig>,
+    /// Priority queue capacity of its queries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_priority_queue_capacity: Option<ConfigValue<usize>>,
+    /// Dispatch buffer capacity of its components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_dispatch_buffer_capacity: Option<ConfigValue<usize>>,
+    /// Sources.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Continuous queries.
+    #[serde(default)]
+    pub queries: Vec<QueryConfig>,
+    /// Reactions.
+    #[serde(default)]
+    pub reactions: Vec<ReactionConfig>,
+    /// Identity providers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_providers: Vec<NamedPluginConfig>,
+    /// Shared bootstrap providers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap_providers: Vec<NamedPluginConfig>,
 }
 
-impl DrasiServerConfig {
-    /// The plugin-management keys present in this file (see
-    /// [`PLUGIN_MANAGEMENT_KEYS`]); the runtime warns that it ignores them.
-    pub fn ignored_keys(&self) -> Vec<&'static str> {
-        let present = [
-            self.plugins.is_some(),
-            self.auto_install_plugins.is_some(),
-            self.verify_plugins.is_some(),
-            self.plugin_registry.is_some(),
-            self.trusted_identities.is_some(),
-            self.hot_reload_plugins.is_some(),
-            self.hot_reload_debounce_ms.is_some(),
-            self.enable_ui.is_some(),
-        ];
-        PLUGIN_MANAGEMENT_KEYS
-            .iter()
-            .zip(present)
-            .filter_map(|(k, p)| p.then_some(*k))
-            .collect()
-    }
-
-    /// Every TCP port this configuration listens on: the API port and the
-    /// `port` of each source and reaction that has one (http source, sse
-    /// reaction, ...). Used to keep instances on one host from colliding.
-    pub fn listening_ports(&self) -> Vec<ListeningPort> {
-        let mut ports = vec![ListeningPort {
-            port: self.port,
-            owner: "server".to_string(),
-        }];
-        let components = self
-            .sources
-            .iter()
-            .map(|s| ("source", &s.id, &s.kind, &s.properties))
-            .chain(
-                self.reactions
-                    .iter()
-                    .map(|r| ("reaction", &r.id, &r.kind, &r.properties)),
-            );
-        for (what, id, kind, props) in components {
-            let port = match props.get("port") {
-                Some(v) => v.as_u64().and_then(|p| u16::try_from(p).ok()),
-                // The sse reaction listens on 8080 unless told otherwise.
-                None if what == "reaction" && kind == "sse" => Some(DEFAULT_PORT),
-                None => None,
-            };
-            if let Some(port) = port {
-                ports.push(ListeningPort {
-                    port,
-                    owner: format!("{what} '{id}'"),
-                });
-            }
-        }
-        ports
-    }
+/// `stateStore`: where reactions keep their state. drasi-server knows one
+/// kind, `redb`, with a `path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateStoreConfig {
+    /// `redb`.
+    pub kind: String,
+    /// The database file, relative to the server's working directory.
+    pub path: ConfigValue<String>,
 }
 
-/// A port a configuration listens on, and which part of it does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListeningPort {
-    /// The TCP port.
-    pub port: u16,
-    /// `server`, `source 'id'` or `reaction 'id'`.
-    pub owner: String,
+/// A plugin configuration without an id (`secretStore`): its kind and the
+/// plugin's own keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PluginConfig {
+    /// Plugin kind.
+    pub kind: String,
+    /// The plugin's own keys.
+    #[serde(flatten)]
+    pub properties: Map<String, Value>,
+}
+
+/// A plugin configuration with an id (`identityProviders[]`,
+/// `bootstrapProviders[]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NamedPluginConfig {
+    /// Plugin kind.
+    pub kind: String,
+    /// The id components refer to it by.
+    pub id: String,
+    /// The plugin's own keys.
+    #[serde(flatten)]
+    pub properties: Map<String, Value>,
+}
+
+/// `plugins[]`: a plugin drasi-server installs (`source/mock`, an OCI
+/// reference, `file://...`, `https://...`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PluginReference {
+    /// The reference.
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+/// `trustedIdentities[]`: a signer whose plugins drasi-server loads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIdentity {
+    /// OIDC issuer.
+    pub issuer: String,
+    /// Subject pattern.
+    pub subject_pattern: String,
 }
 
 /// A source: common fields plus the plugin's own configuration.
@@ -211,7 +257,8 @@ pub struct SourceConfig {
     /// Start with the server (drasi-server default: true).
     #[serde(default = "default_true")]
     pub auto_start: bool,
-    /// Inline bootstrap provider (`{kind, ...}`) or the id of a shared one.
+    /// Inline bootstrap provider (`{kind, ...}`) or the id of one of
+    /// `bootstrapProviders`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_provider: Option<Value>,
     /// Id of an identity provider.
@@ -300,7 +347,7 @@ pub struct QueryConfig {
     /// Recent results kept for reactions' gap recovery.
     #[serde(default = "default_outbox_capacity")]
     pub outbox_capacity: usize,
-    /// How long snapshot fetches wait for bootstrap.
+    /// How long a reaction's subscription waits for the bootstrap.
     #[serde(default = "default_bootstrap_timeout_secs")]
     pub bootstrap_timeout_secs: u64,
 }
@@ -368,6 +415,232 @@ pub struct MiddlewareConfig {
     pub config: Map<String, Value>,
 }
 
+/// A bootstrap provider as built: its kind and its whole configuration.
+pub type BootstrapSpec = (String, Map<String, Value>);
+
+/// One Drasi lib instance as the server builds it: the entry of
+/// `instances[]`, or the top level of a single-instance file.
+#[derive(Debug, Clone, Copy)]
+pub struct LibInstance<'a> {
+    /// Its position in `instances[]`; `None` for the top level.
+    pub index: Option<usize>,
+    /// Its id as written.
+    pub id: Option<&'a ConfigValue<String>>,
+    /// Persistent index.
+    pub persist_index: bool,
+    /// Archive index.
+    pub enable_archive: bool,
+    /// Its state store.
+    pub state_store: Option<&'a StateStoreConfig>,
+    /// Its secret store.
+    pub secret_store: Option<&'a PluginConfig>,
+    /// Priority queue capacity.
+    pub default_priority_queue_capacity: Option<&'a ConfigValue<usize>>,
+    /// Dispatch buffer capacity.
+    pub default_dispatch_buffer_capacity: Option<&'a ConfigValue<usize>>,
+    /// Sources.
+    pub sources: &'a [SourceConfig],
+    /// Queries.
+    pub queries: &'a [QueryConfig],
+    /// Reactions.
+    pub reactions: &'a [ReactionConfig],
+    /// Identity providers.
+    pub identity_providers: &'a [NamedPluginConfig],
+    /// Shared bootstrap providers.
+    pub bootstrap_providers: &'a [NamedPluginConfig],
+}
+
+impl<'a> LibInstance<'a> {
+    /// JSON Pointer of this instance in the file (`""` or `/instances/2`):
+    /// the prefix of the paths of its parts.
+    pub fn pointer(&self) -> String {
+        self.index
+            .map(|i| format!("/instances/{i}"))
+            .unwrap_or_default()
+    }
+
+    /// The bootstrap provider of `source`, as drasi-server builds it: its
+    /// kind and configuration (an inline provider of the source's own kind
+    /// inherits every source field it does not set), or why it cannot be
+    /// found. `None` when the source has none.
+    pub fn bootstrap_of(&self, source: &SourceConfig) -> Option<Result<BootstrapSpec, String>> {
+        let provider = source.bootstrap_provider.as_ref()?;
+        let (kind, own) = match provider {
+            Value::String(id) => match self.bootstrap_providers.iter().find(|p| &p.id == id) {
+                Some(shared) => (shared.kind.clone(), shared.properties.clone()),
+                None => {
+                    return Some(Err(format!(
+                        "source '{}' names bootstrap provider '{id}', which is not one of bootstrapProviders ({})",
+                        source.id,
+                        self.bootstrap_providers
+                            .iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            },
+            Value::Object(map) => match map.get("kind") {
+                Some(Value::String(kind)) => {
+                    let mut own = map.clone();
+                    own.remove("kind");
+                    (kind.clone(), own)
+                }
+                _ => {
+                    return Some(Err(
+                        "bootstrapProvider needs a `kind` (e.g. {kind: postgres})".to_string()
+                    ))
+                }
+            },
+            _ => {
+                return Some(Err(
+                    "bootstrapProvider is the id of one of bootstrapProviders or an inline {kind, ...}"
+                        .to_string(),
+                ))
+            }
+        };
+        let mut config = Map::new();
+        if kind == source.kind {
+            config.extend(source.properties.clone());
+        }
+        config.extend(own);
+        Some(Ok((kind, config)))
+    }
+}
+
+impl DrasiServerConfig {
+    /// The Drasi lib instances the server builds: each of `instances`, or
+    /// the top level when there are none.
+    pub fn lib_instances(&self) -> Vec<LibInstance<'_>> {
+        if self.instances.is_empty() {
+            return vec![LibInstance {
+                index: None,
+                id: self.id.as_ref(),
+                persist_index: self.persist_index,
+                enable_archive: self.enable_archive,
+                state_store: self.state_store.as_ref(),
+                secret_store: self.secret_store.as_ref(),
+                default_priority_queue_capacity: self.default_priority_queue_capacity.as_ref(),
+                default_dispatch_buffer_capacity: self.default_dispatch_buffer_capacity.as_ref(),
+                sources: &self.sources,
+                queries: &self.queries,
+                reactions: &self.reactions,
+                identity_providers: &self.identity_providers,
+                bootstrap_providers: &self.bootstrap_providers,
+            }];
+        }
+        self.instances
+            .iter()
+            .enumerate()
+            .map(|(i, lib)| LibInstance {
+                index: Some(i),
+                id: lib.id.as_ref(),
+                persist_index: lib.persist_index,
+                enable_archive: lib.enable_archive,
+                state_store: lib.state_store.as_ref(),
+                secret_store: lib.secret_store.as_ref(),
+                default_priority_queue_capacity: lib.default_priority_queue_capacity.as_ref(),
+                default_dispatch_buffer_capacity: lib.default_dispatch_buffer_capacity.as_ref(),
+                sources: &lib.sources,
+                queries: &lib.queries,
+                reactions: &lib.reactions,
+                identity_providers: &lib.identity_providers,
+                bootstrap_providers: &lib.bootstrap_providers,
+            })
+            .collect()
+    }
+
+    /// Every source of every lib instance, with the JSON Pointer of each.
+    pub fn all_sources(&self) -> Vec<(String, &SourceConfig)> {
+        self.lib_instances()
+            .into_iter()
+            .flat_map(|lib| {
+                let base = lib.pointer();
+                lib.sources
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, s)| (format!("{base}/sources/{i}"), s))
+            })
+            .collect()
+    }
+
+    /// Every reaction of every lib instance, with the JSON Pointer of each.
+    pub fn all_reactions(&self) -> Vec<(String, &ReactionConfig)> {
+        self.lib_instances()
+            .into_iter()
+            .flat_map(|lib| {
+                let base = lib.pointer();
+                lib.reactions
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, r)| (format!("{base}/reactions/{i}"), r))
+            })
+            .collect()
+    }
+
+    /// Every query of every lib instance, with the JSON Pointer of each.
+    pub fn all_queries(&self) -> Vec<(String, &QueryConfig)> {
+        self.lib_instances()
+            .into_iter()
+            .flat_map(|lib| {
+                let base = lib.pointer();
+                lib.queries
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, q)| (format!("{base}/queries/{i}"), q))
+            })
+            .collect()
+    }
+
+    /// The API host as written (`0.0.0.0` when absent), if it is static.
+    pub fn static_host(&self) -> Option<&str> {
+        match &self.host {
+            None => Some(DEFAULT_HOST),
+            Some(value) => value.as_static().map(String::as_str),
+        }
+    }
+
+    /// The API port as written (8080 when absent), if it is static.
+    pub fn static_port(&self) -> Option<u16> {
+        match &self.port {
+            None => Some(DEFAULT_PORT),
+            Some(value) => value.as_static().copied(),
+        }
+    }
+
+    /// An empty server on `host:port`.
+    pub fn empty(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: Some(ConfigValue::Static(host.into())),
+            port: Some(ConfigValue::Static(port)),
+            log_level: default_log_level(),
+            ..Self::default()
+        }
+    }
+
+    /// The file a server of instance `instance_id` is started with: this
+    /// configuration, with the lib instances' ids filled in (the instance's
+    /// own id; `<id>-<n>` for an entry of `instances` without one, so its
+    /// data survives restarts) and `persistConfig: false` (the file DRaaS
+    /// keeps stays authoritative). References to the environment stay
+    /// references: the server resolves them from the environment DRaaS
+    /// gives it, so no secret is written into a file.
+    pub fn for_server(&self, instance_id: &str) -> DrasiServerConfig {
+        let mut server = self.clone();
+        server.persist_config = Some(false);
+        if server.instances.is_empty() {
+            server
+                .id
+                .get_or_insert_with(|| ConfigValue::Static(instance_id.to_string()));
+        }
+        for (i, lib) in server.instances.iter_mut().enumerate() {
+            lib.id
+                .get_or_insert_with(|| ConfigValue::Static(format!("{instance_id}-{i}")));
+        }
+        server
+    }
+}
+
 /// Why a YAML document could not be read as a [`DrasiServerConfig`].
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -408,9 +681,9 @@ pub fn render_yaml_value<T: Serialize>(value: &T) -> Result<String, RenderError>
     serde_saphyr::to_string(value).map_err(|e| RenderError(e.to_string()))
 }
 
-/// Renders a configuration as drasi-server YAML with a YAML serializer. Every
-/// field with a drasi-server default DRaaS depends on (`persistConfig`,
-/// `autoStart`, `queryLanguage`, ...) is written out explicitly.
+/// Renders a configuration as drasi-server YAML with a YAML serializer.
+/// Every field with a drasi-server default DRaaS depends on (`autoStart`,
+/// `queryLanguage`, ...) is written out explicitly.
 pub fn render_yaml(config: &DrasiServerConfig) -> Result<String, RenderError> {
     serde_saphyr::to_string(config).map_err(|e| RenderError(e.to_string()))
 }
@@ -420,17 +693,14 @@ pub fn render_yaml(config: &DrasiServerConfig) -> Result<String, RenderError> {
 #[error("cannot render configuration as YAML: {0}")]
 pub struct RenderError(pub String);
 
-fn default_host() -> String {
-    DEFAULT_HOST.to_string()
-}
-fn default_port() -> u16 {
-    DEFAULT_PORT
-}
-fn default_log_level() -> String {
-    DEFAULT_LOG_LEVEL.to_string()
+fn default_log_level() -> ConfigValue<String> {
+    ConfigValue::Static(DEFAULT_LOG_LEVEL.to_string())
 }
 fn default_true() -> bool {
     true
+}
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 fn default_bootstrap_buffer_size() -> usize {
     10_000
@@ -440,6 +710,41 @@ fn default_outbox_capacity() -> usize {
 }
 fn default_bootstrap_timeout_secs() -> u64 {
     300
+}
+
+impl Default for DrasiServerConfig {
+    fn default() -> Self {
+        Self {
+            api_version: None,
+            id: None,
+            host: None,
+            port: None,
+            log_level: default_log_level(),
+            persist_config: None,
+            persist_index: false,
+            enable_archive: false,
+            enable_ui: None,
+            solutions_dir: None,
+            state_store: None,
+            secret_store: None,
+            default_priority_queue_capacity: None,
+            default_dispatch_buffer_capacity: None,
+            plugin_registry: None,
+            auto_install_plugins: None,
+            plugins: Vec::new(),
+            verify_plugins: None,
+            trusted_identities: Vec::new(),
+            hot_reload_plugins: None,
+            hot_reload_debounce_ms: None,
+            cors_allowed_origins: Vec::new(),
+            sources: Vec::new(),
+            queries: Vec::new(),
+            reactions: Vec::new(),
+            identity_providers: Vec::new(),
+            bootstrap_providers: Vec::new(),
+            instances: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,4 +19,6 @@ pub use store::{
     read_modify_write, read_modify_write_with, Applied, CasError, Change, Durability, JsonStore,
     LogPage, Precondition, Record, Revision, StateStore, StoreError, Versioned, Write,
 };
-pub use validator::{ConfigValidator, StructuralValidator};
+pub use validator::{
+    CheckTarget, ConfigValidator, Report, Runtime, RuntimeCatalog, StructuralValidator,
+};

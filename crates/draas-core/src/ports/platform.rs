@@ -80,6 +80,11 @@ pub struct LiveStatus {
     /// answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub components: Option<Components>,
+    /// Every lib instance's components with their bootstraps and numbers,
+    /// when the server answered (progress and numbers only from the bundled
+    /// runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane: Option<crate::dataplane::DataPlane>,
 }
 
 impl LiveStatus {
@@ -122,8 +127,12 @@ pub struct ComponentStatus {
 pub enum Readiness {
     /// Every component is `Running` (or deliberately `Stopped`).
     Ready,
-    /// Some are still starting (queries bootstrap after `/health`).
+    /// Some are still starting (sources, or reactions not yet started for
+    /// another reason than their queries' bootstrap).
     Starting,
+    /// Everything runs but queries still bootstrapping (and reactions that
+    /// wait for them): which, with their progress.
+    Bootstrapping(String),
     /// At least one is in `Error`: which, and why.
     Failed(String),
 }

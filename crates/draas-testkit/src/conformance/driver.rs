@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use draas_core::config::DrasiServerConfig;
 use draas_core::instance::{
-    ActualState, DesiredState, Instance, InstanceConfiguration, InstanceId, InstanceStatus,
-    PlatformHandle, PlatformType, Reason, RuntimeInfo, ServerConfiguration,
+    ActualState, DesiredState, Instance, InstanceId, InstanceStatus, PlatformHandle, PlatformType,
+    Reason, RuntimeInfo, ServerConfiguration,
 };
 use draas_core::keys;
 use draas_core::messages::{LogStream, LogsSpec, StartSpec, StopSpec};
@@ -131,9 +132,7 @@ struct Suite<'a> {
 }
 
 fn stop_spec() -> StopSpec {
-    StopSpec {
-        shutdown_timeout_seconds: 5,
-    }
+    StopSpec::grace(5)
 }
 
 impl Suite<'_> {
@@ -173,7 +172,7 @@ impl Suite<'_> {
             desired_state: DesiredState::Running,
             generation: 1,
             server_configuration: ServerConfiguration::for_platform(platform),
-            configuration: InstanceConfiguration::empty("127.0.0.1", 0),
+            configuration: DrasiServerConfig::empty("127.0.0.1", 0),
             restart_policy: Default::default(),
             update_strategy: Default::default(),
             status: InstanceStatus::created(now),

@@ -60,9 +60,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use draas_core::config::DrasiServerConfig;
 use draas_core::instance::{
-    ActualState, DesiredState, ImagePullPolicy, Instance, InstanceConfiguration, InstanceId,
-    InstanceStatus, PlatformType, ServerConfiguration,
+    ActualState, DesiredState, ImagePullPolicy, Instance, InstanceId, InstanceStatus, PlatformType,
+    ServerConfiguration,
 };
 use draas_core::keys;
 use draas_core::messages::StartSpec;
@@ -147,7 +148,7 @@ impl Setup {
             desired_state: DesiredState::Running,
             generation: 1,
             server_configuration: ServerConfiguration::for_platform(PlatformType::Kubernetes),
-            configuration: InstanceConfiguration::empty("0.0.0.0", 8080),
+            configuration: DrasiServerConfig::empty("0.0.0.0", 8080),
             restart_policy: Default::default(),
             update_strategy: Default::default(),
             status: InstanceStatus::created(now),
@@ -206,7 +207,7 @@ impl Setup {
 /// A small real server (a mock source, a query, a log reaction).
 pub fn start_spec(id: &InstanceId, generation: u64) -> StartSpec {
     let mut configuration = draas_testkit::counter_configuration(8080);
-    configuration.host = "0.0.0.0".into();
+    configuration.host = Some("0.0.0.0".to_string().into());
     draas_testkit::start_spec(id, &configuration, PlatformType::Kubernetes, generation)
 }
 

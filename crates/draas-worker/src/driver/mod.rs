@@ -174,6 +174,18 @@ pub trait Platform: Send + Sync + 'static {
         record: Option<&Self::Record>,
     ) -> Result<(), DriverError>;
 
+    /// Drops the replication slots of the postgres sources of `start`
+    /// while its server does not run (running servers drop their own, see
+    /// [`ServerApi::release_replication_slots`]), by running the bundled
+    /// runtime once. Default: the platform cannot.
+    async fn release_slots(
+        &self,
+        _id: &InstanceId,
+        _start: &StartSpec,
+    ) -> Result<Vec<String>, String> {
+        Err("this platform drops replication slots only through a running server".to_string())
+    }
+
     /// The handle shown in the instance's runtime info.
     fn handle_of(&self, record: &Self::Record) -> PlatformHandle;
 
@@ -341,7 +353,8 @@ impl<P: Platform> Inner<P> {
             );
             self.spawn_monitor(id, serial, exit.clone());
             self.spawn_condition_watch(id, serial, handle);
-            self.spawn_component_watch(id, serial, record, false);
+            // Whether it is ready is what the confirmation finds out.
+            self.spawn_component_watch(id, serial, record, false, ActualState::Starting);
             info!(instance = %id, "adopted a running server");
         }
         Ok(takeover)
@@ -428,6 +441,7 @@ impl<P: Platform> Inner<P> {
         serial: u64,
         record: &ServerRecord<P::Record>,
         again: bool,
+        initial: ActualState,
     ) {
         if !again && self.servers.has_task(id, serial, Task::Components) {
             return;
@@ -437,6 +451,7 @@ impl<P: Platform> Inner<P> {
             id.clone(),
             record.generation,
             self.sink.clone(),
+            initial,
         ));
         self.servers
             .attach(id, serial, Task::Components, task.abort_handle());
@@ -464,6 +479,9 @@ impl<P: Platform> Inner<P> {
                         }
                         Some(Readiness::Failed(why)) => {
                             break (ActualState::Degraded, Reason::ComponentError, Some(why))
+                        }
+                        Some(Readiness::Bootstrapping(progress)) => {
+                            break (ActualState::Starting, Reason::Bootstrapping, Some(progress))
                         }
                         _ => {}
                     }
@@ -517,7 +535,13 @@ impl<P: Platform> Inner<P> {
                     Condition::Ready => {
                         if !was_ready {
                             info!(instance = %instance, "the server is ready again");
-                            me.spawn_component_watch(&instance, serial, &server.record, true);
+                            me.spawn_component_watch(
+                                &instance,
+                                serial,
+                                &server.record,
+                                true,
+                                ActualState::Running,
+                            );
                             me.spawn_confirm(&instance, serial);
                         }
                         was_ready = true;
@@ -834,6 +858,7 @@ impl<P: Platform> Inner<P> {
         let api = self.api(&server.record);
         let mut condition = self.platform.condition(&server.handle);
         let mut healthy = false;
+        let mut bootstrapping: Option<String> = None;
         let mut waiting_for: Option<String> = None;
         let mut polls = 0u32;
         // Err: the error, and whether the server must be killed first.
@@ -872,11 +897,17 @@ impl<P: Platform> Inner<P> {
                 match api.readiness().await {
                     Some(Readiness::Ready) => break Ok((ActualState::Running, None)),
                     Some(Readiness::Failed(why)) => break Ok((ActualState::Degraded, Some(why))),
-                    Some(Readiness::Starting) | None => {}
+                    Some(Readiness::Bootstrapping(progress)) => bootstrapping = Some(progress),
+                    Some(Readiness::Starting) | None => bootstrapping = None,
                 }
             }
             let now = Instant::now();
             if now >= deadline {
+                if let (true, Some(progress)) = (healthy, bootstrapping.take()) {
+                    // Up, and loading its sources: a long bootstrap is no
+                    // failed start. The component watch says when it is done.
+                    break Ok((ActualState::Starting, Some(progress)));
+                }
                 let what = match (&waiting_for, healthy) {
                     (_, true) => "its components did not all start".to_string(),
                     (Some(waiting), false) => waiting.clone(),
@@ -926,7 +957,7 @@ impl<P: Platform> Inner<P> {
                         "the server was stopped while starting",
                     ));
                 }
-                self.spawn_component_watch(id, serial, &server.record, false);
+                self.spawn_component_watch(id, serial, &server.record, false, state);
                 // The server may have exited (or started failing) between
                 // the last look and the phase change, when the monitor
                 // would not report it.
@@ -1055,14 +1086,15 @@ impl<P: Platform> Inner<P> {
     /// The live view of registration `server`.
     async fn live(&self, server: &Snapshot<P::Record, P::Handle>) -> LiveStatus {
         let api = self.api(&server.record);
-        let (healthy, components) = futures::join!(api.healthy(), api.components());
+        let (healthy, data_plane) = futures::join!(api.healthy(), api.data_plane());
         LiveStatus {
             running: true,
             handle: Some(self.platform.handle_of(&server.record.platform)),
             generation: Some(server.record.generation),
             endpoint: Some(server.record.address.endpoint.clone()),
             healthy: Some(healthy),
-            components,
+            components: data_plane.as_ref().map(|d| d.components_by_kind()),
+            data_plane,
         }
     }
 }
@@ -1123,9 +1155,40 @@ impl<P: Platform> PlatformDriver for ManagedDriver<P> {
 
     async fn delete(&self, id: &InstanceId, spec: &StopSpec) -> Result<(), DriverError> {
         let record = self.inner.ensure_managed(id).await?;
+        // Its postgres sources' replication slots go with it: dropped by
+        // the server while it runs, else by the platform after it stopped.
+        let mut slots_released = spec.release_slots.is_none();
+        if spec.release_slots.is_some() {
+            if let Some(server) = self.inner.servers.get(id) {
+                match self
+                    .inner
+                    .api(&server.record)
+                    .release_replication_slots()
+                    .await
+                {
+                    Ok(released) => {
+                        info!(instance = %id, ?released, "replication slots dropped");
+                        slots_released = true;
+                    }
+                    Err(e) => {
+                        warn!(instance = %id, "the server did not drop its replication slots: {e}")
+                    }
+                }
+            }
+        }
         self.inner
             .stop(id, grace(spec.shutdown_timeout_seconds))
             .await?;
+        if let (false, Some(start)) = (slots_released, &spec.release_slots) {
+            match self.inner.platform.release_slots(id, start).await {
+                Ok(released) => info!(instance = %id, ?released, "replication slots dropped"),
+                Err(e) => warn!(
+                    instance = %id,
+                    "replication slots of the instance's postgres sources were not dropped \
+                     (drop them with pg_drop_replication_slot): {e}"
+                ),
+            }
+        }
         self.inner
             .platform
             .remove(id, record.as_ref().map(|r| &r.platform))
