@@ -69,6 +69,41 @@ pub fn validate(config: &DrasiServerConfig, target: &CheckTarget) -> Report {
 
     for lib in config.lib_instances() {
         let base = lib.pointer();
+        if lib.persist_index {
+            // A persistent query resumes from checkpoints: every source it
+            // reads must replay from a position. The http and grpc sources
+            // do only with their write-ahead log on.
+            for (i, source) in lib.sources.iter().enumerate() {
+                let durable = source
+                    .properties
+                    .get("durability")
+                    .and_then(|d| d.get("enabled"))
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                if matches!(source.kind.as_str(), "http" | "grpc") && !durable {
+                    let readers: Vec<&str> = lib
+                        .queries
+                        .iter()
+                        .filter(|q| q.sources.iter().any(|s| s.source_id == source.id))
+                        .map(|q| q.id.as_str())
+                        .collect();
+                    if readers.is_empty() {
+                        continue;
+                    }
+                    report.issues.push(ConfigIssue::new(
+                        format!("{base}/sources/{i}"),
+                        format!(
+                            "with persistIndex: true, queries ({}) resume from checkpoints, so \
+                             their sources must replay: give the {} source '{}' `durability: \
+                             {{enabled: true}}` (a write-ahead log in the server's directory)",
+                            readers.join(", "),
+                            source.kind,
+                            source.id
+                        ),
+                    ));
+                }
+            }
+        }
         for (i, source) in lib.sources.iter().enumerate() {
             let path = format!("{base}/sources/{i}");
             if !bundled {
@@ -510,6 +545,25 @@ reactions:
         assert!(report.issues[0]
             .message
             .contains("takes its value as written"));
+    }
+
+    #[test]
+    fn persistent_queries_need_sources_that_replay() {
+        let text = |durability: &str| {
+            format!(
+                "persistIndex: true\nsources: [{{kind: http, id: h, host: 127.0.0.1, port: 9000{durability}}}]\nqueries: [{{id: q, autoStart: true, queryLanguage: Cypher, query: \"MATCH (n) RETURN n\", sources: [{{sourceId: h}}]}}]\n"
+            )
+        };
+        let report = check(&text(""), Runtime::Bundled);
+        assert_eq!(paths(&report.issues), vec!["/sources/0"]);
+        assert!(report.issues[0]
+            .message
+            .contains("durability: {enabled: true}"));
+        assert!(
+            check(&text(", durability: {enabled: true}"), Runtime::Bundled)
+                .issues
+                .is_empty()
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod kubelet;
 pub mod kubernetes;
 pub mod postgres_server;
 pub mod process;
+pub mod receiver;
 pub mod redis_server;
 
 use std::future::Future;

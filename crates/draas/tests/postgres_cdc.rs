@@ -77,7 +77,9 @@ fn create_body(name: &str, pg: &PostgresServer) -> Value {
 /// The result rows of the instance's query, through DRaaS, sorted by id.
 async fn rows(draas: &Draas, id: &str) -> Vec<Value> {
     let (status, body) = draas
-        .get(&format!("/api/server/instances/{id}/queries/big-orders/results"))
+        .get(&format!(
+            "/api/server/instances/{id}/queries/big-orders/results"
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     let mut rows = body["rows"].as_array().cloned().unwrap_or_default();
@@ -94,7 +96,12 @@ async fn rows_become(draas: &Draas, id: &str, expected: &[(i64, i64)]) {
             let rows: Vec<(i64, i64)> = rows(draas, id)
                 .await
                 .iter()
-                .map(|r| (r["id"].as_i64().unwrap_or(-1), r["total"].as_i64().unwrap_or(-1)))
+                .map(|r| {
+                    (
+                        r["id"].as_i64().unwrap_or(-1),
+                        r["total"].as_i64().unwrap_or(-1),
+                    )
+                })
                 .collect();
             (rows == expected).then_some(())
         },
@@ -104,16 +111,20 @@ async fn rows_become(draas: &Draas, id: &str, expected: &[(i64, i64)]) {
 
 /// Waits until the server's log has a line containing `text`.
 async fn logged(draas: &Draas, id: &str, text: &str) {
-    wait_for(&format!("log line {text:?}"), Duration::from_secs(30), || async {
-        let (_, body) = draas
-            .get(&format!("/api/server/instances/{id}/logs?tail=500"))
-            .await;
-        body["lines"]
-            .as_array()?
-            .iter()
-            .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
-            .then_some(())
-    })
+    wait_for(
+        &format!("log line {text:?}"),
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = draas
+                .get(&format!("/api/server/instances/{id}/logs?tail=500"))
+                .await;
+            body["lines"]
+                .as_array()?
+                .iter()
+                .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -199,7 +210,9 @@ async fn a_postgres_source_follows_its_table_through_restarts_and_leaves_no_slot
     assert!(message.contains("source 'shop'"), "{degraded}");
     // It comes back: the source reconnects by itself.
     pg.start_again();
-    draas.wait_state(&id, "Running", Duration::from_secs(90)).await;
+    draas
+        .wait_state(&id, "Running", Duration::from_secs(90))
+        .await;
     pg.sql("INSERT INTO orders VALUES (5, 'eve', 900)");
     rows_become(&draas, &id, &[(3, 300), (4, 500), (5, 900)]).await;
 
@@ -219,7 +232,10 @@ async fn a_postgres_source_follows_its_table_through_restarts_and_leaves_no_slot
         .post(&format!("/api/server/instances/{second_id}/stop"), None)
         .await;
     assert_eq!(status, 200, "{body}");
-    assert!(pg.slots().contains(&second_slot), "a stopped instance keeps its slot");
+    assert!(
+        pg.slots().contains(&second_slot),
+        "a stopped instance keeps its slot"
+    );
     let (status, body) = draas
         .call(
             reqwest::Method::DELETE,
