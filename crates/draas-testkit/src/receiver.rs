@@ -34,11 +34,13 @@ impl Received {
 }
 
 /// A recording HTTP server on a free port of `127.0.0.1` (or of the
-/// address given), answering `200 {}` to everything.
+/// address given), answering `200` with `{}` (or the body it was given) to
+/// everything; a holding one answers only once released.
 pub struct Receiver {
     /// Its port.
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
+    released: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,12 +52,30 @@ impl Receiver {
 
     /// Starts one on `address` (`0.0.0.0` for containers).
     pub async fn start_on(address: &str) -> Self {
+        Self::serve(address, "{}".to_string(), true).await
+    }
+
+    /// Starts one on 127.0.0.1 that answers `body` to every request, but
+    /// only once [`release`](Self::release) was called: a slow upstream
+    /// (a bootstrap that takes as long as a test wants).
+    pub async fn holding(body: String) -> Self {
+        Self::serve("127.0.0.1", body, false).await
+    }
+
+    /// Lets a holding receiver answer.
+    pub fn release(&self) {
+        let _ = self.released.send(true);
+    }
+
+    async fn serve(address: &str, answer: String, released: bool) -> Self {
         let listener = tokio::net::TcpListener::bind((address, 0))
             .await
             .expect("bind the receiver");
         let port = listener.local_addr().expect("its address").port();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let log = received.clone();
+        let (release, gate) = tokio::sync::watch::channel(released);
+        let answer = bytes::Bytes::from(answer);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -111,6 +131,7 @@ impl Receiver {
         Self {
             port,
             received,
+            released: release,
             task,
         }
     }

@@ -272,14 +272,30 @@ impl ServerApi {
 
     /// The current result rows of query `query` (`/api/v1/queries/{id}/results`).
     pub async fn query_results(&self, query: &str) -> Result<Vec<Value>, DriverError> {
-        let mut url = reqwest::Url::parse("http://server/api/v1/queries/")
-            .map_err(|e| DriverError::new(ErrorCode::Other, e.to_string()))?;
-        url.path_segments_mut()
-            .map_err(|()| DriverError::new(ErrorCode::Other, "cannot build the query's path"))?
-            .pop_if_empty()
-            .push(query)
-            .push("results");
-        let (status, body) = self.transport.get(url.path()).await.map_err(|e| {
+        // The query of whichever lib instance has one of that id (the
+        // first's by drasi-server's default routes, else each in turn).
+        let libs = self.lib_instances().await;
+        let mut last = Err(DriverError::new(
+            ErrorCode::NotFound,
+            format!("the server has no query '{query}'"),
+        ));
+        for lib in libs {
+            let prefix = if lib.is_empty() {
+                String::new()
+            } else {
+                format!("/instances/{}", segment(&lib))
+            };
+            let path = format!("/api/v1{prefix}/queries/{}/results", segment(query));
+            match self.results_at(&path, query).await {
+                Err(e) if e.code == ErrorCode::NotFound => last = Err(e),
+                other => return other,
+            }
+        }
+        last
+    }
+
+    async fn results_at(&self, path: &str, query: &str) -> Result<Vec<Value>, DriverError> {
+        let (status, body) = self.transport.get(path).await.map_err(|e| {
             DriverError::new(
                 ErrorCode::PlatformError,
                 format!("the server did not answer: {e}"),

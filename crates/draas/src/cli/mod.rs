@@ -487,6 +487,15 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
             let created = client
                 .call(Method::POST, "/api/server/instances", Some(body))
                 .await?;
+            // What DRaaS decided in the file, and what it ignores: on
+            // stderr, so the output stays the instance.
+            for warning in created["warnings"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "warning: {}: {}",
+                    warning["path"].as_str().unwrap_or(""),
+                    warning["message"].as_str().unwrap_or("")
+                );
+            }
             output::instances(out, &[created["instance"].clone()], false);
         }
         InstanceCommand::List => {
