@@ -9,7 +9,13 @@
 //! workers and their heartbeat age (`draas_workers`,
 //! `draas_worker_heartbeat_age_seconds`), the command backlog per channel
 //! (`draas_bus_backlog`) and dead letters per platform
-//! (`draas_bus_dead_letters`).
+//! (`draas_bus_dead_letters`); and of every running instance's server, as
+//! its worker last read it (every 10 s), by instance name, component id and
+//! kind: whether each component runs (`draas_component_running`), a query's
+//! result rows, changes emitted and bootstrap (`draas_query_results`,
+//! `draas_query_results_emitted`, `draas_query_bootstrap_elements`,
+//! `draas_query_bootstrap_seconds`), a reaction's checkpoint lag
+//! (`draas_reaction_checkpoint_lag`).
 
 use std::time::Duration;
 
@@ -64,6 +70,118 @@ struct ChannelLabels {
     channel: String,
 }
 
+/// One component of one instance's server: labels bounded by the
+/// configurations (the instance's name, the component's id and kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabels {
+    instance: String,
+    component: String,
+    kind: String,
+}
+
+/// The data plane's gauges, read from what workers last recorded.
+struct DataPlaneMetrics {
+    up: Family<ComponentLabels, Gauge>,
+    results: Family<ComponentLabels, Gauge>,
+    emitted: Family<ComponentLabels, Gauge>,
+    bootstrap_elements: Family<ComponentLabels, Gauge>,
+    bootstrap_seconds: Family<ComponentLabels, Gauge<f64, AtomicU64>>,
+    checkpoint_lag: Family<ComponentLabels, Gauge>,
+}
+
+impl DataPlaneMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            up: Family::default(),
+            results: Family::default(),
+            emitted: Family::default(),
+            bootstrap_elements: Family::default(),
+            bootstrap_seconds: Family::default(),
+            checkpoint_lag: Family::default(),
+        };
+        registry.register(
+            "component_running",
+            "1 when a source, query or reaction of an instance's server runs, 0 otherwise (as its worker last read it)",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "query_results",
+            "Rows in a running query's result set",
+            metrics.results.clone(),
+        );
+        registry.register(
+            "query_results_emitted",
+            "Result changes a query emitted since its server started",
+            metrics.emitted.clone(),
+        );
+        registry.register(
+            "query_bootstrap_elements",
+            "Elements a query's bootstrap loaded (sources whose provider the runtime counts)",
+            metrics.bootstrap_elements.clone(),
+        );
+        registry.register(
+            "query_bootstrap_seconds",
+            "How long a query's bootstrap took",
+            metrics.bootstrap_seconds.clone(),
+        );
+        registry.register(
+            "reaction_checkpoint_lag",
+            "Result changes of its queries a reaction has not confirmed handled",
+            metrics.checkpoint_lag.clone(),
+        );
+        metrics
+    }
+
+    fn clear(&self) {
+        self.up.clear();
+        self.results.clear();
+        self.emitted.clear();
+        self.bootstrap_elements.clear();
+        self.bootstrap_seconds.clear();
+        self.checkpoint_lag.clear();
+    }
+
+    fn count(&self, instance: &str, plane: &draas_core::dataplane::DataPlane) {
+        let several = plane.instances.len() > 1;
+        for (lib, kind, component) in plane.components() {
+            let labels = ComponentLabels {
+                instance: instance.to_string(),
+                component: if several {
+                    format!("{lib}/{}", component.id)
+                } else {
+                    component.id.clone()
+                },
+                kind: kind.to_string(),
+            };
+            self.up
+                .get_or_create(&labels)
+                .set(i64::from(component.status == "Running"));
+            let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            if let Some(metrics) = &component.metrics {
+                if let Some(n) = metrics.result_count {
+                    self.results.get_or_create(&labels).set(as_gauge(n));
+                }
+                if let Some(n) = metrics.results_emitted {
+                    self.emitted.get_or_create(&labels).set(as_gauge(n));
+                }
+                if let Some(n) = metrics.checkpoint_lag {
+                    self.checkpoint_lag.get_or_create(&labels).set(as_gauge(n));
+                }
+            }
+            if let Some(bootstrap) = &component.bootstrap {
+                self.bootstrap_elements
+                    .get_or_create(&labels)
+                    .set(as_gauge(bootstrap.elements));
+                if let Some(ms) = bootstrap.duration_ms {
+                    self.bootstrap_seconds
+                        .get_or_create(&labels)
+                        .set(ms as f64 / 1000.0);
+                }
+            }
+        }
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~65 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
@@ -80,6 +198,7 @@ pub struct Metrics {
     heartbeat_age: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     backlog: Family<ChannelLabels, Gauge>,
     dead_letters: Family<PlatformLabels, Gauge>,
+    data_plane: DataPlaneMetrics,
 }
 
 impl Default for Metrics {
@@ -140,6 +259,7 @@ impl Metrics {
             "Commands the bus gave up on, by platform (the newest 1000 are counted)",
             dead_letters.clone(),
         );
+        let data_plane = DataPlaneMetrics::register(&mut registry);
         Self {
             registry,
             http,
@@ -150,6 +270,7 @@ impl Metrics {
             heartbeat_age,
             backlog,
             dead_letters,
+            data_plane,
         }
     }
 
@@ -194,6 +315,22 @@ impl Metrics {
                     state: format!("{:?}", record.value.status.state),
                 })
                 .inc();
+        }
+        // The data planes of servers that run, as their workers last read
+        // them.
+        self.data_plane.clear();
+        let planes = cp
+            .store()
+            .list_json::<draas_core::dataplane::DataPlane>(keys::DATA_PLANE)
+            .await?;
+        for (id, plane) in planes {
+            let running = instances
+                .iter()
+                .find(|(key, _)| *key == id)
+                .filter(|(_, r)| r.value.status.state.is_active());
+            if let Some((_, record)) = running {
+                self.data_plane.count(&record.value.name, &plane.value);
+            }
         }
         let workers = cp.live_workers(None).await?;
         self.workers.clear();

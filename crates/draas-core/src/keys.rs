@@ -12,6 +12,10 @@ pub const WORKERS: &str = "workers";
 pub const EXECUTED_COMMANDS: &str = "executed-commands";
 /// Leases (see `lease`), keyed by what they are for.
 pub const LEASES: &str = "leases";
+/// What a running server's worker last read of its data plane (components,
+/// bootstraps, drasi-lib's numbers), keyed by instance id: `/metrics` shows
+/// it. Written with deferred durability (the next reading replaces it).
+pub const DATA_PLANE: &str = "data-plane";
 /// The status buffer.
 pub const STATUS_LOG: &str = "status-changes";
 /// Entries the status buffer keeps.

@@ -277,4 +277,20 @@ impl StatusSink for StatusRecorder {
             tracing::warn!(instance = %id, ?state, "status not recorded: {e}");
         }
     }
+
+    async fn data_plane(&self, instance: &InstanceId, plane: &crate::dataplane::DataPlane) {
+        let write = match encode(plane) {
+            Ok(value) => Write::Put {
+                collection: keys::DATA_PLANE.to_string(),
+                key: instance.to_string(),
+                value,
+                precondition: crate::ports::store::Precondition::None,
+            },
+            Err(e) => return tracing::warn!(%instance, "data plane not encoded: {e}"),
+        };
+        // A reading, replaced by the next: never worth an fsync.
+        if let Err(e) = self.store.apply_deferred(vec![write]).await {
+            tracing::debug!(%instance, "data plane not recorded: {e}");
+        }
+    }
 }

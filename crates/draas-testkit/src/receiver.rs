@@ -82,10 +82,14 @@ impl Receiver {
                     return;
                 };
                 let log = log.clone();
+                let gate = gate.clone();
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                             let log = log.clone();
+                            let mut gate = gate.clone();
+                            let answer = answer.clone();
                             async move {
                                 let method = request.method().to_string();
                                 let path = request
@@ -117,9 +121,15 @@ impl Receiver {
                                         headers,
                                         body,
                                     });
-                                Ok::<_, Infallible>(hyper::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
-                                ))
+                                // A holding receiver answers once released.
+                                let _ = gate.wait_for(|open| *open).await;
+                                let mut response =
+                                    hyper::Response::new(http_body_util::Full::new(answer));
+                                response.headers_mut().insert(
+                                    hyper::header::CONTENT_TYPE,
+                                    hyper::header::HeaderValue::from_static("application/json"),
+                                );
+                                Ok::<_, Infallible>(response)
                             }
                         });
                     let _ = http1::Builder::new()

@@ -368,6 +368,8 @@ fn segment(text: &str) -> String {
 const STABLE_FOR: Duration = Duration::from_secs(1);
 /// How often a bootstrapping server's progress is read.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often a running server's data plane is read for `/metrics`.
+const NUMBERS_EVERY: Duration = Duration::from_secs(10);
 
 /// Follows the server's component events (each lib instance's
 /// `/api/v1/.../events`) and reports: `Degraded` when a component fails
@@ -416,6 +418,8 @@ pub async fn watch_components(
     let mut degraded = initial == ActualState::Degraded;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut numbers = tokio::time::interval(NUMBERS_EVERY);
+    numbers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let settled = matches!(reported, Some((ActualState::Running, _)));
         let body = tokio::select! {
@@ -424,6 +428,12 @@ pub async fn watch_components(
                 None => return,
             },
             _ = ticker.tick(), if !settled && !degraded => None,
+            _ = numbers.tick() => {
+                if let Some(plane) = api.data_plane().await {
+                    sink.data_plane(&id, &plane).await;
+                }
+                continue;
+            }
         };
         if let Some(body) = &body {
             if body["status"].as_str() == Some("Error") {
@@ -477,6 +487,10 @@ pub async fn watch_components(
         observation.message = now.1.clone();
         sink.observe(observation).await;
         reported = Some(now);
+        // The numbers as of this change, not only as of the next reading.
+        if let Some(plane) = api.data_plane().await {
+            sink.data_plane(&id, &plane).await;
+        }
     }
 }
 

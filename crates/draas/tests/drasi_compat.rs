@@ -65,9 +65,8 @@ async fn create(draas: &Draas, yaml: String) -> (u16, Value) {
 
 fn warned(created: &Value, path: &str, text: &str) -> bool {
     created["warnings"].as_array().is_some_and(|w| {
-        w.iter().any(|w| {
-            w["path"] == path && w["message"].as_str().is_some_and(|m| m.contains(text))
-        })
+        w.iter()
+            .any(|w| w["path"] == path && w["message"].as_str().is_some_and(|m| m.contains(text)))
     })
 }
 
@@ -83,27 +82,40 @@ async fn start(draas: &Draas, id: &str) -> Value {
 }
 
 /// Waits until `query` of instance `id` has rows `done` says yes to.
-async fn rows_until(draas: &Draas, id: &str, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+async fn rows_until(
+    draas: &Draas,
+    id: &str,
+    query: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let path = format!("/api/server/instances/{id}/queries/{query}/results");
-    wait_for(&format!("rows of {query}"), Duration::from_secs(30), || async {
-        let (status, body) = draas.get(&path).await;
-        let rows = body["rows"].as_array()?.clone();
-        (status == 200 && done(&rows)).then_some(rows)
-    })
+    wait_for(
+        &format!("rows of {query}"),
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = draas.get(&path).await;
+            let rows = body["rows"].as_array()?.clone();
+            (status == 200 && done(&rows)).then_some(rows)
+        },
+    )
     .await
 }
 
 async fn logged(draas: &Draas, id: &str, text: &str) {
-    wait_for(&format!("log line {text:?}"), Duration::from_secs(30), || async {
-        let (_, body) = draas
-            .get(&format!("/api/server/instances/{id}/logs?tail=1000"))
-            .await;
-        body["lines"]
-            .as_array()?
-            .iter()
-            .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
-            .then_some(())
-    })
+    wait_for(
+        &format!("log line {text:?}"),
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = draas
+                .get(&format!("/api/server/instances/{id}/logs?tail=1000"))
+                .await;
+            body["lines"]
+                .as_array()?
+                .iter()
+                .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -113,27 +125,91 @@ async fn files_the_official_server_refuses_are_refused_naming_what_replaced_them
     let draas = Draas::up(dir.path()).await;
     // (file, status, code, JSON Pointer in the create body, words).
     let cases = [
-        ("outdated-http-routes.yaml", 422, "INVALID_CONFIGURATION", "/configuration/reactions/0/routes", "outputTemplates"),
-        ("adaptive-kind.yaml", 422, "INVALID_CONFIGURATION", "/configuration/reactions/0/kind", "adaptive:"),
-        ("reaction-on-stopped-query.yaml", 422, "INVALID_CONFIGURATION", "/configuration/reactions/0/queries/0", "query 'q' does not"),
-        ("unknown-kind.yaml", 422, "INVALID_CONFIGURATION", "/configuration/sources/0/kind", "it has: mock, http, postgres, grpc, platform"),
-        ("missing-variable.yaml", 422, "INVALID_CONFIGURATION", "/configuration/sources/0/password", "'DB_PASSWORD' is not set"),
-        ("state-store-outside.yaml", 422, "INVALID_CONFIGURATION", "/configuration/stateStore/path", "own directory"),
-        ("persistent-volatile-source.yaml", 422, "INVALID_CONFIGURATION", "/configuration/sources/0", "durability: {enabled: true}"),
-        ("snake-case-key.yaml", 422, "INVALID_CONFIGURATION", "/configuration/sources/0/auto_start", "autoStart"),
-        ("unknown-top-level-key.yaml", 400, "MALFORMED_YAML", "", "persist_index"),
+        (
+            "outdated-http-routes.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/reactions/0/routes",
+            "outputTemplates",
+        ),
+        (
+            "adaptive-kind.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/reactions/0/kind",
+            "adaptive:",
+        ),
+        (
+            "reaction-on-stopped-query.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/reactions/0/queries/0",
+            "query 'q' does not",
+        ),
+        (
+            "unknown-kind.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/sources/0/kind",
+            "it has: mock, http, postgres, grpc, platform",
+        ),
+        (
+            "missing-variable.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/sources/0/password",
+            "'DB_PASSWORD' is not set",
+        ),
+        (
+            "state-store-outside.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/stateStore/path",
+            "own directory",
+        ),
+        (
+            "persistent-volatile-source.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/sources/0",
+            "durability: {enabled: true}",
+        ),
+        (
+            "snake-case-key.yaml",
+            422,
+            "INVALID_CONFIGURATION",
+            "/configuration/sources/0/auto_start",
+            "autoStart",
+        ),
+        (
+            "unknown-top-level-key.yaml",
+            400,
+            "MALFORMED_YAML",
+            "",
+            "persist_index",
+        ),
     ];
     for (name, status, code, path, words) in cases {
         let text = file(&format!("refused/{name}"), dir.path());
         let (got, body) = create(&draas, create_yaml("refused", &[], &text)).await;
-        assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{name}: {body}");
-        assert!(body.to_string().contains(words), "{name}: {words:?} in {body}");
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{name}: {body}"
+        );
+        assert!(
+            body.to_string().contains(words),
+            "{name}: {words:?} in {body}"
+        );
         if !path.is_empty() {
             let error = body["errors"]
                 .as_array()
                 .and_then(|e| e.iter().find(|e| e["path"] == path))
                 .unwrap_or_else(|| panic!("{name}: an error at {path} in {body}"));
-            assert!(error["line"].as_u64().is_some(), "{name}: the YAML line: {body}");
+            assert!(
+                error["line"].as_u64().is_some(),
+                "{name}: the YAML line: {body}"
+            );
         }
     }
     let (_, list) = draas.get("/api/server/instances").await;
@@ -157,12 +233,19 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
     std::fs::write(dir.path().join("people.jsonl"), people.join("\n") + "\n").unwrap();
 
     let environment = [
-        ("RECEIVER_URL", format!("http://127.0.0.1:{}", receiver.port)),
+        (
+            "RECEIVER_URL",
+            format!("http://127.0.0.1:{}", receiver.port),
+        ),
         ("LOG_LEVEL", "debug".to_string()),
     ];
     let (status, created) = create(
         &draas,
-        create_yaml("everything", &environment, &file("everything.yaml", dir.path())),
+        create_yaml(
+            "everything",
+            &environment,
+            &file("everything.yaml", dir.path()),
+        ),
     )
     .await;
     assert_eq!(status, 201, "{created}");
@@ -175,11 +258,23 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
     assert_eq!(configuration["reactions"][1]["token"]["kind"], "Secret");
     // DRaaS's decisions, said.
     assert!(warned(&created, "/host", "'127.0.0.1'"), "{created}");
-    assert!(warned(&created, "/persistConfig", "persistConfig: false"), "{created}");
+    assert!(
+        warned(&created, "/persistConfig", "persistConfig: false"),
+        "{created}"
+    );
     assert!(warned(&created, "/plugins", "do nothing here"), "{created}");
-    assert!(warned(&created, "/solutionsDir", "no solutions API"), "{created}");
-    assert!(warned(&created, "/sources/0/port", "chosen by DRaaS"), "{created}");
-    assert!(warned(&created, "/reactions/2/port", "chosen by DRaaS"), "{created}");
+    assert!(
+        warned(&created, "/solutionsDir", "no solutions API"),
+        "{created}"
+    );
+    assert!(
+        warned(&created, "/sources/0/port", "chosen by DRaaS"),
+        "{created}"
+    );
+    assert!(
+        warned(&created, "/reactions/2/port", "chosen by DRaaS"),
+        "{created}"
+    );
     let hook_port = configuration["sources"][0]["port"].as_u64().unwrap();
 
     // The secret store's file, in the instance's own directory.
@@ -194,14 +289,19 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
     start(&draas, &id).await;
     // The shared scriptfile bootstrap reached both queries.
     let adults = rows_until(&draas, &id, "adults", |r| r.len() == 3).await;
-    assert!(adults.iter().all(|r| r["age"].as_i64().unwrap() >= 21), "{adults:?}");
+    assert!(
+        adults.iter().all(|r| r["age"].as_i64().unwrap() >= 21),
+        "{adults:?}"
+    );
     rows_until(&draas, &id, "everyone", |r| r.len() == 6).await;
 
     // A change through the http source reaches every reaction.
     let event = json!({"operation": "insert", "element": {"type": "node", "id": "p9",
         "labels": ["Person"], "properties": {"name": "newcomer", "age": 33}}});
     let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{hook_port}/sources/people-hooks/events"))
+        .post(format!(
+            "http://127.0.0.1:{hook_port}/sources/people-hooks/events"
+        ))
         .json(&event)
         .send()
         .await
@@ -231,7 +331,11 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
     // Its data lives in its own directory: the persistent index, the
     // state store.
     let hex: String = "everything".bytes().map(|b| format!("{b:02x}")).collect();
-    assert!(workdir.join("data").join(format!("id-{hex}")).join("index/adults").is_dir());
+    assert!(workdir
+        .join("data")
+        .join(format!("id-{hex}"))
+        .join("index/adults")
+        .is_dir());
     assert!(workdir.join("data/state.redb").is_file());
     // The status counts the bootstrap.
     let (_, status) = draas
@@ -265,13 +369,27 @@ async fn lib_instances_and_a_platform_reaction_through_the_cli() {
     let path = dir.path().join("multi.yaml");
     std::fs::write(&path, file("multi-instance.yaml", dir.path())).unwrap();
     let output = Command::new(DRAAS)
-        .args(["instance", "--server", &draas.url(""), "create", "multi", "-f"])
+        .args([
+            "instance",
+            "--server",
+            &draas.url(""),
+            "create",
+            "multi",
+            "-f",
+        ])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("top-level sources"), "warnings on stderr: {stderr}");
+    assert!(
+        stderr.contains("top-level sources"),
+        "warnings on stderr: {stderr}"
+    );
     let (_, instance) = draas.get("/api/server/instances/multi").await;
     let id = instance["id"].as_str().unwrap().to_string();
     start(&draas, &id).await;
@@ -306,7 +424,10 @@ async fn lib_instances_and_a_platform_reaction_through_the_cli() {
             .args(["-p", &redis.port.to_string(), "XLEN", "values-results"])
             .output()
             .ok()?;
-        let count: u64 = String::from_utf8_lossy(&output.stdout).trim().parse().ok()?;
+        let count: u64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .ok()?;
         (count > 0).then_some(())
     })
     .await;

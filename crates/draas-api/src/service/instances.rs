@@ -390,11 +390,18 @@ impl ControlPlane {
                 let instance = current
                     .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
                     .value;
-                let mut also = vec![Write::Delete {
-                    collection: keys::INSTANCE_NAMES.into(),
-                    key: instance.name.clone(),
-                    precondition: Precondition::None,
-                }];
+                let mut also = vec![
+                    Write::Delete {
+                        collection: keys::INSTANCE_NAMES.into(),
+                        key: instance.name.clone(),
+                        precondition: Precondition::None,
+                    },
+                    Write::Delete {
+                        collection: keys::DATA_PLANE.into(),
+                        key: id.to_string(),
+                        precondition: Precondition::None,
+                    },
+                ];
                 also.extend(reservation_writes(
                     instance.platform_type,
                     id,

@@ -461,7 +461,8 @@ impl<'a> LibInstance<'a> {
 
     /// The bootstrap provider of `source`, as drasi-server builds it: its
     /// kind and configuration (an inline provider of the source's own kind
-    /// inherits every source field it does not set), or why it cannot be
+    /// inherits every source field it does not set; one of
+    /// `bootstrapProviders` is taken as written), or why it cannot be
     /// found. `None` when the source has none.
     pub fn bootstrap_of(&self, source: &SourceConfig) -> Option<Result<BootstrapSpec, String>> {
         let provider = source.bootstrap_provider.as_ref()?;
@@ -499,8 +500,10 @@ impl<'a> LibInstance<'a> {
                 ))
             }
         };
+        // drasi-server merges an inline provider of the source's own kind
+        // with the source's fields (a shared one is taken as written).
         let mut config = Map::new();
-        if kind == source.kind {
+        if kind == source.kind && provider.is_object() {
             config.extend(source.properties.clone());
         }
         config.extend(own);

@@ -248,6 +248,10 @@ impl Observation {
 pub trait StatusSink: Send + Sync + 'static {
     /// Records `observation` (persisted, logged, published).
     async fn observe(&self, observation: Observation);
+
+    /// Keeps what was last read of a running server's data plane (for
+    /// `/metrics`). Default: nothing is kept.
+    async fn data_plane(&self, _instance: &InstanceId, _plane: &crate::dataplane::DataPlane) {}
 }
 
 /// One platform's way of running Drasi servers.
