@@ -12,6 +12,7 @@ mod control_plane;
 mod docker;
 mod healing;
 mod kubernetes;
+mod postgres_cdc;
 mod runtime_startup;
 mod stats;
 
@@ -116,6 +117,19 @@ enum Bench {
         #[arg(long, value_enum)]
         only: Option<healing::Only>,
     },
+    /// PostgreSQL CDC: INSERT → row in the query's results, under DRaaS and
+    /// with the runtime started bare (needs Debian's postgresql).
+    PostgresCdc {
+        /// The draas binary (default: next to this binary).
+        #[arg(long)]
+        draas: Option<PathBuf>,
+        /// The runtime binary (default: next to this binary).
+        #[arg(long)]
+        runtime: Option<PathBuf>,
+        /// Inserts per path.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+    },
     /// Kubernetes platform: start→Running against a bare server-side apply
     /// of the same objects, and the API requests per operation (needs the
     /// test cluster and a Docker engine for the fake kubelet).
@@ -193,6 +207,15 @@ async fn main() -> anyhow::Result<()> {
             let draas = or_sibling(draas, "draas")?;
             let runtime = or_sibling(runtime, "draas-runtime")?;
             docker::run(&draas, &runtime, runs, kills, restarts).await
+        }
+        Bench::PostgresCdc {
+            draas,
+            runtime,
+            samples,
+        } => {
+            let draas = or_sibling(draas, "draas")?;
+            let runtime = or_sibling(runtime, "draas-runtime")?;
+            postgres_cdc::run(&draas, &runtime, samples).await
         }
         Bench::Kubernetes {
             draas,

@@ -333,42 +333,40 @@ async fn secrets_identities_and_environment_references_resolve() {
         json!({"hook-token": "s3cr3t"}).to_string(),
     )
     .unwrap();
-    let config = format!(
-        r#"
-id: "${{SERVER_ID:-resolved}}"
-host: "${{HOST:-127.0.0.1}}"
-port: {{port}}
-logLevel: "${{LEVEL:-info}}"
+    let config = r#"
+id: "${SERVER_ID:-resolved}"
+host: "${HOST:-127.0.0.1}"
+port: {port}
+logLevel: "${LEVEL:-info}"
 persistConfig: false
-defaultDispatchBufferCapacity: "${{BUFFER:-500}}"
-secretStore: {{kind: file, path: ./secrets.json}}
+defaultDispatchBufferCapacity: "${BUFFER:-500}"
+secretStore: {kind: file, path: ./secrets.json}
 identityProviders:
-  - {{kind: password, id: pw, username: drasi, password: "${{PW:-unused}}"}}
+  - {kind: password, id: pw, username: drasi, password: "${PW:-unused}"}
 sources:
   - kind: mock
     id: counter
-    dataType: {{type: counter}}
-    intervalMs: "${{EVERY:-100}}"
+    dataType: {type: counter}
+    intervalMs: "${EVERY:-100}"
 queries:
-  - {{id: values, autoStart: true, queryLanguage: Cypher, query: "MATCH (c:Counter) RETURN c.value AS value", sources: [{{sourceId: counter}}]}}
+  - {id: values, autoStart: true, queryLanguage: Cypher, query: "MATCH (c:Counter) RETURN c.value AS value", sources: [{sourceId: counter}]}
 reactions:
   - kind: http
     id: hook
     queries: [values]
     identityProvider: pw
-    baseUrl: "${{RECEIVER}}"
-    token: {{kind: Secret, name: hook-token}}
+    baseUrl: "${RECEIVER}"
+    token: {kind: Secret, name: hook-token}
     outputTemplates:
       routes:
         values:
-          added: {{url: /added, method: POST, template: '{{{{json after}}}}'}}
-          updated: {{url: /updated, method: POST, template: '{{{{json after}}}}'}}
-"#
-    );
+          added: {url: /added, method: POST, template: '{{json after}}'}
+          updated: {url: /updated, method: POST, template: '{{json after}}'}
+"#;
     let receiver_url = format!("http://127.0.0.1:{}", receiver.port);
     let mut rt = Runtime::start(
         dir.path(),
-        &config,
+        config,
         &[("RECEIVER", receiver_url.as_str()), ("EVERY", "50")],
     );
     rt.healthy().await;
