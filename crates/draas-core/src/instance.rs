@@ -498,6 +498,24 @@ pub struct KubernetesOptions {
     /// `IfNotPresent` unless configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Where the server's `./data` (its write-ahead logs, persistent indexes,
+    /// state stores) lives: a PersistentVolumeClaim of this size, kept when
+    /// its pod goes and when the instance stops, deleted with the instance;
+    /// an `emptyDir` (lost with the pod) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume: Option<PersistentVolume>,
+}
+
+/// A PersistentVolumeClaim for a Kubernetes server's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PersistentVolume {
+    /// Its size, a Kubernetes quantity (`1Gi`).
+    pub size: String,
+    /// Its storage class (the cluster's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// When a Kubernetes node pulls a server's image.
@@ -717,6 +735,25 @@ impl ServerConfiguration {
                                 );
                             }
                         }
+                    }
+                }
+            }
+            if let Some(volume) = &kubernetes.persistent_volume {
+                if !is_quantity(&volume.size) || volume.size == "0" {
+                    issue(
+                        "/kubernetes/persistentVolume/size",
+                        "not a Kubernetes quantity of storage (like 1Gi, 500Mi)",
+                    );
+                }
+                if let Some(class) = &volume.storage_class_name {
+                    if class.is_empty()
+                        || class.len() > 253
+                        || !class.split('.').all(|part| validate_name(part).is_ok())
+                    {
+                        issue(
+                            "/kubernetes/persistentVolume/storageClassName",
+                            "a storage class name is a DNS subdomain (lowercase letters, digits, '-' and '.')",
+                        );
                     }
                 }
             }

@@ -12,8 +12,9 @@
 //!   or `ErrImagePull`/`ImagePullBackOff`), with its command, arguments,
 //!   working directory, environment (values, and `envFrom` Secrets and
 //!   ConfigMaps), user, read-only root file system and dropped
-//!   capabilities; `configMap`, `secret` and `emptyDir` volumes are host
-//!   directories bind-mounted at their mount paths;
+//!   capabilities; `configMap`, `secret`, `emptyDir` and
+//!   `persistentVolumeClaim` volumes are host directories bind-mounted at
+//!   their mount paths (a claim's directory is kept for the next pod);
 //! - **reports** the pod's status as a kubelet does: the pod IP (the
 //!   container's: the API server proxies to it, as it would not to
 //!   loopback), `Running`, the readiness probe's verdict (HTTP GET, as the
@@ -605,10 +606,28 @@ impl Inner {
                     message: format!("volume \"{}\" not found", mount.name),
                 });
             };
-            let host = dir.join(&volume.name);
             let io = |e: std::io::Error| NotYet {
                 reason: "CreateContainerError",
                 message: e.to_string(),
+            };
+            // A claim's data outlives the pod: a directory of its own, kept
+            // for the next pod that mounts it.
+            let host = match &volume.persistent_volume_claim {
+                Some(claim) => {
+                    let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                        Api::namespaced(self.client.clone(), &self.namespace);
+                    if !matches!(api.get_opt(&claim.claim_name).await, Ok(Some(_))) {
+                        return Err(NotYet {
+                            reason: "ContainerCreating",
+                            message: format!(
+                                "persistentvolumeclaim \"{}\" not found",
+                                claim.claim_name
+                            ),
+                        });
+                    }
+                    self.root.join("claims").join(&claim.claim_name)
+                }
+                None => dir.join(&volume.name),
             };
             std::fs::create_dir_all(&host).map_err(io)?;
             if let Some(source) = &volume.config_map {
@@ -637,7 +656,7 @@ impl Inner {
                     .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
                     .collect();
                 write_files(&host, &data, source.items.as_deref()).map_err(io)?;
-            } else if volume.empty_dir.is_some() {
+            } else if volume.empty_dir.is_some() || volume.persistent_volume_claim.is_some() {
                 // Writable by whichever user the container runs as.
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o1777))

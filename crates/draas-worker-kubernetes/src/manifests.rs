@@ -31,8 +31,10 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -63,7 +65,8 @@ pub const CONTAINER: &str = "drasi-server";
 pub const CONFIG_DIR: &str = "/etc/drasi";
 /// The configuration's file name in the ConfigMap and the mount.
 pub const CONFIG_FILE: &str = "server.yaml";
-/// The server's working directory (its `./data`), an `emptyDir`.
+/// The server's working directory (its `./data`): an `emptyDir`, or the
+/// instance's PersistentVolumeClaim when it asks for one.
 pub const WORK_DIR: &str = "/var/lib/drasi";
 /// The name of the Service port of the server's API.
 pub const API_PORT_NAME: &str = "api";
@@ -85,7 +88,24 @@ pub fn config_map_name(base: &str) -> String {
     format!("{base}-config")
 }
 
-/// The Secret's name.
+/// The name of the pod's volume for the server's data: one name per kind of
+/// volume, so that server-side apply replaces the one with the other when
+/// an instance gets (or loses) a claim, rather than merging both sources
+/// into one volume.
+fn data_volume(options: &KubernetesOptions) -> &'static str {
+    if options.persistent_volume.is_some() {
+        "claimed-data"
+    } else {
+        "data"
+    }
+}
+
+/// The name of an instance's PersistentVolumeClaim.
+pub fn claim_name(base: &str) -> String {
+    format!("{base}-data")
+}
+
+/// The name of an instance's Secret.
 pub fn secret_name(base: &str) -> String {
     format!("{base}-env")
 }
@@ -133,6 +153,8 @@ pub struct Objects {
     pub deployment: Deployment,
     /// Its ports.
     pub service: Service,
+    /// Its data, when it asks for a PersistentVolumeClaim.
+    pub volume_claim: Option<PersistentVolumeClaim>,
 }
 
 pub use k8s_openapi::api::core::v1::Secret;
@@ -278,11 +300,34 @@ pub fn objects(plan: &Plan<'_>, owner: Option<&OwnerReference>) -> Objects {
     let hash = fingerprint(&service);
     annotate(&mut service.metadata, hash);
 
+    let volume_claim = options.persistent_volume.as_ref().map(|volume| {
+        let mut claim = PersistentVolumeClaim {
+            metadata: meta(plan, claim_name(&base), owner),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: volume.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity(volume.size.clone()),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        };
+        let hash = fingerprint(&claim);
+        annotate(&mut claim.metadata, hash);
+        claim
+    });
+
     Objects {
         config_map,
         secret,
         deployment,
         service,
+        volume_claim,
     }
 }
 
@@ -389,7 +434,7 @@ fn deployment(
                 ..VolumeMount::default()
             },
             VolumeMount {
-                name: "data".into(),
+                name: data_volume(options).into(),
                 mount_path: WORK_DIR.into(),
                 ..VolumeMount::default()
             },
@@ -466,10 +511,20 @@ fn deployment(
                             }),
                             ..Volume::default()
                         },
-                        Volume {
-                            name: "data".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
+                        match &options.persistent_volume {
+                            Some(_) => Volume {
+                                name: data_volume(options).into(),
+                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                    claim_name: claim_name(base),
+                                    read_only: Some(false),
+                                }),
+                                ..Volume::default()
+                            },
+                            None => Volume {
+                                name: "data".into(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Volume::default()
+                            },
                         },
                     ]),
                     ..PodSpec::default()
@@ -693,6 +748,60 @@ mod tests {
             .and_then(|e| e.command.clone())
             .unwrap();
         assert!(hook.last().unwrap().contains("kill -INT 1"), "{hook:?}");
+    }
+
+    #[test]
+    fn data_lives_in_a_claim_when_asked_for_one() {
+        let (id, mut spec) = (id(), spec());
+        let o = objects(&plan(&id, &spec, true), None);
+        assert!(o.volume_claim.is_none());
+        let volumes = |o: &Objects| {
+            o.deployment
+                .spec
+                .clone()
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .volumes
+                .unwrap()
+        };
+        assert!(volumes(&o)[1].empty_dir.is_some());
+        spec.server_configuration.kubernetes = Some(KubernetesOptions {
+            persistent_volume: Some(draas_core::instance::PersistentVolume {
+                size: "2Gi".into(),
+                storage_class_name: Some("fast".into()),
+            }),
+            ..KubernetesOptions::default()
+        });
+        let owner = owned_by("x", "uid-1");
+        let o = objects(&plan(&id, &spec, true), Some(&owner));
+        let claim = o.volume_claim.as_ref().expect("a claim");
+        let name = claim.metadata.name.clone().unwrap();
+        assert!(name.ends_with("-data"), "{name}");
+        assert_eq!(
+            claim.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-1"
+        );
+        let claim_spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
+            "2Gi"
+        );
+        let data = &volumes(&o)[1];
+        assert_eq!(
+            data.persistent_volume_claim.as_ref().unwrap().claim_name,
+            name
+        );
+        assert!(data.empty_dir.is_none());
     }
 
     #[test]

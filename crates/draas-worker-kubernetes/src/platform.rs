@@ -201,6 +201,25 @@ impl KubernetesPlatform {
             .map(|_| ())
     }
 
+    /// Creates the instance's PersistentVolumeClaim unless it exists: once
+    /// made, its size and class are the cluster's business (a claim can
+    /// only grow, and not in every class), and its data is the instance's.
+    async fn ensure_claim(
+        &self,
+        namespace: &str,
+        claim: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    ) -> Result<(), DriverError> {
+        let api = self.api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(namespace);
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => self.apply(&api, claim).await.map(|_| ()),
+            Err(e) => Err(platform_error(format!(
+                "cannot read PersistentVolumeClaim '{namespace}/{name}': {e}"
+            ))),
+        }
+    }
+
     /// Applies the configuration and the environment (deleting a Secret
     /// whose variables are all gone).
     async fn apply_configuration(
@@ -520,6 +539,9 @@ impl Platform for KubernetesPlatform {
         };
         self.apply_if_changed(&cache.services, &namespace, &objects.service)
             .await?;
+        if let Some(claim) = &objects.volume_claim {
+            self.ensure_claim(&namespace, claim).await?;
+        }
         let tracked = self
             .watches
             .track(id, &namespace, &base, &uid, revision, false);
@@ -696,6 +718,31 @@ impl Platform for KubernetesPlatform {
                 ));
             }
         }
+    }
+
+    fn note(&self, id: &InstanceId, spec: &StartSpec) -> Option<String> {
+        // Said where it matters: a configuration that keeps data
+        // (persistent indexes, a state store).
+        let config = draas_core::config::parse_yaml(&spec.configuration_yaml).ok()?;
+        let keeps_data = config
+            .lib_instances()
+            .iter()
+            .any(|lib| lib.persist_index || lib.state_store.is_some());
+        if !keeps_data {
+            return None;
+        }
+        Some(
+            match &spec.server_configuration.kubernetes().persistent_volume {
+                Some(volume) => format!(
+                    "data on the PersistentVolumeClaim {} ({})",
+                    manifests::claim_name(&manifests::object_name(&spec.name, id)),
+                    volume.size
+                ),
+                None => "data in an emptyDir: lost with the pod (set \
+                     serverConfiguration.kubernetes.persistentVolume to keep it)"
+                    .to_string(),
+            },
+        )
     }
 
     fn handle_of(&self, record: &DeploymentRecord) -> PlatformHandle {

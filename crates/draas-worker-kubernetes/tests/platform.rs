@@ -270,6 +270,86 @@ async fn a_server_no_node_can_take_times_out_saying_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_keeps_data_gets_a_claim_and_the_status_says_where_its_data_is() {
+    let setup = Setup::new("claim", KubeletOptions::default()).await;
+    let driver = setup.driver("w-claim").await;
+    let id = setup.instance().await;
+    let mut configuration = draas_testkit::counter_configuration(8080);
+    configuration.host = Some("0.0.0.0".to_string().into());
+    configuration.persist_index = true;
+    let spec_with = |volume: Option<draas_core::instance::PersistentVolume>| {
+        let mut spec = draas_testkit::start_spec(
+            &id,
+            &configuration,
+            draas_core::instance::PlatformType::Kubernetes,
+            1,
+        );
+        spec.server_configuration.kubernetes = Some(KubernetesOptions {
+            persistent_volume: volume,
+            ..KubernetesOptions::default()
+        });
+        spec
+    };
+
+    // Without a claim: an emptyDir, and the status says the data goes with
+    // the pod.
+    let started = driver.start(&id, &spec_with(None)).await.expect("start");
+    assert_eq!(started.state, ActualState::Running);
+    assert!(
+        started
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("emptyDir"),
+        "{started:?}"
+    );
+    driver.stop(&id, &stop()).await.expect("stop");
+
+    // With one: the claim, owned by the Deployment (deleted with it), and
+    // the status names it.
+    let spec = spec_with(Some(draas_core::instance::PersistentVolume {
+        size: "1Gi".into(),
+        storage_class_name: None,
+    }));
+    let started = driver.start(&id, &spec).await.expect("start with a claim");
+    assert_eq!(started.state, ActualState::Running);
+    let base = deployment_name(&spec, &id);
+    let claim_name = manifests::claim_name(&base);
+    let message = started.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&claim_name) && message.contains("1Gi"),
+        "{started:?}"
+    );
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(setup.cluster.client.clone(), &setup.namespace.name);
+    let claim = claims.get(&claim_name).await.expect("the claim");
+    let owner = &claim.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Deployment", base.as_str())
+    );
+    let deployments: Api<Deployment> =
+        Api::namespaced(setup.cluster.client.clone(), &setup.namespace.name);
+    let volumes = deployments
+        .get(&base)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap();
+    assert!(volumes.iter().any(|v| v
+        .persistent_volume_claim
+        .as_ref()
+        .is_some_and(|c| c.claim_name == claim_name)));
+    driver.delete(&id, &stop()).await.expect("delete");
+    setup.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_is_a_secret_that_goes_when_the_variables_go() {
     let setup = Setup::new("secret", KubeletOptions::default()).await;
     let driver = setup.driver("w-secret").await;

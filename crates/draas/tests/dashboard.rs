@@ -231,6 +231,21 @@ async fn an_operator_runs_an_instance_from_the_dashboard() {
     })
     .await;
     assert_ne!(first, later);
+    // The data plane: the query runs, with its result rows counted.
+    text_when(
+        &client,
+        r#"#data-plane tr[data-component="values"]"#,
+        "the query in the data plane",
+        |t| t.contains("Running") && t.contains("query"),
+    )
+    .await;
+    text_when(
+        &client,
+        r#"#data-plane tr[data-component="values"] td.results"#,
+        "the query's result count",
+        |t| t.trim().parse::<u64>().is_ok_and(|n| n > 0),
+    )
+    .await;
     text_when(&client, "#logs", "the log tail", |t| !t.trim().is_empty()).await;
     text_when(&client, "#history", "the restart history", |t| {
         t.contains("Running")

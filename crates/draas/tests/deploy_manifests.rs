@@ -275,6 +275,8 @@ async fn the_manifests_apply_and_the_worker_needs_no_more_than_its_role() {
         ("patch", "", "secrets"),
         ("patch", "", "services"),
         ("get", "", "services/proxy"),
+        ("create", "", "persistentvolumeclaims"),
+        ("get", "", "persistentvolumeclaims"),
     ] {
         assert!(
             worker_may(&client, verb, group, resource, ns, None).await,
@@ -290,6 +292,14 @@ async fn the_manifests_apply_and_the_worker_needs_no_more_than_its_role() {
         ("get", "", "namespaces", None, Some("default")),
         ("list", "", "nodes", None, None),
         ("create", "", "pods/exec", ns, None),
+        ("delete", "", "persistentvolumeclaims", ns, None),
+        (
+            "create",
+            "",
+            "persistentvolumeclaims",
+            Some("default"),
+            None,
+        ),
         ("create", "rbac.authorization.k8s.io", "roles", ns, None),
     ] {
         assert!(

@@ -186,6 +186,12 @@ pub trait Platform: Send + Sync + 'static {
         Err("this platform drops replication slots only through a running server".to_string())
     }
 
+    /// What the status of a ready server of `spec` says besides that it
+    /// runs (where its data lives, say). Default: nothing.
+    fn note(&self, _id: &InstanceId, _spec: &StartSpec) -> Option<String> {
+        None
+    }
+
     /// The handle shown in the instance's runtime info.
     fn handle_of(&self, record: &Self::Record) -> PlatformHandle;
 
@@ -839,7 +845,11 @@ impl<P: Platform> Inner<P> {
         info!(instance = %id, generation = spec.generation, "launched");
         let deadline = Instant::now()
             + Duration::from_secs(u64::from(spec.server_configuration.start_timeout_seconds));
-        self.await_ready(id, serial, deadline).await
+        let mut started = self.await_ready(id, serial, deadline).await?;
+        if started.state == ActualState::Running && started.message.is_none() {
+            started.message = self.platform.note(id, spec);
+        }
+        Ok(started)
     }
 
     /// Waits for readiness of registration `serial` of `id`.

@@ -513,6 +513,12 @@ async function instancePage(name) {
       el("section", { class: "panel" }, el("h2", { text: "Status" }), el("dl", { id: "status", class: "facts" })),
       el("section", { class: "panel" }, el("h2", { text: "Runtime" }), el("dl", { id: "runtime", class: "facts" }))),
     el("section", { class: "panel" },
+      el("h2", { text: "Data plane" }),
+      el("p", { id: "data-plane-note", class: "note" }),
+      el("table", { id: "data-plane" },
+        el("thead", {}, el("tr", {}, ["Instance", "Kind", "Component", "Status", "Bootstrap", "Results", "Changes", "Lag", "Error"].map((h) => el("th", { text: h })))),
+        el("tbody", {}))),
+    el("section", { class: "panel" },
       el("h2", { text: "Query results" }),
       el("div", { class: "row" }, el("select", { id: "query-select" }), el("span", { id: "results-note", class: "note" })),
       el("table", { id: "results" }, el("thead", {}), el("tbody", {}))),
@@ -550,6 +556,7 @@ async function instancePage(name) {
     await loadInstance(view);
     await loadConfiguration(name, editor, view);
     pollResults(view);
+    pollDataPlane(view);
     pollLogs(view);
   });
 }
@@ -612,7 +619,10 @@ async function loadInstance(view) {
 
 function fillQueries(view) {
   const select = $("#query-select");
-  const queries = (view.instance.configuration.queries || []).map((q) => q.id);
+  const configuration = view.instance.configuration || {};
+  // Every lib instance's queries (drasi-server's `instances:`), else the top level's.
+  const libs = configuration.instances && configuration.instances.length ? configuration.instances : [configuration];
+  const queries = [...new Set(libs.flatMap((lib) => (lib.queries || []).map((q) => q.id)))];
   const current = select.value;
   if (Array.from(select.options).map((o) => o.value).join("\n") === queries.join("\n")) return;
   select.replaceChildren(...queries.map((q) => el("option", { value: q, text: q })));
@@ -645,6 +655,60 @@ async function loadResults(view) {
   table.tBodies[0].replaceChildren(...rows.map((row) => el("tr", {},
     columns.map((c) => el("td", { text: typeof row[c] === "object" ? JSON.stringify(row[c]) : String(row[c] ?? "") })))));
   note.textContent = rows.length + " row" + (rows.length === 1 ? "" : "s") + ", read " + new Date().toLocaleTimeString();
+}
+
+// What the worker reads of the server: every component of every lib
+// instance, each query's bootstrap and drasi-lib's numbers.
+async function loadDataPlane(view) {
+  const note = $("#data-plane-note");
+  const body = $("#data-plane").tBodies[0];
+  if (!view.instance || !["Starting", "Running", "Degraded"].includes(view.instance.status.state)) {
+    note.textContent = "The server does not run.";
+    body.replaceChildren();
+    return;
+  }
+  let status;
+  try {
+    status = await get("/api/server/instances/" + segment(view.name) + "/runtime-status");
+  } catch (error) {
+    note.textContent = error.message;
+    return;
+  }
+  const plane = status.live && status.live.dataPlane;
+  if (!plane) {
+    note.textContent = "The server did not answer.";
+    body.replaceChildren();
+    return;
+  }
+  const rows = [];
+  for (const lib of plane.instances || []) {
+    for (const [kind, list] of [["source", lib.sources], ["query", lib.queries], ["reaction", lib.reactions]]) {
+      for (const c of list || []) {
+        const m = c.metrics || {};
+        const b = c.bootstrap;
+        const bootstrap = b ? b.state + ", " + b.elements + " elements" + (b.durationMs !== undefined ? " in " + b.durationMs + " ms" : "") : "";
+        rows.push(el("tr", { "data-component": c.id },
+          el("td", { text: lib.id }),
+          el("td", { text: kind + (c.kind ? " (" + c.kind + ")" : "") }),
+          el("td", { text: c.id }),
+          el("td", {}, badge(c.status)),
+          el("td", { text: bootstrap }),
+          el("td", { class: "results", text: m.resultCount ?? "" }),
+          el("td", { text: m.resultsEmitted ?? "" }),
+          el("td", { text: m.checkpointLag ?? "" }),
+          el("td", { text: c.errorMessage || "" })));
+      }
+    }
+  }
+  body.replaceChildren(...rows);
+  note.textContent = "Read " + new Date().toLocaleTimeString();
+}
+
+async function pollDataPlane(view) {
+  for (;;) {
+    if (!document.hidden) await loadDataPlane(view);
+    await sleep(2000);
+  }
 }
 
 async function pollResults(view) {
