@@ -246,3 +246,110 @@ async fn a_postgres_source_follows_its_table_through_restarts_and_leaves_no_slot
     assert_eq!(status, 204, "{body}");
     assert!(pg.slots().is_empty(), "{:?}", pg.slots());
 }
+
+/// The Docker bridge's gateway: the host address a container reaches (the
+/// network's gateway when the engine says it, else the bridge interface's
+/// address).
+fn bridge_gateway() -> String {
+    let output = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        ])
+        .output()
+        .expect("docker network inspect");
+    let gateway = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !gateway.is_empty() {
+        return gateway;
+    }
+    let output = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "docker0"])
+        .output()
+        .expect("ip addr");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .expect("the docker0 bridge's address")
+}
+
+/// Removes the containers and volume of instance `id` when dropped (a
+/// failing test leaves nothing running).
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let listed = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=draas.instanceId={}", self.0),
+            ])
+            .output();
+        if let Ok(listed) = listed {
+            for container in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", container])
+                    .output();
+            }
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f", &format!("draas-{}-data", self.0)])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_follows_a_database_on_its_host_and_leaves_no_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = bridge_gateway();
+    let pg = PostgresServer::start_listening_on(&[&gateway]);
+    shop(&pg);
+    let draas = Draas::up_with_args(
+        dir.path(),
+        &["--docker", "on", "--docker-image", "draas-runtime:e2e"],
+    )
+    .await;
+    let mut body = create_body("shop-box", &pg);
+    body["platformType"] = json!("Docker");
+    body["serverConfiguration"]["environment"]["PG_HOST"] = json!(gateway);
+    let (status, created) = draas.post("/api/server/instances", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let _cleanup = Containers(id.clone());
+    let slot = created["instance"]["configuration"]["sources"][0]["slotName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, started) = draas
+        .post(
+            &format!("/api/server/instances/{id}/start?wait=Running&timeout=90"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{started}");
+    rows_become(&draas, &id, &[(1, 250), (3, 120)]).await;
+    wait_for("the replication slot", Duration::from_secs(30), || async {
+        pg.slots().contains(&slot).then_some(())
+    })
+    .await;
+    pg.sql("INSERT INTO orders VALUES (7, 'gil', 700)");
+    rows_become(&draas, &id, &[(1, 250), (3, 120), (7, 700)]).await;
+    logged(&draas, &id, "NEW ORDER 7 by gil").await;
+
+    let (status, body) = draas
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/server/instances/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(!pg.slots().contains(&slot), "{:?}", pg.slots());
+}
