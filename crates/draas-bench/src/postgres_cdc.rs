@@ -53,6 +53,7 @@ async fn visible(
     since: Instant,
 ) -> anyhow::Result<Duration> {
     let deadline = since + Duration::from_secs(30);
+    let mut last = String::new();
     loop {
         if let Ok(response) = client.get(url).send().await {
             if let Ok(body) = response.json::<Value>().await {
@@ -60,10 +61,12 @@ async fn visible(
                 if rows.is_some_and(|r| r.iter().any(|row| row["id"] == id)) {
                     return Ok(since.elapsed());
                 }
+                last = body.to_string();
             }
         }
         if Instant::now() > deadline {
-            bail!("row {id} never showed at {url}");
+            last.truncate(2000);
+            bail!("row {id} never showed at {url}; the last answer: {last}");
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }

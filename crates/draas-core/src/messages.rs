@@ -209,6 +209,7 @@ impl StartSpec {
             .into_iter()
             .map(|p| p.port)
             .collect();
+        listening_ports.sort_unstable();
         listening_ports.dedup();
         Ok(Self {
             name: name.to_string(),

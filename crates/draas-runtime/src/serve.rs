@@ -105,6 +105,9 @@ pub async fn run(
 
     let work_dir = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let libs = assemble::build(&config, &default_id, &work_dir).await?;
+    // Before any source starts: no change is lost between a query's
+    // bootstrap and its source's first replication (see `slots`).
+    crate::slots::reserve(&config).await;
     if let Err(e) = assemble::start(&libs).await {
         stop(&libs, shutdown_timeout).await.ok();
         return Err(e.into());

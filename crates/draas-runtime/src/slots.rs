@@ -1,5 +1,19 @@
-//! Dropping the replication slots of the server's postgres sources.
+//! The replication slots of the server's postgres sources: reserved before
+//! the sources start, dropped when the instance is deleted.
 //!
+//! Reserving. A postgres source creates its slot itself, from its
+//! replication task, after the source already reports `Running` and often
+//! after its query's bootstrap snapshot was taken; it then streams from the
+//! snapshot's position, but a slot keeps WAL only from its own creation on.
+//! A row committed between the snapshot and the slot's creation is in
+//! neither: lost (seen on every first start: an INSERT right after the
+//! server is ready never arrives). The runtime therefore creates each
+//! missing slot of an auto-started postgres source before any source
+//! starts; the source finds it and streams from the snapshot on, losing
+//! nothing. A database the runtime cannot reach is only a warning: the
+//! source reports that itself.
+//!
+//! Dropping.
 //! A postgres source creates a permanent logical replication slot and
 //! never drops it; a slot nobody reads keeps every WAL segment from its
 //! position on, until the database's disk is full. drasi-server leaves its
@@ -14,7 +28,7 @@ use std::time::Duration;
 use draas_core::config::{ConfigValue, DrasiServerConfig};
 use draas_drasi::assemble::Lib;
 use serde_json::{Map, Value};
-use tracing::info;
+use tracing::{info, warn};
 
 /// How long a terminated walsender may take to let its slot go.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -26,6 +40,7 @@ fn env_lookup(name: &str) -> Option<String> {
 /// Where one postgres source replicates from.
 struct SlotOf {
     source: String,
+    auto_start: bool,
     host: String,
     port: u16,
     database: String,
@@ -63,6 +78,7 @@ fn slots_of(config: &DrasiServerConfig) -> Result<Vec<SlotOf>, String> {
         };
         slots.push(SlotOf {
             source: source.id.clone(),
+            auto_start: source.auto_start,
             host: named("host", "localhost")?,
             port,
             database: named("database", "")?,
@@ -101,7 +117,73 @@ pub async fn release(libs: &[Lib], config: &DrasiServerConfig) -> Result<Vec<Str
     Ok(released)
 }
 
-async fn drop_slot(slot: &SlotOf) -> Result<bool, String> {
+/// Creates the missing replication slot of each auto-started postgres
+/// source of `config` (see the module's documentation). Returns the slots
+/// created; what could not be reserved is logged, never fatal.
+pub async fn reserve(config: &DrasiServerConfig) -> Vec<String> {
+    let slots = match slots_of(config) {
+        Ok(slots) => slots,
+        Err(e) => {
+            warn!("replication slots not reserved: {e}");
+            return Vec::new();
+        }
+    };
+    let mut created = Vec::new();
+    for slot in slots.iter().filter(|s| s.auto_start) {
+        match create_slot(slot).await {
+            Ok(true) => {
+                info!(source = %slot.source, slot = %slot.slot, "replication slot reserved");
+                created.push(slot.slot.clone());
+            }
+            Ok(false) => {}
+            Err(e) => warn!("replication slot not reserved: {e}"),
+        }
+    }
+    created
+}
+
+/// Creates `slot` unless it exists; whether it did.
+async fn create_slot(slot: &SlotOf) -> Result<bool, String> {
+    let (client, driver) = connect(slot).await?;
+    let outcome = async {
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot.slot],
+            )
+            .await
+            .map_err(|e| format!("source '{}': {e}", slot.source))?
+            .is_some();
+        if exists {
+            return Ok(false);
+        }
+        match client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot.slot],
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Created meanwhile by someone else: reserved all the same.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+                Ok(false)
+            }
+            Err(e) => Err(format!(
+                "source '{}': cannot create slot {}: {e}",
+                slot.source, slot.slot
+            )),
+        }
+    }
+    .await;
+    driver.abort();
+    outcome
+}
+
+/// A connection to `slot`'s database, with the task that drives it.
+async fn connect(
+    slot: &SlotOf,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&slot.host)
@@ -116,7 +198,14 @@ async fn drop_slot(slot: &SlotOf) -> Result<bool, String> {
             slot.source, slot.host, slot.port
         )
     })?;
-    let driver = tokio::spawn(connection);
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
+}
+
+async fn drop_slot(slot: &SlotOf) -> Result<bool, String> {
+    let (client, driver) = connect(slot).await?;
     let outcome = async {
         let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
         loop {

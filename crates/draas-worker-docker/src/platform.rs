@@ -1043,6 +1043,93 @@ impl Platform for DockerPlatform {
         }
     }
 
+    async fn release_slots(
+        &self,
+        id: &InstanceId,
+        start: &StartSpec,
+    ) -> Result<Vec<String>, String> {
+        // The bundled runtime's image only: another image's entrypoint
+        // knows no such command.
+        if start.server_configuration.docker().image.is_some() {
+            return Err("the instance runs another image than the bundled runtime's".into());
+        }
+        let image = self.settings.default_image.clone();
+        self.ensure_image(&image).await.map_err(|e| e.message)?;
+        let mut env: Vec<String> = start
+            .server_configuration
+            .environment
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        env.push(format!(
+            "{}={}",
+            container::CONFIG_VARIABLE,
+            start.configuration_yaml
+        ));
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec![
+                "release-replication-slots".into(),
+                "--config-env".into(),
+                container::CONFIG_VARIABLE.into(),
+            ]),
+            env: Some(env),
+            // The instance's labels: a sweep finds it if the worker dies
+            // meanwhile.
+            labels: Some(container::labels(id, None, &self.installation)),
+            ..Default::default()
+        };
+        let docker = self.docker();
+        let created = docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(|e| format!("cannot create the container: {e}"))?
+            .id;
+        let ran = async {
+            docker
+                .start_container(&created, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| format!("cannot start the container: {e}"))?;
+            let waited: Vec<bollard::models::ContainerWaitResponse> = tokio::time::timeout(
+                Duration::from_secs(60),
+                docker
+                    .wait_container(
+                        &created,
+                        None::<bollard::query_parameters::WaitContainerOptions>,
+                    )
+                    .try_collect(),
+            )
+            .await
+            .map_err(|_| "it did not finish within 60 s".to_string())?
+            .unwrap_or_default();
+            let code = waited.last().map(|w| w.status_code).unwrap_or(-1);
+            let stdout = self
+                .log_lines(&created, LogStream::Stdout, 50)
+                .await
+                .unwrap_or_default();
+            if code != 0 {
+                let stderr = self
+                    .log_lines(&created, LogStream::Stderr, 20)
+                    .await
+                    .unwrap_or_default();
+                return Err(stderr.join("\n"));
+            }
+            Ok(stdout
+                .iter()
+                .filter_map(|l| l.strip_prefix("released: "))
+                .flat_map(|l| l.split(", "))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect())
+        }
+        .await;
+        let _ = remove_container(docker, &created).await;
+        ran
+    }
+
     fn handle_of(&self, record: &ContainerRecord) -> PlatformHandle {
         PlatformHandle::Container {
             container_id: record.container_id.clone(),

@@ -51,6 +51,29 @@ impl ServiceProxy {
         self.send_as(http::Method::GET, path).await
     }
 
+    /// `method path`: the status and the whole body, within `limit`.
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        limit: std::time::Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let call = async {
+            let response = self.send_as(method, path).await?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| format!("no answer within {limit:?}"))?
+    }
+
     async fn send_as(
         &self,
         method: http::Method,
@@ -68,37 +91,11 @@ impl ServiceProxy {
 #[async_trait]
 impl ServerTransport for ServiceProxy {
     async fn get(&self, path: &str) -> Result<(u16, Bytes), String> {
-        let call = async {
-            let response = self.send(path).await?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
+        self.call(http::Method::GET, path, CALL_TIMEOUT).await
     }
 
     async fn post(&self, path: &str) -> Result<(u16, Bytes), String> {
-        let call = async {
-            let response = self.send_as(http::Method::POST, path).await?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(ACTION_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("no answer within {ACTION_TIMEOUT:?}"))?
+        self.call(http::Method::POST, path, ACTION_TIMEOUT).await
     }
 
     async fn stream(

@@ -81,44 +81,6 @@ async fn start(draas: &Draas, id: &str) -> Value {
     body
 }
 
-/// Waits until `query` of instance `id` has rows `done` says yes to.
-async fn rows_until(
-    draas: &Draas,
-    id: &str,
-    query: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let path = format!("/api/server/instances/{id}/queries/{query}/results");
-    wait_for(
-        &format!("rows of {query}"),
-        Duration::from_secs(30),
-        || async {
-            let (status, body) = draas.get(&path).await;
-            let rows = body["rows"].as_array()?.clone();
-            (status == 200 && done(&rows)).then_some(rows)
-        },
-    )
-    .await
-}
-
-async fn logged(draas: &Draas, id: &str, text: &str) {
-    wait_for(
-        &format!("log line {text:?}"),
-        Duration::from_secs(30),
-        || async {
-            let (_, body) = draas
-                .get(&format!("/api/server/instances/{id}/logs?tail=1000"))
-                .await;
-            body["lines"]
-                .as_array()?
-                .iter()
-                .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_the_official_server_refuses_are_refused_naming_what_replaced_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,12 +250,12 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
 
     start(&draas, &id).await;
     // The shared scriptfile bootstrap reached both queries.
-    let adults = rows_until(&draas, &id, "adults", |r| r.len() == 3).await;
+    let adults = draas.query_rows(&id, "adults", |r| r.len() == 3).await;
     assert!(
         adults.iter().all(|r| r["age"].as_i64().unwrap() >= 21),
         "{adults:?}"
     );
-    rows_until(&draas, &id, "everyone", |r| r.len() == 6).await;
+    draas.query_rows(&id, "everyone", |r| r.len() == 6).await;
 
     // A change through the http source reaches every reaction.
     let event = json!({"operation": "insert", "element": {"type": "node", "id": "p9",
@@ -307,8 +269,8 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    rows_until(&draas, &id, "adults", |r| r.len() == 4).await;
-    logged(&draas, &id, "ADULT newcomer (33)").await;
+    draas.query_rows(&id, "adults", |r| r.len() == 4).await;
+    draas.logged(&id, "ADULT newcomer (33)").await;
     let delivered = receiver
         .wait_for("the added person", Duration::from_secs(30), |r| {
             r.path == "/people/added"
@@ -393,9 +355,9 @@ async fn lib_instances_and_a_platform_reaction_through_the_cli() {
     let (_, instance) = draas.get("/api/server/instances/multi").await;
     let id = instance["id"].as_str().unwrap().to_string();
     start(&draas, &id).await;
-    let values = rows_until(&draas, &id, "values", |r| !r.is_empty()).await;
+    let values = draas.query_rows(&id, "values", |r| !r.is_empty()).await;
     assert!(values[0]["value"].is_number());
-    let hot = rows_until(&draas, &id, "hot", |r| r.len() == 3).await;
+    let hot = draas.query_rows(&id, "hot", |r| r.len() == 3).await;
     assert!(hot[0]["sensor"].as_str().unwrap().starts_with("sensor_"));
     let (_, status) = draas
         .get(&format!("/api/server/instances/{id}/runtime-status"))

@@ -11,7 +11,7 @@
 //!   source, and `Running` again once the source reconnected;
 //! - deleting an instance drops the replication slot its source created,
 //!   whether its server runs (the server drops it) or not (the worker runs
-//!   the runtime once to drop it).
+//!   the runtime once to drop it: a process, or a container of its image).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use common::Draas;
 use draas_testkit::postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
-use draas_testkit::wait_for;
 use serde_json::{json, Value};
 
 /// A shop's orders, and a publication of them.
@@ -74,27 +73,11 @@ fn create_body(name: &str, pg: &PostgresServer) -> Value {
     })
 }
 
-/// The result rows of the instance's query, through DRaaS, sorted by id.
-async fn rows(draas: &Draas, id: &str) -> Vec<Value> {
-    let (status, body) = draas
-        .get(&format!(
-            "/api/server/instances/{id}/queries/big-orders/results"
-        ))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let mut rows = body["rows"].as_array().cloned().unwrap_or_default();
-    rows.sort_by_key(|r| r["id"].as_i64());
-    rows
-}
-
 /// Waits until the query's rows are `expected` (as `(id, total)`).
 async fn rows_become(draas: &Draas, id: &str, expected: &[(i64, i64)]) {
-    wait_for(
-        &format!("rows {expected:?}"),
-        Duration::from_secs(30),
-        || async {
-            let rows: Vec<(i64, i64)> = rows(draas, id)
-                .await
+    draas
+        .query_rows(id, "big-orders", |rows| {
+            let mut got: Vec<(i64, i64)> = rows
                 .iter()
                 .map(|r| {
                     (
@@ -103,29 +86,10 @@ async fn rows_become(draas: &Draas, id: &str, expected: &[(i64, i64)]) {
                     )
                 })
                 .collect();
-            (rows == expected).then_some(())
-        },
-    )
-    .await;
-}
-
-/// Waits until the server's log has a line containing `text`.
-async fn logged(draas: &Draas, id: &str, text: &str) {
-    wait_for(
-        &format!("log line {text:?}"),
-        Duration::from_secs(30),
-        || async {
-            let (_, body) = draas
-                .get(&format!("/api/server/instances/{id}/logs?tail=500"))
-                .await;
-            body["lines"]
-                .as_array()?
-                .iter()
-                .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
-                .then_some(())
-        },
-    )
-    .await;
+            got.sort_unstable();
+            got == expected
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,26 +124,28 @@ async fn a_postgres_source_follows_its_table_through_restarts_and_leaves_no_slot
         )
         .await;
     assert_eq!(status, 200, "{started}");
-    // The bootstrap: the rows already in the table.
-    rows_become(&draas, &id, &[(1, 250), (3, 120)]).await;
-    // The source replicates from its own slot once its queries bootstrapped.
-    wait_for("the replication slot", Duration::from_secs(30), || async {
-        pg.slots().contains(&slot).then_some(())
-    })
-    .await;
+    // Running: the slot exists already (the runtime reserves it before the
+    // source starts), so a row committed now is not lost between the
+    // bootstrap snapshot and the source's first replication.
+    assert!(
+        pg.slots().contains(&slot),
+        "the slot is reserved: {:?}",
+        pg.slots()
+    );
+    pg.sql("INSERT INTO orders VALUES (4, 'dee', 500)");
+    // The bootstrap (the rows already in the table) and the insert.
     // (A reaction starts from the query's current results: the bootstrap
     // rows are its starting point, not changes it prints.)
+    rows_become(&draas, &id, &[(1, 250), (3, 120), (4, 500)]).await;
 
     // Changes: insert, update, delete.
-    pg.sql("INSERT INTO orders VALUES (4, 'dee', 500)");
-    rows_become(&draas, &id, &[(1, 250), (3, 120), (4, 500)]).await;
-    logged(&draas, &id, "NEW ORDER 4 by dee").await;
+    draas.logged(&id, "NEW ORDER 4 by dee").await;
     pg.sql("UPDATE orders SET total = 300 WHERE id = 3");
     rows_become(&draas, &id, &[(1, 250), (3, 300), (4, 500)]).await;
-    logged(&draas, &id, "CHANGED ORDER 3 to 300").await;
+    draas.logged(&id, "CHANGED ORDER 3 to 300").await;
     pg.sql("DELETE FROM orders WHERE id = 1");
     rows_become(&draas, &id, &[(3, 300), (4, 500)]).await;
-    logged(&draas, &id, "GONE ORDER 1").await;
+    draas.logged(&id, "GONE ORDER 1").await;
 
     // A second instance reading the same database starts too.
     let (status, second) = draas
@@ -334,15 +300,21 @@ async fn a_container_follows_a_database_on_its_host_and_leaves_no_slot() {
         )
         .await;
     assert_eq!(status, 200, "{started}");
-    rows_become(&draas, &id, &[(1, 250), (3, 120)]).await;
-    wait_for("the replication slot", Duration::from_secs(30), || async {
-        pg.slots().contains(&slot).then_some(())
-    })
-    .await;
+    assert!(pg.slots().contains(&slot), "reserved: {:?}", pg.slots());
     pg.sql("INSERT INTO orders VALUES (7, 'gil', 700)");
     rows_become(&draas, &id, &[(1, 250), (3, 120), (7, 700)]).await;
-    logged(&draas, &id, "NEW ORDER 7 by gil").await;
+    draas.logged(&id, "NEW ORDER 7 by gil").await;
 
+    // Stopped, then deleted: the worker runs the runtime's image once to
+    // drop the slot.
+    let (status, body) = draas
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        pg.slots().contains(&slot),
+        "a stopped instance keeps its slot"
+    );
     let (status, body) = draas
         .call(
             reqwest::Method::DELETE,

@@ -124,10 +124,16 @@ pub fn settle(mut config: DrasiServerConfig, ctx: &SettleContext) -> Settled {
         Some(_) => {}
     }
 
-    // Listened ports of components; postgres replication slots.
+    // Listened ports of components; postgres replication slots (a new
+    // source's is the first of this instance's names no source has).
     let mut used: Vec<u16> = config.static_port().into_iter().collect();
     let mut pending_private: Vec<String> = Vec::new();
-    let mut slot = 0usize;
+    let mut slots_taken: Vec<String> = config
+        .all_sources()
+        .iter()
+        .filter(|(_, s)| s.kind == "postgres")
+        .filter_map(|(_, s)| s.properties.get("slotName")?.as_str().map(str::to_string))
+        .collect();
     let lib_count = config.lib_instances().len();
     for lib_index in 0..lib_count {
         let (base, sources, reactions) = if config.instances.is_empty() {
@@ -160,20 +166,24 @@ pub fn settle(mut config: DrasiServerConfig, ctx: &SettleContext) -> Settled {
                 )
             }));
         for (class, pointer, kind, properties) in components {
-            if class == ComponentClass::Source && kind == "postgres" {
-                if !properties.contains_key("slotName") {
-                    let name = slot_name(ctx.instance_id, slot);
-                    warnings.push(ConfigIssue::new(
-                        format!("{pointer}/slotName"),
-                        format!(
-                            "set to '{name}': each instance needs a replication slot of its own \
+            if class == ComponentClass::Source
+                && kind == "postgres"
+                && !properties.contains_key("slotName")
+            {
+                let name = (0..)
+                    .map(|n| slot_name(ctx.instance_id, n))
+                    .find(|name| !slots_taken.contains(name))
+                    .unwrap_or_else(|| slot_name(ctx.instance_id, 0));
+                slots_taken.push(name.clone());
+                warnings.push(ConfigIssue::new(
+                    format!("{pointer}/slotName"),
+                    format!(
+                        "set to '{name}': each instance needs a replication slot of its own \
                              (drasi-server's default, drasi_slot, can serve one server only), and \
                              DRaaS drops it when the instance is deleted"
-                        ),
-                    ));
-                    properties.insert("slotName".into(), Value::String(name));
-                }
-                slot += 1;
+                    ),
+                ));
+                properties.insert("slotName".into(), Value::String(name));
             }
             for field in PORT_FIELDS
                 .iter()
@@ -388,6 +398,44 @@ reactions:
             "draas_i0123456789abcdef0123456789abcdef_0"
         );
         assert_eq!(config.sources[2].properties["slotName"], "mine");
+        // A source added later gets a name no source of the instance has.
+        let mut again = settled.config.clone();
+        // The first postgres source goes; the second, which names the
+        // first's slot, stays.
+        again.sources.remove(1);
+        again.sources[1].properties.insert(
+            "slotName".into(),
+            "draas_i0123456789abcdef0123456789abcdef_0".into(),
+        );
+        again.sources.push(again.sources[1].clone());
+        again.sources[2].id = "db3".into();
+        again.sources[2].properties.remove("slotName");
+        again.sources.push(again.sources[2].clone());
+        again.sources[3].id = "db4".into();
+        let env = |_: &str| None;
+        let resettled = settle(
+            again,
+            &SettleContext {
+                instance_id: "i-0123456789abcdef0123456789abcdef",
+                platform: PlatformType::Process,
+                process_host: "127.0.0.1",
+                lookup: &env,
+            },
+        );
+        let names: Vec<&str> = resettled
+            .config
+            .sources
+            .iter()
+            .filter_map(|s| s.properties.get("slotName")?.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "draas_i0123456789abcdef0123456789abcdef_0",
+                "draas_i0123456789abcdef0123456789abcdef_1",
+                "draas_i0123456789abcdef0123456789abcdef_2"
+            ]
+        );
         let paths: Vec<&str> = settled.warnings.iter().map(|w| w.path.as_str()).collect();
         assert_eq!(
             paths,

@@ -475,6 +475,49 @@ impl Api {
         .await
     }
 
+    /// Waits until the server of instance `id` has logged a line
+    /// containing `text` (read through DRaaS: `/logs`).
+    pub async fn logged(&self, id: &str, text: &str) {
+        let path = format!("/api/server/instances/{id}/logs?tail=1000");
+        wait_for(
+            &format!("log line {text:?}"),
+            Duration::from_secs(30),
+            || {
+                let path = path.clone();
+                async move {
+                    let (_, body) = self.get(&path).await;
+                    body["lines"]
+                        .as_array()?
+                        .iter()
+                        .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until query `query` of instance `id`, read through DRaaS
+    /// (`/queries/{query}/results`), has rows `done` says yes to.
+    pub async fn query_rows(
+        &self,
+        id: &str,
+        query: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let path = format!("/api/server/instances/{id}/queries/{query}/results");
+        wait_for(&format!("rows of {query}"), Duration::from_secs(30), || {
+            let path = path.clone();
+            let done = &done;
+            async move {
+                let (status, body) = self.get(&path).await;
+                let rows = body["rows"].as_array()?.clone();
+                (status == 200 && done(&rows)).then_some(rows)
+            }
+        })
+        .await
+    }
+
     /// The rows of a query on the instance's own API, once there are some.
     pub async fn rows(&self, endpoint: &str, query: &str) -> Vec<Value> {
         let url = format!("{endpoint}/api/v1/queries/{query}/results");
