@@ -32,6 +32,8 @@ pub(crate) struct DraasUp {
     child: Child,
     base: String,
     pub(crate) client: reqwest::Client,
+    /// Its servers outlive it by design; not the benchmark.
+    _servers: draas_testkit::process::Reaper,
     _dir: tempfile::TempDir,
 }
 
@@ -86,6 +88,7 @@ impl DraasUp {
             child,
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
+            _servers: draas_testkit::process::Reaper(dir.path().to_path_buf()),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);

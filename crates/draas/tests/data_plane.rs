@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_is_starting_while_its_queries_bootstrap_and_its_numbers_reach_metrics() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their control plane by design: none outlives the test.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let draas = Draas::up(dir.path()).await;
     let upstream = Receiver::holding(
         json!({"items": [{"id": "a", "name": "Ann"}, {"id": "b", "name": "Ben"}]}).to_string(),

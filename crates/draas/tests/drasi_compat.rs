@@ -84,6 +84,8 @@ async fn start(draas: &Draas, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_the_official_server_refuses_are_refused_naming_what_replaced_them() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their control plane by design: none outlives the test.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let draas = Draas::up(dir.path()).await;
     // (file, status, code, JSON Pointer in the create body, words).
     let cases = [
@@ -181,6 +183,8 @@ async fn files_the_official_server_refuses_are_refused_naming_what_replaced_them
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their control plane by design: none outlives the test.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let draas = Draas::up(dir.path()).await;
     let receiver = Receiver::start().await;
     let people: Vec<String> = std::iter::once(
@@ -325,6 +329,8 @@ async fn every_key_of_a_drasi_server_file_is_honoured_or_said() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lib_instances_and_a_platform_reaction_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their control plane by design: none outlives the test.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let draas = Draas::up(dir.path()).await;
 
     // Several lib instances, from the CLI's -f.

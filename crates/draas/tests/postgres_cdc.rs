@@ -95,6 +95,8 @@ async fn rows_become(draas: &Draas, id: &str, expected: &[(i64, i64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_source_follows_its_table_through_restarts_and_leaves_no_slot() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their control plane by design: none outlives the test.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let mut pg = PostgresServer::start();
     shop(&pg);
     let draas = Draas::up(dir.path()).await;
@@ -274,6 +276,8 @@ impl Drop for Containers {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_follows_a_database_on_its_host_and_leaves_no_slot() {
     let dir = tempfile::tempdir().unwrap();
+    // Servers outlive their control plane by design: none outlives the test.
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let gateway = bridge_gateway();
     let pg = PostgresServer::start_listening_on(&[&gateway]);
     shop(&pg);
