@@ -3,11 +3,10 @@
 //! the shape that replaced them), the query parser drasi-lib itself uses,
 //! and, for the bundled runtime, every kind and every plugin field.
 
-use draas_core::config::{
-    parse_reference, validate_structure, ConfigIssue, DrasiServerConfig, QueryLanguage,
-    ValidationContext,
+use draas_core::config::{parse_reference, ConfigIssue, DrasiServerConfig, QueryLanguage};
+use draas_core::ports::{
+    CheckTarget, ConfigValidator, Report, Runtime, RuntimeCatalog, StructuralValidator,
 };
-use draas_core::ports::{CheckTarget, Report, Runtime, RuntimeCatalog};
 use drasi_lib::queries::label_extractor::LabelExtractor;
 use serde_json::{Map, Value};
 
@@ -16,16 +15,7 @@ use crate::plugins::{self, PluginCheck};
 /// Every issue and warning of `config` as the configuration of `target`.
 pub fn validate(config: &DrasiServerConfig, target: &CheckTarget) -> Report {
     let lookup = |name: &str| target.lookup(name);
-    let mut report = Report {
-        issues: validate_structure(
-            config,
-            &ValidationContext {
-                lookup: &lookup,
-                default_id: target.instance_id,
-            },
-        ),
-        warnings: Vec::new(),
-    };
+    let mut report = StructuralValidator.validate(config, target);
     let bundled = target.runtime == Runtime::Bundled;
 
     for (base, query) in config.all_queries() {

@@ -196,23 +196,30 @@ async fn a_postgres_source_follows_its_table_through_restarts_and_leaves_no_slot
     assert!(!pg.slots().contains(&slot), "{:?}", pg.slots());
 
     // Deleting a stopped one too (the worker runs the runtime to drop it).
+    stop_then_delete(&draas, &pg, &second_id, &second_slot).await;
+    assert!(pg.slots().is_empty(), "{:?}", pg.slots());
+}
+
+/// Stops instance `id` (its slot stays: a stopped instance resumes where it
+/// stopped), then deletes it (its slot is dropped without a running server).
+async fn stop_then_delete(draas: &Draas, pg: &PostgresServer, id: &str, slot: &str) {
     let (status, body) = draas
-        .post(&format!("/api/server/instances/{second_id}/stop"), None)
+        .post(&format!("/api/server/instances/{id}/stop"), None)
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        pg.slots().contains(&second_slot),
+        pg.slots().iter().any(|s| s == slot),
         "a stopped instance keeps its slot"
     );
     let (status, body) = draas
         .call(
             reqwest::Method::DELETE,
-            &format!("/api/server/instances/{second_id}"),
+            &format!("/api/server/instances/{id}"),
             None,
         )
         .await;
     assert_eq!(status, 204, "{body}");
-    assert!(pg.slots().is_empty(), "{:?}", pg.slots());
+    assert!(!pg.slots().iter().any(|s| s == slot), "{:?}", pg.slots());
 }
 
 /// The Docker bridge's gateway: the host address a container reaches (the
@@ -311,21 +318,5 @@ async fn a_container_follows_a_database_on_its_host_and_leaves_no_slot() {
 
     // Stopped, then deleted: the worker runs the runtime's image once to
     // drop the slot.
-    let (status, body) = draas
-        .post(&format!("/api/server/instances/{id}/stop"), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        pg.slots().contains(&slot),
-        "a stopped instance keeps its slot"
-    );
-    let (status, body) = draas
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/server/instances/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 204, "{body}");
-    assert!(!pg.slots().contains(&slot), "{:?}", pg.slots());
+    stop_then_delete(&draas, &pg, &id, &slot).await;
 }
