@@ -83,11 +83,13 @@ impl CursorFile {
 
 /// Feeds the instances named by events into `named`, from `cursor` on
 /// (from now when `None`), reconnecting from the last cursor seen whenever
-/// the stream ends (the control plane restarted, say).
+/// the stream ends (the control plane restarted, say). `named` is bounded:
+/// a reconciler that falls behind slows the stream down (the control
+/// plane keeps the history) instead of queueing without limit.
 pub async fn follow_events(
     client: Arc<dyn ControlPlanePort>,
     mut cursor: Option<String>,
-    named: mpsc::UnboundedSender<Named>,
+    named: mpsc::Sender<Named>,
     reconnect_after: Duration,
     shutdown: CancellationToken,
 ) {
@@ -103,7 +105,7 @@ pub async fn follow_events(
                                 if event.cursor.is_some() {
                                     cursor.clone_from(&event.cursor);
                                 }
-                                if named.send(event).is_err() {
+                                if named.send(event).await.is_err() {
                                     return;
                                 }
                             }

@@ -2,8 +2,18 @@
 //! when a wait it planned ends, and on a periodic full pass that catches
 //! anything an event missed; executes what the plan says, one step per
 //! instance at a time, and only while it holds the lease.
+//!
+//! The loop itself never waits for I/O (the shape of kube-runtime's
+//! controller runner): reads of instances, steps and cursor saves are
+//! tasks whose results come back to it, so a slow full pass never holds up
+//! a lease change, a timer or an event. It deduplicates (one read and one
+//! step per instance at a time; a read asked for meanwhile follows the one
+//! in flight) and delays (planned waits in a timer queue); its queues are
+//! bounded (events), a step that panics is logged and planned again later,
+//! and at shutdown the steps in flight are drained.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +21,12 @@ use std::time::Duration;
 use chrono::Utc;
 use draas_core::instance::{Instance, InstanceId};
 use draas_core::messages::StatusChange;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client::ClientError;
 use crate::cursor::{follow_events, CursorFile, Named};
@@ -59,8 +69,48 @@ impl Default for ReconcilerSettings {
     }
 }
 
-/// How often a changed cursor is written to its file.
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    /// It returned (done, refused or failed: the record says).
+    Done,
+    /// It panicked (a bug): its instance is planned again after
+    /// [`AFTER_PANIC`].
+    Panicked,
+}
+
+/// How long an instance whose step panicked waits before it is planned
+/// again.
+const AFTER_PANIC: Duration = Duration::from_secs(5);
+
+/// Events received and not yet planned, at most (the stream waits beyond).
+const EVENTS_QUEUED: usize = 1024;
+
+/// How often a changed cursor is written to its file, at most.
 const SAVE_CURSOR_EVERY: Duration = Duration::from_millis(500);
+
+/// How long shutdown waits for the steps in flight.
+const DRAIN_STEPS: Duration = Duration::from_secs(10);
+
+/// Saves the cursor whenever it changed, at most every
+/// [`SAVE_CURSOR_EVERY`], until aborted.
+async fn save_cursor(file: CursorFile, mut cursor: watch::Receiver<Option<String>>) {
+    while cursor.changed().await.is_ok() {
+        let at = cursor.borrow_and_update().clone();
+        if let Some(at) = at {
+            file.save(&at).await;
+        }
+        tokio::time::sleep(SAVE_CURSOR_EVERY).await;
+    }
+}
+
+/// A read of the control plane, done.
+enum Read {
+    /// Every instance (a full pass).
+    All(Result<Vec<Instance>, ClientError>),
+    /// One instance (boxed: a record is large).
+    One(String, Result<Box<Instance>, ClientError>),
+}
 
 /// Runs the reconciler against the control plane `client` until
 /// `shutdown`.
@@ -85,7 +135,7 @@ pub async fn run(
         lease_tx,
         shutdown.clone(),
     ));
-    let (named, mut names) = mpsc::unbounded_channel::<Named>();
+    let (named, mut names) = mpsc::channel::<Named>(EVENTS_QUEUED);
     let events = tokio::spawn(follow_events(
         client.clone(),
         saved.clone(),
@@ -101,17 +151,21 @@ pub async fn run(
         timer_keys: HashMap::new(),
         busy: HashSet::new(),
         steps: JoinSet::new(),
+        reads: JoinSet::new(),
+        reading: HashSet::new(),
+        read_again: HashSet::new(),
+        reading_all: false,
         fence: None,
         unplanned: HashSet::new(),
         known: HashMap::new(),
     };
+    let (cursor_tx, cursor_rx) = watch::channel(saved.clone());
+    let saver = cursor_file
+        .clone()
+        .map(|file| tokio::spawn(save_cursor(file, cursor_rx)));
     let every = settings.full_pass_every;
     let mut full_pass = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     full_pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut save = tokio::time::interval(SAVE_CURSOR_EVERY);
-    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cursor = saved.clone();
-    let mut unsaved = false;
     // The first term after a start with a saved cursor needs no full pass:
     // the stream replays every change since (the periodic pass follows).
     let mut resume_from_cursor = saved.is_some();
@@ -128,10 +182,10 @@ pub async fn run(
                         let named = std::mem::take(&mut state.unplanned);
                         if std::mem::take(&mut resume_from_cursor) {
                             for id in named {
-                                state.look_at(id).await;
+                                state.look_at(id);
                             }
                         } else {
-                            state.full_pass().await;
+                            state.full_pass();
                         }
                     }
                     (Some(_), None) => {
@@ -141,39 +195,60 @@ pub async fn run(
                     _ => {}
                 }
             }
-            _ = full_pass.tick() => state.full_pass().await,
+            _ = full_pass.tick() => state.full_pass(),
             Some(Named { instance, cursor: seen, change }) = names.recv() => {
-                state.on_event(instance, change).await;
+                state.on_event(instance, change);
                 if seen.is_some() {
-                    cursor = seen;
-                    unsaved = true;
+                    cursor_tx.send_replace(seen);
                 }
             }
             Some(expired) = state.timers.next() => {
                 let id = expired.into_inner();
                 state.timer_keys.remove(&id);
-                state.look_at(id).await;
+                state.look_at(id);
+            }
+            Some(read) = state.reads.join_next() => {
+                if let Ok(read) = read {
+                    state.on_read(read);
+                }
             }
             Some(done) = state.steps.join_next() => {
-                if let Ok(id) = done {
-                    state.busy.remove(&id);
-                    // Its outcome is planned at once (the next restart of a
-                    // crash loop, say), and so are events that came meanwhile.
-                    state.look_at(id).await;
+                match done {
+                    Ok((id, StepEnd::Done)) => {
+                        state.busy.remove(&id);
+                        // Its outcome is planned at once (the next restart of
+                        // a crash loop, say), and so are events that came
+                        // meanwhile.
+                        state.look_at(id);
+                    }
+                    Ok((id, StepEnd::Panicked)) => {
+                        state.busy.remove(&id);
+                        state.wait(id, AFTER_PANIC);
+                    }
+                    // Aborted at shutdown.
+                    Err(_) => {}
                 }
-            }
-            _ = save.tick(), if unsaved => {
-                if let (Some(file), Some(at)) = (&cursor_file, &cursor) {
-                    file.save(at).await;
-                }
-                unsaved = false;
             }
         }
     }
     events.abort();
-    state.steps.abort_all();
-    if let (Some(file), Some(at)) = (&cursor_file, &cursor) {
-        file.save(at).await;
+    state.reads.abort_all();
+    // Steps in flight are finished (each is one request, bounded by the
+    // client's timeout), up to a limit.
+    let drained = tokio::time::timeout(DRAIN_STEPS, async {
+        while state.steps.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("reconciler: steps still in flight at shutdown were abandoned");
+        state.steps.abort_all();
+    }
+    if let Some(saver) = saver {
+        saver.abort();
+    }
+    let last = cursor_tx.borrow().clone();
+    if let (Some(file), Some(at)) = (&cursor_file, last) {
+        file.save(&at).await;
     }
     lease_task.abort();
     if state.fence.is_some() {
@@ -192,7 +267,15 @@ struct Loop {
     timer_keys: HashMap<String, delay_queue::Key>,
     /// Instances with a step in flight (planned again when it ends).
     busy: HashSet<String>,
-    steps: JoinSet<String>,
+    steps: JoinSet<(String, StepEnd)>,
+    /// Reads in flight.
+    reads: JoinSet<Read>,
+    /// Instances being read.
+    reading: HashSet<String>,
+    /// Instances asked for again while being read: read again after.
+    read_again: HashSet<String>,
+    /// Whether a full pass's read is in flight.
+    reading_all: bool,
     /// The lease's fencing token while this reconciler holds it.
     fence: Option<u64>,
     /// Instances events named while this reconciler did not hold the
@@ -205,22 +288,16 @@ struct Loop {
 }
 
 impl Loop {
-    /// Plans every instance.
-    async fn full_pass(&mut self) {
-        if self.fence.is_none() {
+    /// Plans every instance (once they are read; one full read at a time).
+    fn full_pass(&mut self) {
+        if self.fence.is_none() || self.reading_all {
             return;
         }
         self.unplanned.clear();
-        match self.client.instances().await {
-            Ok(all) => {
-                // What is not listed any more is not kept either.
-                self.known.clear();
-                for instance in all {
-                    self.consider(instance);
-                }
-            }
-            Err(e) => warn!("reconciler: full pass skipped: {e}"),
-        }
+        self.reading_all = true;
+        let client = self.client.clone();
+        self.reads
+            .spawn(async move { Read::All(client.instances().await) });
     }
 
     /// Plans the instance an event named. A crash of an instance read a
@@ -230,7 +307,7 @@ impl Loop {
     /// stored (state, restarts in a row, restart policy), so a copy that is
     /// out of date only costs a refused step and a fresh read. Anything
     /// else is read first.
-    async fn on_event(&mut self, id: String, change: Option<StatusChange>) {
+    fn on_event(&mut self, id: String, change: Option<StatusChange>) {
         if self.fence.is_some() && !self.busy.contains(&id) {
             let known = self.known.get(&id).cloned();
             if let Some(instance) = known.zip(change).and_then(|(i, c)| with_change(i, &c)) {
@@ -241,11 +318,13 @@ impl Loop {
                 }
             }
         }
-        self.look_at(id).await;
+        self.look_at(id);
     }
 
-    /// Reads instance `id` and plans it.
-    async fn look_at(&mut self, id: String) {
+    /// Reads instance `id`, then plans it (a read already in flight is
+    /// followed by another: what it returns may predate the change that
+    /// asked for this one).
+    fn look_at(&mut self, id: String) {
         if self.fence.is_none() {
             self.unplanned.insert(id);
             return;
@@ -253,19 +332,64 @@ impl Loop {
         if self.busy.contains(&id) {
             return;
         }
-        match self.client.instance(&id).await {
-            Ok(instance) => self.consider(instance),
-            Err(ClientError::Gone(_)) => {
-                self.known.remove(&id);
-                self.forget(&id);
+        if self.reading.contains(&id) {
+            self.read_again.insert(id);
+            return;
+        }
+        self.reading.insert(id.clone());
+        let client = self.client.clone();
+        self.reads.spawn(async move {
+            let read = client.instance(&id).await.map(Box::new);
+            Read::One(id, read)
+        });
+    }
+
+    /// Plans what a read returned.
+    fn on_read(&mut self, read: Read) {
+        match read {
+            Read::All(Ok(all)) => {
+                self.reading_all = false;
+                // What is not listed any more is not kept either.
+                self.known.clear();
+                for instance in all {
+                    self.consider(instance);
+                }
             }
-            Err(e) => debug!(instance = %id, "reconciler: cannot read it: {e}"),
+            Read::All(Err(e)) => {
+                self.reading_all = false;
+                warn!("reconciler: full pass skipped: {e}");
+            }
+            Read::One(id, read) => {
+                self.reading.remove(&id);
+                match read {
+                    Ok(instance) => self.consider(*instance),
+                    Err(ClientError::Gone(_)) => {
+                        self.known.remove(&id);
+                        self.forget(&id);
+                    }
+                    Err(e) => debug!(instance = %id, "reconciler: cannot read it: {e}"),
+                }
+                if self.read_again.remove(&id) {
+                    self.look_at(id);
+                }
+            }
         }
     }
 
     fn forget(&mut self, id: &str) {
         if let Some(key) = self.timer_keys.remove(id) {
             self.timers.remove(&key);
+        }
+    }
+
+    /// Plans instance `id` again after `wait` (replacing an earlier wait).
+    fn wait(&mut self, id: String, wait: Duration) {
+        match self.timer_keys.get(&id) {
+            Some(key) => self.timers.reset(key, wait),
+            None => {
+                let key = self.timers.insert(id.clone(), wait);
+                self.timer_keys.insert(id, key);
+            }
         }
     }
 
@@ -286,14 +410,7 @@ impl Loop {
         match plan(&instance, now, &self.settings.plan) {
             Decision::Nothing => self.forget(&id),
             Decision::WaitUntil(at) => {
-                let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
-                match self.timer_keys.get(&id) {
-                    Some(key) => self.timers.reset(key, wait),
-                    None => {
-                        let key = self.timers.insert(id.clone(), wait);
-                        self.timer_keys.insert(id, key);
-                    }
-                }
+                self.wait(id, (at - now).to_std().unwrap_or(Duration::ZERO));
             }
             Decision::Act(action) => {
                 self.forget(&id);
@@ -303,8 +420,22 @@ impl Loop {
                 let instance_id = instance.id.clone();
                 self.steps.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    execute(client.as_ref(), &instance_id, &action, fence).await;
-                    id
+                    let step = execute(client.as_ref(), &instance_id, &action, fence);
+                    // A step that panics is a bug, logged; the instance is
+                    // planned again a while later (not at once: a step that
+                    // always panics must not spin).
+                    match AssertUnwindSafe(step).catch_unwind().await {
+                        Ok(()) => (id, StepEnd::Done),
+                        Err(panic) => {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            error!(instance = %instance_id, ?action, "a reconcile step panicked: {what}");
+                            (id, StepEnd::Panicked)
+                        }
+                    }
                 });
             }
         }
@@ -389,5 +520,157 @@ mod tests {
         assert!(with_change(known.clone(), &crash(&known, at(50))).is_none());
         let other = running();
         assert!(with_change(known, &crash(&other, at(200))).is_none());
+    }
+
+    /// A control plane with one instance, scripted: its first step may
+    /// panic, its full list may never come, an event may name it.
+    struct Scripted {
+        instance: std::sync::Mutex<Instance>,
+        acts: std::sync::atomic::AtomicU32,
+        panic_first: bool,
+        list_hangs: bool,
+        event: bool,
+    }
+
+    impl Scripted {
+        /// An instance that should run and was never started, long ago.
+        fn new() -> Self {
+            let mut stale = instance(DesiredState::Running, ActualState::Created);
+            stale.updated_at = Utc::now() - chrono::Duration::hours(1);
+            stale.status.updated_at = stale.updated_at;
+            Self {
+                instance: std::sync::Mutex::new(stale),
+                acts: Default::default(),
+                panic_first: false,
+                list_hangs: false,
+                event: false,
+            }
+        }
+
+        fn acts(&self) -> u32 {
+            self.acts.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ControlPlanePort for Scripted {
+        async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
+            if self.list_hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok(vec![self.instance.lock().unwrap().clone()])
+        }
+
+        async fn instance(&self, _: &str) -> Result<Instance, ClientError> {
+            Ok(self.instance.lock().unwrap().clone())
+        }
+
+        async fn act(&self, _: &InstanceId, _: &Action, _: Option<u64>) -> Result<(), ClientError> {
+            let n = self.acts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 1 && self.panic_first {
+                panic!("a scripted bug");
+            }
+            self.instance.lock().unwrap().status.state = ActualState::Running;
+            Ok(())
+        }
+
+        async fn claim_lease(
+            &self,
+            holder: &str,
+            ttl: Duration,
+        ) -> Result<Option<draas_core::lease::Lease>, ClientError> {
+            let now = Utc::now();
+            Ok(Some(draas_core::lease::Lease {
+                holder: holder.to_string(),
+                token: 1,
+                acquired_at: now,
+                expires_at: now + chrono::Duration::from_std(ttl).unwrap(),
+            }))
+        }
+
+        async fn release_lease(&self, _: &str) -> Result<(), ClientError> {
+            Ok(())
+        }
+
+        async fn instance_events(
+            &self,
+            _: Option<&str>,
+        ) -> Result<futures::stream::BoxStream<'static, Named>, ClientError> {
+            let named = Named {
+                instance: self.instance.lock().unwrap().id.to_string(),
+                cursor: Some("1-0".into()),
+                change: None,
+            };
+            if !self.event {
+                return Ok(futures::stream::pending().boxed());
+            }
+            // A second after the stream opens: once the lease is held and
+            // the full pass has begun.
+            let later = async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                named
+            };
+            Ok(futures::stream::once(later)
+                .chain(futures::stream::pending())
+                .boxed())
+        }
+    }
+
+    fn quiet() -> ReconcilerSettings {
+        ReconcilerSettings {
+            full_pass_every: Duration::from_secs(3600),
+            ..ReconcilerSettings::default()
+        }
+    }
+
+    /// Waits (test time) until `port` acted `n` times, at most a minute.
+    async fn until_acted(port: &Scripted, n: u32) -> Duration {
+        let started = tokio::time::Instant::now();
+        while port.acts() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "acted {} times",
+                port.acts()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_whose_step_panicked_is_planned_again_a_while_later() {
+        let port = Arc::new(Scripted {
+            panic_first: true,
+            ..Scripted::new()
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(port.clone(), quiet(), shutdown.clone()));
+        let took = until_acted(&port, 2).await;
+        assert!(took >= AFTER_PANIC, "not at once after the panic: {took:?}");
+        // Planned from the new state: nothing more to do.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(port.acts(), 2);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// A full pass whose read never ends holds up nothing else: the event
+    /// naming an instance is read, planned and acted on meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pass_that_hangs_holds_up_no_event() {
+        let port = Arc::new(Scripted {
+            list_hangs: true,
+            event: true,
+            ..Scripted::new()
+        });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(port.clone(), quiet(), shutdown.clone()));
+        until_acted(&port, 1).await;
+        shutdown.cancel();
+        // Shutdown does not wait for the hanging read either.
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the loop ended")
+            .unwrap();
     }
 }
