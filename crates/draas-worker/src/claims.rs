@@ -151,26 +151,58 @@ pub(crate) async fn claim(
     }
 }
 
-/// Stores the reply of a command executed by `me`.
+/// What [`finish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Finished {
+    /// The reply is stored.
+    Stored,
+    /// The claim is another worker's now (this one was declared dead
+    /// while it executed the command, and the other took the command
+    /// over): its reply is theirs to store, and this one is dropped.
+    TakenOver(String),
+}
+
+/// Stores the reply of a command executed by `me`, if the claim is still
+/// `me`'s (a compare-and-set: a worker taken over never overwrites its
+/// successor's claim or reply).
 pub(crate) async fn finish(
     store: &dyn StateStore,
     envelope: &CommandEnvelope,
     me: &Claimant<'_>,
     reply: &CommandReply,
-) -> Result<(), StoreError> {
+) -> Result<Finished, StoreError> {
     let record = CommandRecord {
         reply: Some(reply.clone()),
         ..me.record()
     };
-    store
-        .put_json(
-            keys::EXECUTED_COMMANDS,
-            &envelope.id.to_string(),
-            &record,
-            Precondition::None,
-        )
-        .await
-        .map(|_| ())
+    let outcome = read_modify_write(
+        store,
+        keys::EXECUTED_COMMANDS,
+        &envelope.id.to_string(),
+        ATTEMPTS,
+        |current: Option<Record<CommandRecord>>| match current {
+            Some(claimed)
+                if claimed.value.worker_id != me.worker_id
+                    || claimed.value.incarnation != me.incarnation =>
+            {
+                Ok::<_, ()>(Change::Keep(Finished::TakenOver(claimed.value.worker_id)))
+            }
+            _ => Ok(Change::Put {
+                value: record.clone(),
+                also: Vec::new(),
+                output: Finished::Stored,
+            }),
+        },
+    )
+    .await;
+    match outcome {
+        Ok((finished, _)) => Ok(finished),
+        Err(CasError::Store(e)) => Err(e),
+        Err(CasError::Rejected(())) => Err(StoreError::Backend("reply refused".into())),
+        Err(CasError::Exhausted {
+            collection, key, ..
+        }) => Err(StoreError::Conflict { collection, key }),
+    }
 }
 
 /// The reply stored for `envelope`, and whether its claimant still lives.
@@ -182,4 +214,58 @@ pub(crate) async fn stored_reply(
         .get_json::<CommandRecord>(keys::EXECUTED_COMMANDS, &envelope.id.to_string())
         .await?
         .map(|r| r.value))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use draas_core::instance::InstanceId;
+    use draas_core::messages::{Command, Outcome, MESSAGE_VERSION};
+    use draas_store::EmbeddedStore;
+
+    fn reply(worker: &str) -> CommandReply {
+        CommandReply {
+            version: MESSAGE_VERSION,
+            command_id: Uuid::nil(),
+            worker_id: worker.into(),
+            outcome: Outcome::Ok {
+                status: None,
+                runtime: None,
+                detail: None,
+            },
+        }
+    }
+
+    /// A worker declared dead while it executed a command, whose claim
+    /// another took over, does not overwrite the successor's claim (nor
+    /// its reply) when it finishes.
+    #[tokio::test]
+    async fn a_claim_taken_over_is_not_overwritten_by_the_worker_that_lost_it() {
+        let store = EmbeddedStore::in_memory().unwrap();
+        let envelope = CommandEnvelope::new(
+            InstanceId::generate(),
+            Command::Status,
+            std::time::Duration::from_secs(30),
+        );
+        let a = Claimant {
+            worker_id: "wa",
+            incarnation: Uuid::new_v4(),
+        };
+        let b = Claimant {
+            worker_id: "wb",
+            incarnation: Uuid::new_v4(),
+        };
+        assert_eq!(claim(&store, &envelope, &a).await.unwrap(), Claim::Execute);
+        // wa sends no heartbeat: wb takes the command over.
+        assert_eq!(claim(&store, &envelope, &b).await.unwrap(), Claim::Execute);
+        let late = finish(&store, &envelope, &a, &reply("wa")).await.unwrap();
+        assert_eq!(late, Finished::TakenOver("wb".into()));
+        let stored = stored_reply(&store, &envelope).await.unwrap().unwrap();
+        assert_eq!((stored.worker_id.as_str(), stored.reply), ("wb", None));
+        let done = finish(&store, &envelope, &b, &reply("wb")).await.unwrap();
+        assert_eq!(done, Finished::Stored);
+        let stored = stored_reply(&store, &envelope).await.unwrap().unwrap();
+        assert_eq!(stored.reply.unwrap().worker_id, "wb");
+    }
 }

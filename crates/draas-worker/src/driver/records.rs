@@ -15,6 +15,13 @@
 //! reused pid or a recreated container is not) and rewrites the record
 //! with itself as owner, with a compare-and-set, so two workers never both
 //! take one server.
+//!
+//! **Fenced writes.** Every later write of the record is a compare-and-set
+//! that holds only while this worker still owns it: a worker that was
+//! declared dead (a long pause) and taken over finds, when it wakes, that
+//! its writes are refused ([`ErrorCode::InvalidState`], "taken over"), and
+//! stops acting on that server instead of overwriting its successor's
+//! record.
 
 use chrono::{DateTime, Utc};
 use draas_core::instance::{InstanceId, PlatformType};
@@ -149,13 +156,43 @@ where
             .collect())
     }
 
-    /// Stores `record` (written by its owner only).
+    /// Stores `record`, this worker's: refused when another worker owns
+    /// the stored record (it took the server over from this one; see the
+    /// module docs).
     pub async fn save(&self, id: &InstanceId, record: &ServerRecord<P>) -> Result<(), DriverError> {
-        self.store
-            .put_json(&self.collection, id.as_str(), record, Precondition::None)
-            .await
-            .map(|_| ())
-            .map_err(|e| platform_error("cannot persist the server record", e))
+        let outcome = read_modify_write(
+            self.store.as_ref(),
+            &self.collection,
+            id.as_str(),
+            ATTEMPTS,
+            |current: Option<Record<ServerRecord<P>>>| match current {
+                Some(stored) if stored.value.owner != self.worker_id => Err(stored.value.owner),
+                _ => Ok(Change::Put {
+                    value: record.clone(),
+                    also: Vec::new(),
+                    output: (),
+                }),
+            },
+        )
+        .await;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(CasError::Rejected(owner)) => Err(self.taken_over(id, &owner)),
+            Err(CasError::Store(e)) => Err(platform_error("cannot persist the server record", e)),
+            Err(CasError::Exhausted { attempts, .. }) => Err(platform_error(
+                "cannot persist the server record",
+                format!("it kept changing ({attempts} attempts)"),
+            )),
+        }
+    }
+
+    /// The error of a write refused because `owner` took the server over.
+    fn taken_over(&self, id: &InstanceId, owner: &str) -> DriverError {
+        tracing::warn!(instance = %id, %owner, "this worker no longer owns the server: it was taken over");
+        DriverError::new(
+            ErrorCode::InvalidState,
+            format!("the server of {id} was taken over by worker {owner}; this worker no longer acts on it"),
+        )
     }
 
     /// Marks the record of `id` stopped (the server is gone; the record
@@ -187,6 +224,9 @@ where
             ATTEMPTS,
             |current: Option<Record<ServerRecord<P>>>| {
                 Ok::<_, ()>(match current {
+                    // Another worker's now (taken over): not this one's to
+                    // write.
+                    Some(record) if record.value.owner != self.worker_id => Change::Keep(()),
                     Some(record) if record.value.running && describes(&record.value) => {
                         let mut value = record.value;
                         value.running = false;
@@ -291,5 +331,58 @@ fn cas_message(e: CasError<()>) -> String {
         CasError::Exhausted { attempts, .. } => {
             format!("it kept changing ({attempts} attempts)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use draas_store::EmbeddedStore;
+
+    fn record(owner: &str) -> ServerRecord<u32> {
+        ServerRecord {
+            owner: owner.into(),
+            generation: 1,
+            address: ServerAddress {
+                api_url: "http://127.0.0.1:1".into(),
+                endpoint: "http://127.0.0.1:1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            started_at: Utc::now(),
+            running: true,
+            platform: 7,
+        }
+    }
+
+    /// A worker declared dead (a long pause) and taken over changes
+    /// nothing when it wakes: its writes of the record are refused, and
+    /// the successor's record stands.
+    #[tokio::test]
+    async fn a_worker_that_was_taken_over_cannot_write_the_record_any_more() {
+        let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let a = Records::<u32>::new(store.clone(), PlatformType::Process, "host", "wa");
+        let b = Records::<u32>::new(store.clone(), PlatformType::Process, "host", "wb");
+        let id = InstanceId::generate();
+        a.save(&id, &record("wa")).await.unwrap();
+        // wa sends no heartbeat (it is paused): wb takes the server over.
+        let takeover = b.take_over(&id, |p| async move { Some(p) }).await.unwrap();
+        assert!(matches!(takeover, Takeover::Adopted(..)), "{takeover:?}");
+
+        let refused = a.save(&id, &record("wa")).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidState);
+        assert!(
+            refused.message.contains("taken over by worker wb"),
+            "{}",
+            refused.message
+        );
+        a.mark_stopped(&id).await.unwrap();
+        let stored = b.get(&id).await.unwrap().unwrap().value;
+        assert_eq!(stored.owner, "wb");
+        assert!(stored.running, "wa's stop did not touch wb's record");
+        // wb, the owner, writes as before.
+        b.mark_stopped(&id).await.unwrap();
+        assert!(!b.get(&id).await.unwrap().unwrap().value.running);
     }
 }
