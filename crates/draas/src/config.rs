@@ -732,8 +732,9 @@ pub fn runtime_or_sibling(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
 /// Settings of the control plane.
 #[derive(Args, Debug, Clone)]
 pub struct ControlArgs {
-    /// Seconds the API waits for a worker's reply to a command.
-    #[arg(long, env = "DRAAS_COMMAND_TIMEOUT", default_value_t = 30)]
+    /// Seconds the API waits for a worker's reply to a command (starts and
+    /// stops wait longer when the server's own timeouts ask for it).
+    #[arg(long, env = "DRAAS_COMMAND_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=draas_core::limits::MAX_COMMAND_TIMEOUT_SECONDS))]
     pub command_timeout: u64,
     /// Ports given to instances that choose none, as FIRST-LAST.
     #[arg(long, env = "DRAAS_PORT_RANGE", default_value = "21000-21999", value_parser = parse_range)]

@@ -240,8 +240,8 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
     let client = draas_reconciler::ControlPlaneClient::new(
         &args.control_plane,
-        // The control plane answers within its own command deadlines.
-        Duration::from_secs(900),
+        // The control plane answers within its own route limits.
+        draas_core::limits::CLIENT_TIMEOUT,
         args.token.token.as_deref(),
         &args.token.trusted(&args.control_plane)?,
     )?;

@@ -34,9 +34,10 @@ use crate::service::ControlPlane;
 pub const HEADER: &str = "idempotency-key";
 /// How long an answer is kept.
 const KEEP_HOURS: i64 = 24;
-/// How long a reservation without an answer holds (a control plane that
-/// died mid-request must not block the key for a day).
-const PENDING_MINUTES: i64 = 10;
+/// How long a reservation without an answer holds: longer than the request
+/// may run (see `draas_core::limits`), and a control plane that died
+/// mid-request does not block the key for a day.
+const PENDING_SECONDS: u64 = draas_core::limits::IDEMPOTENCY_RESERVATION_SECONDS;
 /// Largest answer kept.
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// Expired records are swept every this many reservations.
@@ -66,7 +67,7 @@ impl Remembered {
     fn expired(&self, now: DateTime<Utc>) -> bool {
         let keep = match self.answer {
             Some(_) => Duration::hours(KEEP_HOURS),
-            None => Duration::minutes(PENDING_MINUTES),
+            None => Duration::seconds(PENDING_SECONDS as i64),
         };
         now - self.at > keep
     }
@@ -267,5 +268,33 @@ async fn sweep(cp: &ControlPlane) {
                 )
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved(ago: Duration) -> (Remembered, DateTime<Utc>) {
+        let now = Utc::now();
+        let remembered = Remembered {
+            at: now - ago,
+            request: String::new(),
+            answer: None,
+        };
+        (remembered, now)
+    }
+
+    #[test]
+    fn a_reservation_outlives_the_longest_request_it_guards() {
+        // A restart at the largest timeouts, then the longest wait: the
+        // retry of such a request must still find the key reserved.
+        let route = Duration::from_std(draas_core::limits::INSTANCE_ROUTE).unwrap();
+        let (still_running, now) = reserved(route);
+        assert!(!still_running.expired(now));
+        let (ten_minutes, now) = reserved(Duration::minutes(11));
+        assert!(!ten_minutes.expired(now));
+        let (dead, now) = reserved(Duration::seconds(PENDING_SECONDS as i64 + 1));
+        assert!(dead.expired(now));
     }
 }
