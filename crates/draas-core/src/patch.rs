@@ -175,25 +175,12 @@ fn guard_secrets(patch: &json_patch::Patch, secrets: &[&str]) -> Result<(), Patc
     Ok(())
 }
 
-/// Deserializes `value` into `T`, reporting the JSON Pointer of a failure.
+/// Deserializes `value` into `T` as a user's document (unknown fields
+/// refused, see [`crate::strict`]), reporting the JSON Pointer of a failure.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, PatchError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        use serde_path_to_error::Segment;
-        let path: String = e
-            .path()
-            .iter()
-            .filter_map(|segment| match segment {
-                Segment::Seq { index } => Some(format!("/{index}")),
-                Segment::Map { key } => {
-                    Some(format!("/{}", key.replace('~', "~0").replace('/', "~1")))
-                }
-                Segment::Enum { .. } | Segment::Unknown => None,
-            })
-            .collect();
-        PatchError::Invalid {
-            path: if path.is_empty() { "/".into() } else { path },
-            message: e.into_inner().to_string(),
-        }
+    crate::strict::from_value(value).map_err(|e| PatchError::Invalid {
+        path: e.path,
+        message: e.message,
     })
 }
 

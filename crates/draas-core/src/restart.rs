@@ -30,7 +30,7 @@ pub enum RestartMode {
 /// How a failed instance is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RestartPolicy {
     /// When.
     #[serde(default)]
@@ -212,7 +212,11 @@ mod tests {
             "on-failure"
         );
         assert!(serde_json::from_str::<RestartPolicy>(r#"{"policy": "sometimes"}"#).is_err());
-        assert!(serde_json::from_str::<RestartPolicy>(r#"{"maxRestart": 1}"#).is_err());
+        // A misspelt key from a user is refused at the API's edge; a stored
+        // policy with a field of a newer version is read.
+        let misspelt = serde_json::json!({"maxRestart": 1});
+        assert!(crate::strict::from_value::<RestartPolicy>(misspelt.clone()).is_err());
+        assert!(serde_json::from_value::<RestartPolicy>(misspelt).is_ok());
         let s: UpdateStrategy = serde_json::from_str(r#""manual""#).unwrap();
         assert_eq!(s, UpdateStrategy::Manual);
     }

@@ -723,7 +723,10 @@ impl Platform for KubernetesPlatform {
     fn note(&self, id: &InstanceId, spec: &StartSpec) -> Option<String> {
         // Said where it matters: a configuration that keeps data
         // (persistent indexes, a state store).
-        let config = draas_core::config::parse_yaml(&spec.configuration_yaml).ok()?;
+        let config = draas_core::config::parse_yaml_as::<draas_core::config::DrasiServerConfig>(
+            &spec.configuration_yaml,
+        )
+        .ok()?;
         let keeps_data = config
             .lib_instances()
             .iter()

@@ -70,6 +70,7 @@ async fn instance(store: &dyn StateStore) -> InstanceId {
         update_strategy: Default::default(),
         status: InstanceStatus::created(now),
         runtime: None,
+        deleted_at: None,
     };
     store
         .put_json(
@@ -124,21 +125,7 @@ async fn one_envelope_delivered_to_two_workers_at_the_same_moment_is_executed_on
         .await
         .unwrap();
     // Both workers have joined the consumer group.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&stream)
-            .arg("workers")
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_default();
-        if consumers.len() == 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "workers joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    consumers_joined(&mut redis, &stream, 2).await;
 
     for round in 0..5 {
         let id = instance(store.as_ref()).await;
@@ -246,5 +233,129 @@ async fn redis_going_down_mid_command_yields_an_error_reply_not_a_false_success(
         }
         other => panic!("a false success: {other:?}"),
     }
+    stop.cancel();
+}
+
+/// Waits until `count` workers consume `stream`.
+async fn consumers_joined(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    count: usize,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg("workers")
+            .query_async(redis)
+            .await
+            .unwrap_or_default();
+        if consumers.len() == count {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "workers joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `value` with a field this version does not know at each of `pointers`.
+fn with_newer_fields(mut value: serde_json::Value, pointers: &[&str]) -> serde_json::Value {
+    for pointer in pointers {
+        value
+            .pointer_mut(pointer)
+            .and_then(|v| v.as_object_mut())
+            .unwrap_or_else(|| panic!("{pointer} is an object"))
+            .insert("addedInANewerVersion".into(), serde_json::json!({"x": [1]}));
+    }
+    value
+}
+
+/// A rolling upgrade: a newer control plane wrote the instance record and
+/// sends the command, both with fields this worker's version does not
+/// know. The worker executes the command and records the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_and_a_command_of_a_newer_version_are_executed_by_an_older_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path());
+    let settings = settings(&server);
+    let store: Arc<dyn StateStore> = Arc::new(RedisStore::connect(settings.clone()).await.unwrap());
+    let bus = Arc::new(
+        RedisBus::connect(settings.clone(), BusOptions::default())
+            .await
+            .unwrap(),
+    ) as Arc<dyn MessageBus>;
+    let stop = CancellationToken::new();
+    let driver = worker("wa", store.clone(), bus, &stop);
+    let stream = settings.key(PlatformType::Process.command_channel());
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    consumers_joined(&mut redis, &stream, 1).await;
+
+    let id = instance(store.as_ref()).await;
+    let record = store
+        .get_json::<serde_json::Value>(keys::INSTANCES, id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let record = with_newer_fields(
+        record,
+        &["", "/serverConfiguration", "/configuration", "/status"],
+    );
+    store
+        .put_json(keys::INSTANCES, id.as_str(), &record, Precondition::None)
+        .await
+        .unwrap();
+    let envelope = start(&id);
+    let wire = with_newer_fields(
+        serde_json::to_value(&envelope).unwrap(),
+        &["", "/command", "/command/serverConfiguration"],
+    );
+    let _: () = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("message")
+        .arg(serde_json::to_vec(&wire).unwrap())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let reply_key = settings.key(&draas_core::messages::reply_channel(
+        PlatformType::Process.command_channel(),
+        envelope.id,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let reply: CommandReply = loop {
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&reply_key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Some(body) = stored {
+            break serde_json::from_slice(&body).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reply: the command was not read ({:?})",
+            driver.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
+    assert_eq!(driver.count(&format!("start {id}")), 1);
+    let recorded = store
+        .get_json::<Instance>(keys::INSTANCES, id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        recorded.status.state,
+        draas_core::instance::ActualState::Running
+    );
     stop.cancel();
 }

@@ -14,6 +14,9 @@ use crate::error::{ApiError, FieldError};
 use crate::service::ControlPlane;
 
 /// A JSON body; rejections become 400/415 problems naming what was wrong.
+/// Read strictly (`draas_core::strict`): a field the request type does not
+/// know is refused, though the same types tolerate it in stored records
+/// and bus messages.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -24,10 +27,24 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        draas_core::strict::from_value(value)
+            .map(Self)
+            .map_err(invalid_body)
+    }
+}
+
+/// A body of the wrong shape: 400 naming where.
+fn invalid_body(e: draas_core::strict::StrictError) -> ApiError {
+    ApiError {
+        errors: vec![FieldError {
+            path: e.path.clone(),
+            message: e.message.clone(),
+            line: None,
+        }],
+        ..ApiError::bad_request("INVALID_BODY", format!("{}: {}", e.path, e.message))
     }
 }
 
@@ -110,7 +127,7 @@ where
             .map_err(bytes_rejection)?;
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| ApiError::bad_request("MALFORMED_YAML", "the YAML body is not UTF-8"))?;
-        match draas_core::config::parse_yaml_as::<T>(&text) {
+        match draas_core::config::parse_yaml_strict::<T>(&text) {
             Ok(value) => Ok(Self {
                 value,
                 source: BodySource(Some(text)),

@@ -11,7 +11,9 @@
 //!
 //! Field names and defaults follow drasi-server 0.2.x (`src/config/types.rs`,
 //! `api/models/*`): camelCase, every top-level key it accepts, unknown
-//! top-level, instance and query keys rejected. Values drasi-server resolves
+//! top-level, instance and query keys rejected in what a user sends
+//! ([`parse_yaml`], the API's bodies: see [`crate::strict`]) and tolerated
+//! in what DRaaS stored or sent itself (a newer version's record). Values drasi-server resolves
 //! from the environment are [`ConfigValue`]s, kept in the form they were
 //! written in. Sources, reactions and providers carry their plugin-specific
 //! keys in `properties`; those are checked by the plugin that owns them (see
@@ -47,7 +49,7 @@ pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 /// A whole drasi-server configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DrasiServerConfig {
     /// Informational (`drasi.io/v1`); never validated, as in drasi-server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,7 +146,7 @@ pub struct DrasiServerConfig {
 /// One Drasi lib instance of a multi-instance server (`instances[]`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LibInstanceConfig {
     /// Its id (routes `/api/v1/instances/{id}/...`, data `./data/id-<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,7 +190,7 @@ pub struct LibInstanceConfig {
 /// kind, `redb`, with a `path`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct StateStoreConfig {
     /// `redb`.
     pub kind: String,
@@ -305,7 +307,7 @@ pub enum QueryLanguage {
 /// A continuous query (drasi-server `QueryConfigDto`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct QueryConfig {
     /// Unique component id.
     pub id: String,
@@ -386,7 +388,7 @@ impl QueryConfig {
 /// A query's subscription to one source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SourceSubscription {
     /// The source's id.
     pub source_id: String,
@@ -404,7 +406,7 @@ pub struct SourceSubscription {
 /// A middleware definition of a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MiddlewareConfig {
     /// Middleware kind (`jq`, `map`, `unwind`, ...).
     pub kind: String,
@@ -656,14 +658,38 @@ pub struct YamlError {
     pub column: Option<u64>,
 }
 
-/// Parses a drasi-server YAML document. Unknown top-level or query keys are
-/// errors that name the key and its position.
+/// Parses a drasi-server YAML document a user wrote. Unknown keys (outside
+/// the plugins' own) are errors that name the key and its line.
 pub fn parse_yaml(text: &str) -> Result<DrasiServerConfig, YamlError> {
-    parse_yaml_as(text)
+    parse_yaml_strict(text)
 }
 
-/// Parses any YAML document into `T` (a request body, a JSON value): the
-/// error names the line and column where it can.
+/// Parses a YAML document a user wrote (a request body, a file) into `T`,
+/// refusing fields `T` does not know ([`crate::strict`]): the error names
+/// the line where it can.
+pub fn parse_yaml_strict<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    let value: Value = parse_yaml_as(text)?;
+    crate::strict::from_value(value).map_err(|e| {
+        let line = lines::line_of(text, &e.path).map(|l| l as u64 + 1);
+        let at = if e.path == "/" {
+            String::new()
+        } else {
+            format!(" at {}", e.path)
+        };
+        YamlError {
+            message: match line {
+                Some(line) => format!("line {line}: {}{at}", e.message),
+                None => format!("{}{at}", e.message),
+            },
+            line,
+            column: None,
+        }
+    })
+}
+
+/// Parses any YAML document into `T` leniently (fields `T` does not know
+/// are ignored: a document DRaaS itself rendered, perhaps by a newer
+/// version): the error names the line and column where it can.
 pub fn parse_yaml_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     serde_saphyr::from_str::<T>(text).map_err(|e| {
         let location = e.location();

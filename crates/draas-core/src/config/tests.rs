@@ -416,7 +416,7 @@ fn parse_errors_are_one_line() {
     assert!(!err.message.contains('\n'), "{}", err.message);
     assert!(
         err.message
-            .starts_with("line 2 column 1: unknown field `bogus`"),
+            .starts_with("line 2: unknown field `bogus` at /bogus"),
         "{}",
         err.message
     );
