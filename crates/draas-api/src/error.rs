@@ -106,6 +106,7 @@ impl ApiError {
             }
             ErrorCode::Unsupported => (StatusCode::NOT_IMPLEMENTED, "UNSUPPORTED"),
             ErrorCode::StaleFence => (StatusCode::CONFLICT, "STALE_FENCE"),
+            ErrorCode::Superseded => (StatusCode::CONFLICT, "SUPERSEDED"),
             ErrorCode::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE"),
             ErrorCode::PlatformError | ErrorCode::Other => {
                 (StatusCode::BAD_GATEWAY, "PLATFORM_ERROR")
@@ -274,6 +275,10 @@ pub const PROBLEM_CODES: &[(&str, &str)] = &[
     (
         "STALE_FENCE",
         "409: the fencing token is not the live lease's",
+    ),
+    (
+        "SUPERSEDED",
+        "409: the start is no longer what the instance asks for (stopped, deleted or changed since)",
     ),
     ("LEASE_HELD", "409: another reconciler holds the lease"),
     (

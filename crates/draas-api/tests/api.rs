@@ -1248,6 +1248,7 @@ async fn running_instance(
             started_at: None,
             last_exit_code: None,
         }),
+        deleted_at: None,
     };
     store
         .put_json("instances", id.as_str(), &instance, Precondition::Absent)
@@ -1586,4 +1587,147 @@ async fn the_dashboard_is_served_with_a_strict_content_security_policy() {
     .unwrap();
     assert!(html.contains(r#"<script src="/ui/app.js""#), "{html}");
     assert!(!html.contains("<script>"), "no inline script: {html}");
+}
+
+/// A rolling upgrade: an instance record a newer control plane wrote, with
+/// fields this version does not know, is read, started and changed; a
+/// request from a user with such a field is refused, naming it.
+#[tokio::test]
+async fn a_record_of_a_newer_version_is_served_and_a_users_unknown_field_is_refused() {
+    use draas_core::ports::store::{JsonStore, Precondition};
+    let api = api(true).await;
+    let created = api
+        .post("/api/server/instances", json!({"name": "newer"}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["instance"]["id"].as_str().unwrap().to_string();
+    let mut record = api
+        .store
+        .get_json::<Value>("instances", &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    for pointer in ["", "/serverConfiguration", "/configuration", "/status"] {
+        record
+            .pointer_mut(pointer)
+            .and_then(Value::as_object_mut)
+            .unwrap()
+            .insert("addedInANewerVersion".into(), json!(true));
+    }
+    api.store
+        .put_json("instances", &id, &record, Precondition::None)
+        .await
+        .unwrap();
+
+    let read = api.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    let started = api
+        .post(&format!("/api/server/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    assert_eq!(
+        started.body["status"]["state"], "Running",
+        "{}",
+        started.body
+    );
+    let patched = api
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            r#"[{"op": "replace", "path": "/logLevel", "value": "debug"}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+
+    // From a user, the same kind of field is an error naming where it is.
+    let refused = api
+        .post(
+            "/api/server/instances",
+            json!({"name": "user", "serverConfiguration": {"addedInANewerVersion": true}}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(
+        refused.body["errors"][0]["path"], "/serverConfiguration/addedInANewerVersion",
+        "{}",
+        refused.body
+    );
+    let refused = api
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            r#"[{"op": "add", "path": "/queryTypo", "value": 1}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.to_string().contains("/queryTypo"),
+        "{}",
+        refused.body
+    );
+}
+
+/// Delete in two phases: the tombstone first, so a start asked for while
+/// the delete runs (here, queued behind a start the worker still holds) is
+/// refused and leaves no server behind the deleted instance.
+#[tokio::test]
+async fn a_start_asked_for_while_a_delete_runs_is_refused_and_leaves_nothing_running() {
+    let api = api(true).await;
+    let id = api.create("doomed").await;
+    api.driver.script.lock().unwrap().hold_starts = true;
+    let start_uri = format!("/api/server/instances/{id}/start");
+    let instance_uri = format!("/api/server/instances/{id}");
+    let held_start = api.post(&start_uri, json!({}));
+    let delete = async {
+        draas_testkit::wait_for("the held start", Duration::from_secs(5), || async {
+            (api.driver.count("start") > 0).then_some(())
+        })
+        .await;
+        api.request("DELETE", &instance_uri, None, Body::empty())
+            .await
+    };
+    let later_start = async {
+        draas_testkit::wait_for("the tombstone", Duration::from_secs(5), || async {
+            let read = api.get(&instance_uri).await;
+            read.body["deletedAt"].is_string().then_some(())
+        })
+        .await;
+        let refused = api.post(&start_uri, json!({})).await;
+        api.driver.release();
+        refused
+    };
+    let (_, deleted, refused) = tokio::join!(held_start, delete, later_start);
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("being deleted"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    assert_eq!(api.get(&instance_uri).await.status, StatusCode::NOT_FOUND);
+    let script = api.driver.script.lock().unwrap();
+    assert!(
+        script.running.is_empty(),
+        "left running: {:?}",
+        script.calls
+    );
+    assert_eq!(
+        script
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("start"))
+            .count(),
+        1,
+        "{:?}",
+        script.calls
+    );
 }

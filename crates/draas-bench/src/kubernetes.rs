@@ -201,6 +201,7 @@ async fn store_instance(
         update_strategy: Default::default(),
         status: InstanceStatus::created(now),
         runtime: None,
+        deleted_at: None,
     };
     store
         .put_json(

@@ -428,7 +428,7 @@ pub struct RuntimeInfo {
 /// section of the instance's platform may be set.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServerConfiguration {
     /// Environment variables of the server (plugin fields may reference
     /// them as `${NAME}`). The worker's own environment is not inherited.
@@ -455,7 +455,7 @@ pub struct ServerConfiguration {
 /// How a Process worker runs the server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ProcessOptions {
     /// The executable to run. Unset means the bundled runtime; another path
     /// (e.g. the official `drasi-server`) must be on the worker's allow-list.
@@ -469,7 +469,7 @@ pub struct ProcessOptions {
 /// How a Docker worker runs the server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DockerOptions {
     /// The image (default: the bundled runtime image). Never pulled: it
     /// must exist on the engine.
@@ -480,7 +480,7 @@ pub struct DockerOptions {
 /// How a Kubernetes worker runs the server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct KubernetesOptions {
     /// The image (default: the bundled runtime image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -509,7 +509,7 @@ pub struct KubernetesOptions {
 /// A PersistentVolumeClaim for a Kubernetes server's data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PersistentVolume {
     /// Its size, a Kubernetes quantity (`1Gi`).
     pub size: String,
@@ -544,7 +544,7 @@ impl ImagePullPolicy {
 /// Kubernetes resource requests and limits.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Resources {
     /// What the scheduler reserves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -557,7 +557,7 @@ pub struct Resources {
 /// CPU and memory, as Kubernetes quantities (`500m`, `1`, `256Mi`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ResourceAmounts {
     /// CPU (`250m`, `1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -639,11 +639,21 @@ impl ServerConfiguration {
         let mut issues = Vec::new();
         let mut issue =
             |path: &str, message: &str| issues.push((path.to_string(), message.to_string()));
-        if self.shutdown_timeout_seconds == 0 || self.shutdown_timeout_seconds > 600 {
-            issue("/shutdownTimeoutSeconds", "must be between 1 and 600");
+        let (max_shutdown, max_start) = (
+            crate::limits::MAX_SHUTDOWN_TIMEOUT_SECONDS,
+            crate::limits::MAX_START_TIMEOUT_SECONDS,
+        );
+        if self.shutdown_timeout_seconds == 0 || self.shutdown_timeout_seconds > max_shutdown {
+            issue(
+                "/shutdownTimeoutSeconds",
+                &format!("must be between 1 and {max_shutdown}"),
+            );
         }
-        if self.start_timeout_seconds == 0 || self.start_timeout_seconds > 600 {
-            issue("/startTimeoutSeconds", "must be between 1 and 600");
+        if self.start_timeout_seconds == 0 || self.start_timeout_seconds > max_start {
+            issue(
+                "/startTimeoutSeconds",
+                &format!("must be between 1 and {max_start}"),
+            );
         }
         for name in self.environment.keys() {
             let valid = !name.is_empty()
@@ -883,6 +893,34 @@ pub struct Instance {
     /// Where it runs, while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeInfo>,
+    /// When its deletion was asked for: a tombstone. From then on nothing
+    /// starts it (its desired state is `Stopped`, and starts are refused),
+    /// and what is left of it is removed: by the delete itself, or by the
+    /// reconciler when the delete could not finish (no live worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl Instance {
+    /// Whether a server (or a platform object that restarts one: a
+    /// crash-looping Deployment) may exist that a stop must reach: a
+    /// command may be running it, it was last seen up, its worker is gone
+    /// (`Unknown`), or it failed with its platform handle still held.
+    pub fn may_run(&self) -> bool {
+        match self.status.state {
+            ActualState::Pending
+            | ActualState::Starting
+            | ActualState::Running
+            | ActualState::Degraded
+            | ActualState::Stopping
+            | ActualState::Unknown => true,
+            ActualState::Failed => self
+                .runtime
+                .as_ref()
+                .is_some_and(|runtime| runtime.handle.is_some()),
+            ActualState::Created | ActualState::Stopped | ActualState::Deleting => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -961,13 +999,14 @@ mod tests {
 
     #[test]
     fn server_configuration_rejects_unknown_fields_and_bad_values() {
-        let err =
-            serde_json::from_str::<ServerConfiguration>(r#"{"process": {"executablePth": "/x"}}"#)
-                .unwrap_err();
-        assert!(err.to_string().contains("executablePth"));
-        let legacy =
-            serde_json::from_str::<ServerConfiguration>(r#"{"executablePath": "/x"}"#).unwrap_err();
-        assert!(legacy.to_string().contains("executablePath"));
+        // From a user (the API's edge): unknown keys are named.
+        let strict = |text: &str| {
+            crate::strict::from_value::<ServerConfiguration>(serde_json::from_str(text).unwrap())
+        };
+        let err = strict(r#"{"process": {"executablePth": "/x"}}"#).unwrap_err();
+        assert_eq!(err.path, "/process/executablePth");
+        let legacy = strict(r#"{"executablePath": "/x"}"#).unwrap_err();
+        assert_eq!(legacy.path, "/executablePath");
         let sc: ServerConfiguration = serde_json::from_str(
             r#"{"process": {"executablePath": "../bin/sh"}, "shutdownTimeoutSeconds": 0,
                 "environment": {"A B": "1"}, "docker": {"image": "-x"}}"#,

@@ -14,10 +14,13 @@
 //! - [`policy`]: what generic code must not assume about a platform;
 //! - [`restart`]: restart policies and update strategies (self-healing);
 //! - [`status`]: recording a status change (store, status buffer, events);
+//! - [`strict`]: decoding at the API's edge (unknown fields refused; stored
+//!   records and bus messages tolerate them);
 //! - [`trace`]: W3C `traceparent`, carried from a request to the worker;
 //! - [`workers`]: which workers are alive;
 //! - [`installation`]: the id that labels this installation's objects;
-//! - [`keys`]: store collection names.
+//! - [`keys`]: store collection names;
+//! - [`limits`]: time limits (commands, routes, idempotency, clients).
 //!
 //! ```text
 //!   draas-api ─┐                        ┌─ draas-store (embedded)  draas-redis
@@ -32,11 +35,13 @@ pub mod installation;
 pub mod instance;
 pub mod keys;
 pub mod lease;
+pub mod limits;
 pub mod messages;
 pub mod patch;
 pub mod policy;
 pub mod ports;
 pub mod restart;
 pub mod status;
+pub mod strict;
 pub mod trace;
 pub mod workers;

@@ -349,6 +349,10 @@ pub enum ErrorCode {
     /// The command came from a reconciler whose lease has moved on to a
     /// newer term (its fencing token is stale): not executed.
     StaleFence,
+    /// A start whose spec is no longer what the instance asks for (it
+    /// should not run any more, or its configuration changed since the
+    /// command was sent): not executed.
+    Superseded,
     /// A code this build does not know.
     #[serde(other)]
     Other,

@@ -266,6 +266,8 @@ pub fn step_body(action: &Action) -> Value {
         Action::ApplyConfiguration { generation } => {
             json!({"action": "applyConfiguration", "generation": generation})
         }
+        Action::Stop { from } => json!({"action": "stop", "state": from}),
+        Action::FinishDelete => json!({"action": "finishDelete"}),
     }
 }
 

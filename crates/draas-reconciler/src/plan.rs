@@ -6,6 +6,11 @@
 //! Commands in flight are left alone (`Pending`, `Starting`, `Stopping`,
 //! `Deleting`): their outcome arrives as a status change and is planned
 //! then.
+//!
+//! It converges both ways: what should run is started (or restarted by its
+//! policy), and what should not run but may (a stop that never reached its
+//! worker, a server re-adopted by a worker that came back, a Deployment
+//! crash-looping under `desired: Stopped`) is stopped.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -78,14 +83,24 @@ pub enum Action {
         /// The restarts in a row so far.
         restarts: u32,
     },
+    /// Stop a server that should not run and may (see
+    /// [`Instance::may_run`]).
+    Stop {
+        /// The state the plan saw.
+        from: ActualState,
+    },
+    /// Finish the delete of a tombstoned instance (its server, files and
+    /// records), which could not finish when it was asked for.
+    FinishDelete,
 }
 
 /// What to do about `instance` at `now`.
 pub fn plan(instance: &Instance, now: DateTime<Utc>, settings: &PlanSettings) -> Decision {
+    if instance.deleted_at.is_some() {
+        return plan_delete(instance, now, settings);
+    }
     if instance.desired_state == DesiredState::Stopped {
-        // Stopping is the user's command; nothing restarts what should not
-        // run.
-        return Decision::Nothing;
+        return plan_stop(instance, now, settings);
     }
     let status = &instance.status;
     let policy = &instance.restart_policy;
@@ -145,6 +160,43 @@ pub fn plan(instance: &Instance, now: DateTime<Utc>, settings: &PlanSettings) ->
                 Decision::WaitUntil(stable_at)
             }
         }
+    }
+}
+
+/// What to do about `instance`, which should not run: nothing restarts it,
+/// and a server that may still run is stopped, once the user's own stop
+/// had its time. A command in flight is waited for.
+fn plan_stop(instance: &Instance, now: DateTime<Utc>, settings: &PlanSettings) -> Decision {
+    let state = instance.status.state;
+    let in_flight = matches!(
+        state,
+        ActualState::Pending | ActualState::Starting | ActualState::Stopping
+    );
+    if in_flight || !instance.may_run() {
+        return Decision::Nothing;
+    }
+    after_settling(instance, now, settings, Action::Stop { from: state })
+}
+
+/// How long a delete in flight (`Deleting`) is left to finish before the
+/// reconciler repeats it (its worker may have died with it).
+const DELETE_IN_FLIGHT: chrono::Duration = chrono::Duration::seconds(60);
+
+/// What to do about a tombstoned `instance`: finish its delete, once the
+/// delete that tombstoned it had its time (a command in flight is waited
+/// for; a delete in flight, a while longer).
+fn plan_delete(instance: &Instance, now: DateTime<Utc>, settings: &PlanSettings) -> Decision {
+    match instance.status.state {
+        ActualState::Pending | ActualState::Starting | ActualState::Stopping => Decision::Nothing,
+        ActualState::Deleting => {
+            let due = instance.status.updated_at + DELETE_IN_FLIGHT;
+            if now >= due {
+                Decision::Act(Action::FinishDelete)
+            } else {
+                Decision::WaitUntil(due)
+            }
+        }
+        _ => after_settling(instance, now, settings, Action::FinishDelete),
     }
 }
 
@@ -256,6 +308,7 @@ pub(crate) mod tests {
             update_strategy: UpdateStrategy::default(),
             status,
             runtime: None,
+            deleted_at: None,
         }
     }
 
@@ -265,22 +318,103 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn nothing_ever_happens_to_what_should_not_run() {
+    fn what_should_not_run_is_never_started_and_is_stopped_where_it_may_run() {
         for state in ALL_STATES {
             for mode in ALL_MODES {
                 for restarts in [0, 3, 10] {
-                    let mut i = instance(DesiredState::Stopped, state);
-                    i.restart_policy.policy = mode;
-                    i.status.restart_count = restarts;
-                    i.generation = 2;
-                    assert_eq!(
-                        plan(&i, later(3_600_000), &PlanSettings::default()),
-                        Decision::Nothing,
-                        "{state:?} {mode:?} {restarts}"
-                    );
+                    for handle in [false, true] {
+                        let mut i = instance(DesiredState::Stopped, state);
+                        i.restart_policy.policy = mode;
+                        i.status.restart_count = restarts;
+                        i.generation = 2;
+                        if handle {
+                            i.runtime = Some(runtime_with_handle());
+                        }
+                        let decision = plan(&i, later(3_600_000), &PlanSettings::default());
+                        let case = format!("{state:?} {mode:?} {restarts} handle {handle}");
+                        let stops = match state {
+                            ActualState::Running | ActualState::Degraded | ActualState::Unknown => {
+                                true
+                            }
+                            // A crash-looping Deployment: the platform
+                            // restarts it until it is scaled down.
+                            ActualState::Failed => handle,
+                            _ => false,
+                        };
+                        if stops {
+                            assert_eq!(
+                                decision,
+                                Decision::Act(Action::Stop { from: state }),
+                                "{case}"
+                            );
+                        } else {
+                            assert_eq!(decision, Decision::Nothing, "{case}");
+                        }
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_users_own_stop_is_given_time_before_the_reconciler_stops_it() {
+        let mut i = instance(DesiredState::Stopped, ActualState::Running);
+        i.updated_at = later(1_000);
+        let settings = PlanSettings::default();
+        assert_eq!(
+            plan(&i, later(1_500), &settings),
+            Decision::WaitUntil(later(3_000))
+        );
+        assert_eq!(
+            plan(&i, later(3_000), &settings),
+            Decision::Act(Action::Stop {
+                from: ActualState::Running
+            })
+        );
+    }
+
+    #[test]
+    fn a_tombstoned_instance_is_deleted_whatever_its_state_once_nothing_is_in_flight() {
+        let settings = PlanSettings::default();
+        for state in ALL_STATES {
+            for desired in [DesiredState::Running, DesiredState::Stopped] {
+                let mut i = instance(desired, state);
+                i.deleted_at = Some(later(0));
+                i.updated_at = later(0);
+                i.status.updated_at = later(0);
+                let soon = plan(&i, later(1_000), &settings);
+                let late = plan(&i, later(120_000), &settings);
+                match state {
+                    ActualState::Pending | ActualState::Starting | ActualState::Stopping => {
+                        assert_eq!(
+                            (soon, late),
+                            (Decision::Nothing, Decision::Nothing),
+                            "{state:?}"
+                        );
+                    }
+                    ActualState::Deleting => {
+                        assert_eq!(soon, Decision::WaitUntil(later(60_000)), "{state:?}");
+                        assert_eq!(late, Decision::Act(Action::FinishDelete), "{state:?}");
+                    }
+                    _ => {
+                        assert_eq!(soon, Decision::WaitUntil(later(2_000)), "{state:?}");
+                        assert_eq!(late, Decision::Act(Action::FinishDelete), "{state:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn runtime_with_handle() -> draas_core::instance::RuntimeInfo {
+        serde_json::from_value(serde_json::json!({
+            "workerId": "w",
+            "scope": "cluster",
+            "handle": {"kind": "deployment", "namespace": "ns", "name": "n"},
+            "host": "h",
+            "port": 1,
+            "endpoint": "http://h:1"
+        }))
+        .expect("a runtime")
     }
 
     #[test]
@@ -479,8 +613,20 @@ pub(crate) mod tests {
                                         Decision::Nothing => {}
                                         Decision::WaitUntil(at) => assert!(*at > now, "{case}"),
                                         Decision::Act(action) => {
-                                            assert_eq!(desired, DesiredState::Running, "{case}");
+                                            let stop = matches!(action, Action::Stop { .. });
+                                            assert_eq!(
+                                                desired == DesiredState::Stopped,
+                                                stop,
+                                                "{case}"
+                                            );
                                             match action {
+                                                Action::FinishDelete => {
+                                                    unreachable!("{case}: no tombstone")
+                                                }
+                                                Action::Stop { from } => {
+                                                    assert_eq!(*from, state, "{case}");
+                                                    assert!(i.may_run(), "{case}");
+                                                }
                                                 Action::Recover { restarts: r }
                                                 | Action::ScheduleRetry { restarts: r, .. } => {
                                                     assert_eq!(*r, restarts, "{case}");

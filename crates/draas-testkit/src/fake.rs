@@ -196,10 +196,12 @@ impl PlatformDriver for FakeDriver {
 }
 
 /// A store that works like the one it wraps until told to fail: then every
-/// operation fails with `Unavailable`, as a store whose server went away.
+/// operation fails with `Unavailable`, as a store whose server went away
+/// (or only every write, as one that turned read-only).
 pub struct FaultyStore<S> {
     inner: S,
     failing: std::sync::atomic::AtomicBool,
+    writes_failing: std::sync::atomic::AtomicBool,
 }
 
 impl<S> FaultyStore<S> {
@@ -208,6 +210,28 @@ impl<S> FaultyStore<S> {
         Self {
             inner,
             failing: std::sync::atomic::AtomicBool::new(false),
+            writes_failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// From now on, fail every write (`true`; reads work) or work
+    /// (`false`).
+    pub fn fail_writes(&self, failing: bool) {
+        self.writes_failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_write(&self) -> Result<(), draas_core::ports::StoreError> {
+        self.check()?;
+        if self
+            .writes_failing
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            Err(draas_core::ports::StoreError::Unavailable(
+                "the test made the store refuse writes".into(),
+            ))
+        } else {
+            Ok(())
         }
     }
 
@@ -249,7 +273,7 @@ impl<S: draas_core::ports::StateStore> draas_core::ports::StateStore for FaultyS
         &self,
         writes: Vec<draas_core::ports::Write>,
     ) -> Result<Vec<draas_core::ports::Applied>, draas_core::ports::StoreError> {
-        self.check()?;
+        self.check_write()?;
         self.inner.apply(writes).await
     }
     async fn append(
@@ -258,7 +282,7 @@ impl<S: draas_core::ports::StateStore> draas_core::ports::StateStore for FaultyS
         value: Vec<u8>,
         capacity: usize,
     ) -> Result<u64, draas_core::ports::StoreError> {
-        self.check()?;
+        self.check_write()?;
         self.inner.append(log, value, capacity).await
     }
     async fn read_log(

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use draas_core::instance::{ActualState, Instance, InstanceId, Reason};
+use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId, Reason};
 use draas_core::keys;
 use draas_core::lease::{Lease, RECONCILER_LEASE};
 use draas_core::messages::{
@@ -260,7 +260,11 @@ impl Inner {
     async fn finish(&self, envelope: &CommandEnvelope, me: &Claimant<'_>, reply: &CommandReply) {
         for attempt in 1..=FINISH_ATTEMPTS {
             match claims::finish(self.store.as_ref(), envelope, me, reply).await {
-                Ok(()) => return,
+                Ok(claims::Finished::Stored) => return,
+                Ok(claims::Finished::TakenOver(by)) => {
+                    warn!(%by, "the command was taken over by another worker while this one executed it; its reply is theirs");
+                    return;
+                }
                 Err(e) if attempt == FINISH_ATTEMPTS => {
                     warn!("the reply could not be recorded (a redelivery will wait for its deadline): {e}");
                 }
@@ -334,6 +338,11 @@ impl Inner {
             return refused;
         }
         let id = &envelope.instance_id;
+        if let Command::Start(spec) | Command::Restart(spec) = &envelope.command {
+            if let Some(refused) = self.superseded(id, spec).await {
+                return refused;
+            }
+        }
         match &envelope.command {
             Command::Start(spec) => self.start(id, spec).await,
             Command::Stop(spec) => self.stop(id, spec).await,
@@ -542,6 +551,53 @@ impl Inner {
 }
 
 impl Inner {
+    /// The refusal of a start (or restart) that is no longer what its
+    /// instance asks for: it should not run any more (a stop or a delete
+    /// came after the command was sent: the start queued behind it must
+    /// not bring the server back), or its configuration moved on to
+    /// another generation (a newer start follows). `None` when it may run.
+    /// The instance's record is the control plane's word; one that cannot
+    /// be read refuses too (the caller retries).
+    async fn superseded(&self, id: &InstanceId, spec: &StartSpec) -> Option<Outcome> {
+        let instance = match self
+            .store
+            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+            .await
+        {
+            Ok(Some(record)) => record.value,
+            Ok(None) => {
+                return Some(error(
+                    ErrorCode::NotFound,
+                    format!("instance {id} does not exist (any more)"),
+                ))
+            }
+            Err(e) => {
+                return Some(error(
+                    ErrorCode::StoreUnavailable,
+                    format!("the start was not executed: its instance could not be read ({e})"),
+                ))
+            }
+        };
+        let why = if instance.desired_state != DesiredState::Running {
+            format!(
+                "the instance should not run any more (desired {:?})",
+                instance.desired_state
+            )
+        } else if instance.generation != spec.generation {
+            format!(
+                "the start is of generation {}, the instance is now at {}",
+                spec.generation, instance.generation
+            )
+        } else {
+            return None;
+        };
+        warn!(instance = %id, "refused a superseded start: {why}");
+        Some(error(
+            ErrorCode::Superseded,
+            format!("the start was not executed: {why}"),
+        ))
+    }
+
     /// The refusal of a command fenced with a token older than the
     /// reconciler lease's current term (see `draas_core::lease`); `None`
     /// when it may run. A lease that cannot be read refuses too: the

@@ -109,6 +109,7 @@ impl Rig {
             update_strategy: Default::default(),
             status: InstanceStatus::created(now),
             runtime: None,
+            deleted_at: None,
         };
         self.store
             .put_json(
@@ -219,6 +220,52 @@ async fn a_redelivered_command_is_answered_from_its_record_and_not_executed_agai
     };
     let late_reply = rig.send(late).await;
     assert_eq!(late_reply.outcome, first.outcome);
+    assert_eq!(driver.count("start"), 1);
+}
+
+/// A start that the instance no longer asks for (it should not run any
+/// more: a stop or a delete came after the command was sent; or its
+/// configuration moved on) is refused by the worker, fenced like a stale
+/// lease token: a start queued behind a stop or a delete never brings the
+/// server back.
+#[tokio::test(start_paused = true)]
+async fn a_start_the_instance_no_longer_asks_for_is_refused() {
+    let mut rig = Rig::new();
+    let driver = rig.worker("w1", 4).await;
+    let id = rig.instance().await;
+    let edit = |change: fn(&mut Instance)| {
+        let store = rig.store.clone();
+        let id = id.clone();
+        async move {
+            let mut instance = store
+                .get_json::<Instance>(keys::INSTANCES, id.as_str())
+                .await
+                .unwrap()
+                .unwrap()
+                .value;
+            change(&mut instance);
+            store
+                .put_json(keys::INSTANCES, id.as_str(), &instance, Precondition::None)
+                .await
+                .unwrap();
+        }
+    };
+    edit(|i| i.desired_state = DesiredState::Stopped).await;
+    let reply = rig.send(start(&id)).await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::Superseded), "{reply:?}");
+    edit(|i| {
+        i.desired_state = DesiredState::Running;
+        i.generation = 2;
+    })
+    .await;
+    let reply = rig.send(start(&id)).await;
+    assert_eq!(error_code(&reply), Some(ErrorCode::Superseded), "{reply:?}");
+    assert_eq!(driver.count("start"), 0, "{:?}", driver.calls());
+    assert_eq!(rig.state(&id).await, ActualState::Created);
+    // As the instance asks: it runs.
+    edit(|i| i.generation = 1).await;
+    let reply = rig.send(start(&id)).await;
+    assert_eq!(error_code(&reply), None, "{reply:?}");
     assert_eq!(driver.count("start"), 1);
 }
 
@@ -485,12 +532,24 @@ async fn over_a_bus_that_never_redelivers_nothing_is_claimed_and_outages_still_f
         "not stopped when Stopping cannot be recorded"
     );
 
-    // A start whose `Starting` cannot be recorded (it is recorded while the
-    // server launches): the server is stopped again, and the reply says so.
+    // A start whose instance cannot be read (to check it still asks for
+    // it) is not executed.
     let other = rig.instance().await;
     rig.store.fail(true);
     let reply = request(start(&other)).await;
     rig.store.fail(false);
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::StoreUnavailable),
+        "{reply:?}"
+    );
+    assert_eq!(driver.count("start"), 1, "not launched");
+
+    // A start whose `Starting` cannot be recorded (it is recorded while the
+    // server launches): the server is stopped again, and the reply says so.
+    rig.store.fail_writes(true);
+    let reply = request(start(&other)).await;
+    rig.store.fail_writes(false);
     assert_eq!(
         error_code(&reply),
         Some(ErrorCode::StoreUnavailable),

@@ -32,12 +32,20 @@ fn docker() -> Docker {
 /// The test cluster, a namespace of its own with a fake kubelet, and the
 /// image.
 async fn cluster(prefix: &str) -> (TestCluster, TestNamespace, FakeKubelet) {
+    cluster_with(prefix, Default::default()).await
+}
+
+/// [`cluster`], with a kubelet that behaves as `options` say.
+async fn cluster_with(
+    prefix: &str,
+    options: draas_testkit::kubelet::KubeletOptions,
+) -> (TestCluster, TestNamespace, FakeKubelet) {
     draas_worker_docker::image::ensure_runtime_image(&docker(), &common::runtime_binary(), IMAGE)
         .await
         .expect("the runtime image");
     let cluster = draas_testkit::kubernetes::test_cluster().await;
     let namespace = cluster.namespace(prefix).await;
-    let kubelet = FakeKubelet::start(cluster.client.clone(), &namespace.name, Default::default())
+    let kubelet = FakeKubelet::start(cluster.client.clone(), &namespace.name, options)
         .await
         .expect("the fake kubelet");
     (cluster, namespace, kubelet)
@@ -303,6 +311,63 @@ async fn a_kubernetes_instance_lives_its_whole_life_through_the_api() {
     assert!(left.is_empty(), "left behind: {left:?}");
     let (status, _) = draas.get(&format!("/api/server/instances/{id}")).await;
     assert_eq!(status, 404);
+
+    draas.stop().await;
+    kubelet.shutdown().await;
+    namespace.delete().await;
+}
+
+/// A stop of an instance whose pod crash-loops (`Failed`, its Deployment
+/// still restarting it) scales the Deployment down: the server does not
+/// come back by itself after the user stopped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_kubernetes_instance_is_stopped_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A long back-off: the pod stays in CrashLoopBackOff while it is stopped.
+    let options = draas_testkit::kubelet::KubeletOptions {
+        restart_backoff: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let (cluster, namespace, kubelet) = cluster_with("loop", options).await;
+    let mut args = vec!["--docker", "off", "--kubernetes", "on"];
+    args.extend(kubernetes_args(&cluster, &namespace));
+    let draas = Draas::up_with_args(dir.path(), &args).await;
+    kubernetes_platform(&draas).await;
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "looping", "platformType": "Kubernetes"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let (status, instance) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{instance}");
+    let name = instance["runtime"]["handle"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    kill(&kubelet, &pod_of(&cluster, &namespace.name, &id).await).await;
+    draas
+        .wait_state(&id, "Failed", Duration::from_secs(10))
+        .await;
+    let (status, stopped) = draas
+        .post(
+            &format!("/api/server/instances/{id}/stop?wait=Stopped&timeout=60"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"]["state"], "Stopped", "{stopped}");
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &namespace.name);
+    assert_eq!(
+        deployments.get(&name).await.unwrap().spec.unwrap().replicas,
+        Some(0),
+        "scaled down"
+    );
 
     draas.stop().await;
     kubelet.shutdown().await;

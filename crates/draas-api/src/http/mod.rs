@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete as delete_route, get, patch, post, MethodRouter};
@@ -33,12 +33,13 @@ use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::service::{
-    ControlPlane, CreateInstance, ExternalStatusUpdate, ListQuery, ReconcileStep,
+    ControlPlane, CreateInstance, Deletion, ExternalStatusUpdate, ListQuery, ReconcileStep,
+    Stopping,
 };
 use extract::{
     etag, if_match, require_json_patch, ApiBody, ApiJson, ApiQuery, InstancePath, QueryPath,
 };
-use wait::WaitQuery;
+use wait::{Mutated, WaitQuery};
 
 pub use auth::{Auth, Caller};
 
@@ -47,9 +48,9 @@ pub use auth::{Auth, Caller};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest body of every other route.
 pub const SMALL_BODY_BYTES: usize = 64 * 1024;
-/// Longest a request about one instance may take (it may wait for a worker:
-/// a start waits for readiness, `?wait=` up to 300 s).
-const LONG_REQUEST: Duration = Duration::from_secs(900);
+/// Longest a request about one instance may take (it may wait for a
+/// worker's command, then `?wait=`): see `draas_core::limits`.
+const LONG_REQUEST: Duration = draas_core::limits::INSTANCE_ROUTE;
 /// Longest any other request may take.
 const SHORT_REQUEST: Duration = Duration::from_secs(30);
 
@@ -219,7 +220,7 @@ pub fn routes() -> Vec<Route> {
             M::DELETE,
             INSTANCE,
             Operate,
-            "Delete an instance and its server",
+            "Delete an instance and its server (202 with Draas-Pending when no live worker can reach it now: the delete finishes when one returns)",
             delete_route(delete),
         )
         .query::<DeleteQuery>()
@@ -239,7 +240,7 @@ pub fn routes() -> Vec<Route> {
             M::POST,
             "/api/server/instances/{id}/stop",
             Operate,
-            "Stop the server",
+            "Stop the server (202 with Draas-Pending when no live worker can reach it now: it is stopped when one returns)",
             post(stop),
         )
         .query::<WaitQuery>()
@@ -663,9 +664,17 @@ async fn delete(
     State(cp): Cp,
     InstancePath(id): InstancePath,
     ApiQuery(q): ApiQuery<DeleteQuery>,
-) -> ApiResult<StatusCode> {
-    cp.delete(&id, q.force).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<Response> {
+    Ok(match cp.delete(&id, q.force).await? {
+        Deletion::Done => StatusCode::NO_CONTENT.into_response(),
+        Deletion::Pending(why) => {
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Some(value) = pending_header(&why) {
+                response.headers_mut().insert(PENDING_HEADER, value);
+            }
+            response
+        }
+    })
 }
 
 async fn start(
@@ -673,8 +682,9 @@ async fn start(
     InstancePath(id): InstancePath,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
-    let instance = wait::mutation(&cp, &id, q, "start", cp.start(&id)).await?;
-    Ok(Json(redact::instance(instance)).into_response())
+    let started = async { cp.start(&id).await.map(Mutated::done) };
+    let done = wait::mutation(&cp, &id, q, "start", started).await?;
+    Ok(mutated_response(done))
 }
 
 async fn stop(
@@ -682,8 +692,17 @@ async fn stop(
     InstancePath(id): InstancePath,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
-    let instance = wait::mutation(&cp, &id, q, "stop", cp.stop(&id)).await?;
-    Ok(Json(redact::instance(instance)).into_response())
+    let stopped = async {
+        Ok(match cp.stop(&id).await? {
+            Stopping::Done(instance) => Mutated::done(instance),
+            Stopping::Pending { instance, why } => Mutated {
+                instance,
+                pending: Some(why),
+            },
+        })
+    };
+    let done = wait::mutation(&cp, &id, q, "stop", stopped).await?;
+    Ok(mutated_response(done))
 }
 
 async fn restart(
@@ -691,8 +710,38 @@ async fn restart(
     InstancePath(id): InstancePath,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
-    let instance = wait::mutation(&cp, &id, q, "restart", cp.restart(&id)).await?;
-    Ok(Json(redact::instance(instance)).into_response())
+    let restarted = async { cp.restart(&id).await.map(Mutated::done) };
+    let done = wait::mutation(&cp, &id, q, "restart", restarted).await?;
+    Ok(mutated_response(done))
+}
+
+/// The header that says why an accepted command is pending.
+pub const PENDING_HEADER: &str = "draas-pending";
+
+/// `200` with the instance; `202` with the instance and `Draas-Pending`
+/// (why) when the command is accepted but carried out later.
+fn mutated_response(done: Mutated) -> Response {
+    let body = Json(redact::instance(done.instance));
+    match done.pending {
+        None => body.into_response(),
+        Some(why) => {
+            let mut response = (StatusCode::ACCEPTED, body).into_response();
+            if let Some(value) = pending_header(&why) {
+                response.headers_mut().insert(PENDING_HEADER, value);
+            }
+            response
+        }
+    }
+}
+
+/// `why` as a header value: plain text of our own, where a line break
+/// (which a header cannot hold) becomes a space.
+fn pending_header(why: &str) -> Option<HeaderValue> {
+    let text: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    HeaderValue::from_str(&text).ok()
 }
 
 async fn reconcile(

@@ -18,7 +18,7 @@ use crate::service::ControlPlane;
 
 /// Default and longest wait.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-const LONGEST_WAIT: Duration = Duration::from_secs(300);
+const LONGEST_WAIT: Duration = draas_core::limits::LONGEST_WAIT;
 /// A re-read now and then, in case an event was missed (a bus outage).
 const REREAD_EVERY: Duration = Duration::from_secs(1);
 
@@ -66,16 +66,36 @@ impl WaitQuery {
     }
 }
 
+/// What a start, stop or restart answers.
+pub(super) struct Mutated {
+    /// The instance.
+    pub instance: Instance,
+    /// Why the command is pending (accepted, to be carried out later), if
+    /// it is: nothing is waited for then.
+    pub pending: Option<String>,
+}
+
+impl Mutated {
+    /// A command carried out.
+    pub fn done(instance: Instance) -> Self {
+        Self {
+            instance,
+            pending: None,
+        }
+    }
+}
+
 /// Runs `command` (a start, stop or restart of `id`) and, with `?wait=`,
 /// answers once the instance is in the state asked for; `504
 /// STATE_NOT_REACHED` when it is not within the timeout, command included.
+/// A pending command is answered at once.
 pub(super) async fn mutation(
     cp: &ControlPlane,
     id: &InstanceId,
     query: WaitQuery,
     verb: &str,
-    command: impl Future<Output = ApiResult<Instance>>,
-) -> ApiResult<Instance> {
+    command: impl Future<Output = ApiResult<Mutated>>,
+) -> ApiResult<Mutated> {
     query.check()?;
     let Some(wanted) = query.wait else {
         return command.await;
@@ -86,13 +106,13 @@ pub(super) async fn mutation(
     let mut events = cp.bus().subscribe(&EVENT_CHANNELS).await?;
     let done = match tokio::time::timeout_at(deadline, command).await {
         Ok(done) => done?,
-        Err(_) => cp.load(id).await?.value,
+        Err(_) => Mutated::done(cp.load(id).await?.value),
     };
-    if done.status.state == wanted {
+    if done.instance.status.state == wanted || done.pending.is_some() {
         return Ok(done);
     }
     match until_state(cp, id, wanted, deadline, &mut events).await? {
-        Ok(instance) => Ok(instance),
+        Ok(instance) => Ok(Mutated::done(instance)),
         Err(seen) => Err(not_reached(&seen, wanted, verb, limit)),
     }
 }

@@ -232,6 +232,7 @@ impl ControlPlane {
                     let mut instance = current
                         .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
                         .value;
+                    super::instances::refuse_deleted(&instance)?;
                     // Checked on every attempt: a retry after a concurrent
                     // change must not apply a patch meant for the old document.
                     if let Some(expected) = if_match {

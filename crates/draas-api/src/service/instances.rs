@@ -57,6 +57,17 @@ pub struct CreateInstance {
     pub update_strategy: UpdateStrategy,
 }
 
+/// Refuses a change to an instance that is being deleted.
+pub(super) fn refuse_deleted(instance: &Instance) -> ApiResult<()> {
+    if instance.deleted_at.is_some() || instance.status.state == ActualState::Deleting {
+        return Err(ApiError::conflict(
+            "INVALID_STATE",
+            format!("instance '{}' is being deleted", instance.name),
+        ));
+    }
+    Ok(())
+}
+
 fn default_platform() -> PlatformType {
     PlatformType::Process
 }
@@ -102,6 +113,31 @@ pub struct InstanceList {
     pub offset: usize,
     /// Page size asked for.
     pub limit: usize,
+}
+
+/// What a user's stop did.
+#[derive(Debug, Clone)]
+pub enum Stopping {
+    /// The server is stopped (or nothing ran).
+    Done(Instance),
+    /// No live worker can reach the server now; the reconciler stops it
+    /// when one returns.
+    Pending {
+        /// The instance (desired: `Stopped`).
+        instance: Instance,
+        /// Why it is pending.
+        why: String,
+    },
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// The server, its files and its records are gone.
+    Done,
+    /// Tombstoned, but no live worker can reach the server now: the
+    /// reconciler finishes the delete when one returns. Why.
+    Pending(String),
 }
 
 /// Longest description accepted.
@@ -193,6 +229,7 @@ impl ControlPlane {
                 update_strategy: request.update_strategy,
                 status: InstanceStatus::created(now),
                 runtime: None,
+                deleted_at: None,
             };
             let mut writes = vec![
                 Write::Put {
@@ -323,38 +360,65 @@ impl ControlPlane {
         }
     }
 
-    /// Stops the instance and waits for the worker's result.
-    pub async fn stop(&self, id: &InstanceId) -> ApiResult<Instance> {
+    /// Stops the instance and waits for the worker's result. When no live
+    /// worker can reach its server now (its worker is gone, and no other
+    /// of its scope lives), the stop is pending: desired is `Stopped`, and
+    /// the reconciler stops the server as soon as a worker that can reach
+    /// it returns (and re-adopts it).
+    pub async fn stop(&self, id: &InstanceId) -> ApiResult<Stopping> {
         let instance = self.set_desired(id, DesiredState::Stopped).await?;
-        if matches!(
-            instance.status.state,
-            ActualState::Created | ActualState::Stopped | ActualState::Failed
-        ) {
+        if !instance.may_run() {
             // Nothing runs: nothing to ask a worker.
-            return Ok(instance);
+            return Ok(Stopping::Done(instance));
         }
         let spec = StopSpec::grace(instance.server_configuration.shutdown_timeout_seconds);
         let timeout = self.stop_timeout(&instance);
-        let reply = self.send(&instance, Command::Stop(spec), timeout).await?;
-        self.after(instance, reply).await
+        match self.send(&instance, Command::Stop(spec), timeout).await {
+            Ok(reply) => Ok(Stopping::Done(self.after(instance, reply).await?)),
+            Err(e) if e.code == "NO_LIVE_WORKER" => {
+                tracing::info!(instance = %id, "stop pending: {}", e.detail);
+                Ok(Stopping::Pending {
+                    instance,
+                    why: format!(
+                        "no live worker can reach the server now ({}); it is stopped when one returns",
+                        e.detail
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Restarts the instance with its current configuration.
     pub async fn restart(&self, id: &InstanceId) -> ApiResult<Instance> {
         let instance = self.run_by_request(id).await?;
         let spec = self.start_spec(&instance)?;
-        let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
+        let timeout = self.restart_timeout(&instance);
         let reply = self
             .send(&instance, Command::Restart(spec), timeout)
             .await?;
         self.after(instance, reply).await
     }
 
-    /// Deletes the instance: the worker removes the server and its files
-    /// first, then the record, its name and its ports are released. With
+    /// Deletes the instance, in three phases:
+    /// 1. a tombstone in its record (`deletedAt`, desired `Stopped`): from
+    ///    then on no start is admitted (the control plane refuses them, and
+    ///    a worker refuses a start queued behind the delete);
+    /// 2. the worker removes the server and its files (replication slots
+    ///    included);
+    /// 3. the record, its name and its ports are released.
+    ///
+    /// When no live worker can reach the server now, the delete is pending
+    /// after phase 1: the reconciler finishes it when one returns. With
     /// `force`, a record whose worker is gone is removed anyway.
-    pub async fn delete(&self, id: &InstanceId, force: bool) -> ApiResult<()> {
-        let instance = self.load(id).await?.value;
+    pub async fn delete(&self, id: &InstanceId, force: bool) -> ApiResult<Deletion> {
+        let instance = self
+            .update(id, |instance| {
+                instance.desired_state = DesiredState::Stopped;
+                instance.deleted_at.get_or_insert_with(Utc::now);
+                Ok(())
+            })
+            .await?;
         if instance.status.state != ActualState::Created {
             let mut spec = StopSpec::grace(instance.server_configuration.shutdown_timeout_seconds);
             // Replication slots of its postgres sources go with it.
@@ -378,6 +442,13 @@ impl ControlPlane {
                 Err(e) if force && e.status == StatusCode::SERVICE_UNAVAILABLE => {
                     tracing::warn!(instance = %id, "deleting without its worker (force): {}", e.detail);
                 }
+                Err(e) if e.code == "NO_LIVE_WORKER" => {
+                    tracing::info!(instance = %id, "delete pending: {}", e.detail);
+                    return Ok(Deletion::Pending(format!(
+                        "no live worker can reach the server now ({}); it is deleted when one returns, or with ?force=true",
+                        e.detail
+                    )));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -387,9 +458,11 @@ impl ControlPlane {
             id.as_str(),
             super::MAX_ATTEMPTS,
             |current: Option<Record<Instance>>| {
-                let instance = current
-                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
-                    .value;
+                // Removed meanwhile (the reconciler finished the delete).
+                let Some(current) = current else {
+                    return Ok(Change::Keep(None));
+                };
+                let instance = current.value;
                 let mut also = vec![
                     Write::Delete {
                         collection: keys::INSTANCE_NAMES.into(),
@@ -416,12 +489,15 @@ impl ControlPlane {
                 also.push(entry);
                 Ok(Change::Delete {
                     also,
-                    output: deleting,
+                    output: Some(deleting),
                 })
             },
         )
         .await
         .map_err(|e| super::cas_error(id, e))?;
+        let Some(removed) = removed else {
+            return Ok(Deletion::Done);
+        };
         let cursor = applied.last().and_then(|a| a.cursor());
         self.announce_change(removed, cursor).await;
         let _ = self
@@ -430,7 +506,7 @@ impl ControlPlane {
                 instance_id: id.clone(),
             }))
             .await;
-        Ok(())
+        Ok(Deletion::Done)
     }
 
     /// The instance's status and runtime info, plus the worker's live view
@@ -535,12 +611,7 @@ impl ControlPlane {
     /// pending any more.
     async fn run_by_request(&self, id: &InstanceId) -> ApiResult<Instance> {
         self.update(id, |instance| {
-            if instance.status.state == ActualState::Deleting {
-                return Err(ApiError::conflict(
-                    "INVALID_STATE",
-                    "the instance is being deleted",
-                ));
-            }
+            refuse_deleted(instance)?;
             instance.desired_state = DesiredState::Running;
             instance.status.restart_count = 0;
             instance.status.next_retry_at = None;
@@ -551,12 +622,7 @@ impl ControlPlane {
 
     async fn set_desired(&self, id: &InstanceId, desired: DesiredState) -> ApiResult<Instance> {
         self.update(id, |instance| {
-            if instance.status.state == ActualState::Deleting {
-                return Err(ApiError::conflict(
-                    "INVALID_STATE",
-                    "the instance is being deleted",
-                ));
-            }
+            refuse_deleted(instance)?;
             instance.desired_state = desired;
             Ok(())
         })
@@ -582,22 +648,25 @@ impl ControlPlane {
     }
 
     pub(super) fn start_timeout(&self, instance: &Instance) -> Duration {
-        let start = Duration::from_secs(u64::from(
+        draas_core::limits::start_deadline(
             instance.server_configuration.start_timeout_seconds,
-        ));
-        self.settings
-            .command_timeout
-            .max(start + Duration::from_secs(10))
+            self.settings.command_timeout,
+        )
     }
 
     pub(super) fn stop_timeout(&self, instance: &Instance) -> Duration {
-        // SIGINT grace, then up to 10 s after SIGKILL, then a margin.
-        let grace = Duration::from_secs(u64::from(
+        draas_core::limits::stop_deadline(
             instance.server_configuration.shutdown_timeout_seconds,
-        ));
-        self.settings
-            .command_timeout
-            .max(grace + Duration::from_secs(15))
+            self.settings.command_timeout,
+        )
+    }
+
+    pub(super) fn restart_timeout(&self, instance: &Instance) -> Duration {
+        draas_core::limits::restart_deadline(
+            instance.server_configuration.start_timeout_seconds,
+            instance.server_configuration.shutdown_timeout_seconds,
+            self.settings.command_timeout,
+        )
     }
 
     /// A change made by the control plane itself (created, deleted), and

@@ -32,7 +32,7 @@ use draas_core::status::StatusRecorder;
 use draas_core::workers::live_workers;
 
 pub use configuration::ConfigurationDocument;
-pub use instances::{CreateInstance, InstanceList, ListQuery};
+pub use instances::{CreateInstance, Deletion, InstanceList, ListQuery, Stopping};
 pub use lease::LEASE_TTL;
 pub use reconcile::ReconcileStep;
 pub use status::{ExternalStatusUpdate, RecentChanges};

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId};
-use draas_core::messages::Command;
+use draas_core::messages::{Command, StopSpec};
 use draas_core::restart::{LastFailure, RestartMode};
 use serde::Deserialize;
 
@@ -54,6 +54,16 @@ pub enum ReconcileStep {
         /// The generation the plan saw.
         generation: u64,
     },
+    /// Stop a server that should not run and may: a stop that never
+    /// reached its worker, a server re-adopted by a worker that came back,
+    /// a Deployment crash-looping under `desired: Stopped`.
+    Stop {
+        /// The state the plan saw.
+        state: ActualState,
+    },
+    /// Finish the delete of a tombstoned instance that could not finish
+    /// when it was asked for (no live worker could reach its server).
+    FinishDelete,
 }
 
 fn stale(detail: String) -> ApiError {
@@ -197,9 +207,46 @@ impl ControlPlane {
                 }
                 tracing::info!(instance = %id, generation, "applying a new configuration (update strategy restart)");
                 let spec = self.start_spec(&instance)?;
-                let timeout = self.start_timeout(&instance) + self.stop_timeout(&instance);
+                let timeout = self.restart_timeout(&instance);
                 let reply = self
                     .send_fenced(&instance, Command::Restart(spec), timeout, fence)
+                    .await?;
+                self.after(instance, reply).await
+            }
+            ReconcileStep::FinishDelete => {
+                let instance = self.load(id).await?.value;
+                if instance.deleted_at.is_none() {
+                    return Err(stale(format!(
+                        "instance '{}' is not being deleted",
+                        instance.name
+                    )));
+                }
+                tracing::info!(instance = %id, "finishing a delete");
+                match self.delete(id, false).await? {
+                    super::Deletion::Done => Ok(instance),
+                    super::Deletion::Pending(why) => Err(ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "NO_LIVE_WORKER",
+                        why,
+                    )),
+                }
+            }
+            ReconcileStep::Stop { state } => {
+                let instance = self.load(id).await?.value;
+                if instance.desired_state != DesiredState::Stopped
+                    || instance.status.state != state
+                    || !instance.may_run()
+                {
+                    return Err(stale(format!(
+                        "the instance is now {:?} (desired {:?}); the plan saw it {state:?} and meant to stop it",
+                        instance.status.state, instance.desired_state
+                    )));
+                }
+                tracing::info!(instance = %id, "stopping an instance that should not run ({state:?})");
+                let spec = StopSpec::grace(instance.server_configuration.shutdown_timeout_seconds);
+                let timeout = self.stop_timeout(&instance);
+                let reply = self
+                    .send_fenced(&instance, Command::Stop(spec), timeout, fence)
                     .await?;
                 self.after(instance, reply).await
             }
@@ -220,6 +267,14 @@ mod tests {
             r#"{"action": "scheduleRetry", "at": "2026-11-24T12:00:00Z", "restartCount": 1}"#,
         )
         .unwrap();
+        let stop: ReconcileStep =
+            serde_json::from_str(r#"{"action": "stop", "state": "Running"}"#).unwrap();
+        assert_eq!(
+            stop,
+            ReconcileStep::Stop {
+                state: ActualState::Running
+            }
+        );
         let start: ReconcileStep =
             serde_json::from_str(r#"{"action": "start", "state": "Unknown"}"#).unwrap();
         assert_eq!(

@@ -177,6 +177,7 @@ impl Suite<'_> {
             update_strategy: Default::default(),
             status: InstanceStatus::created(now),
             runtime: None,
+            deleted_at: None,
         };
         self.store
             .put_json(

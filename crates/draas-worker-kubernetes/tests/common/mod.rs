@@ -153,6 +153,7 @@ impl Setup {
             update_strategy: Default::default(),
             status: InstanceStatus::created(now),
             runtime: None,
+            deleted_at: None,
         };
         self.store
             .put_json(

@@ -257,7 +257,7 @@ impl Client {
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(900))
+            .timeout(draas_core::limits::CLIENT_TIMEOUT)
             .default_headers(headers);
         let ca_cert = target
             .ca_cert
@@ -306,6 +306,16 @@ impl Client {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // An accepted command carried out later (a stop or delete while no
+        // worker can reach the server): the user is told why, whatever
+        // the output format.
+        if let Some(why) = response
+            .headers()
+            .get(draas_api::http::PENDING_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            eprintln!("pending: {why}");
+        }
         let text = response.text().await.unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok((status, value, etag, text))
@@ -519,17 +529,23 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
         InstanceCommand::Stop(l) => lifecycle(&client, out, "stop", "Stopped", l).await?,
         InstanceCommand::Restart(l) => lifecycle(&client, out, "restart", "Running", l).await?,
         InstanceCommand::Delete { name, force } => {
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("/api/server/instances/{}?force={force}", segment(&name)),
-                    None,
-                )
-                .await?;
+            let path = format!("/api/server/instances/{}?force={force}", segment(&name));
+            let (status, value, _, text) = client.send(Method::DELETE, &path, None, None).await?;
+            if !(200..300).contains(&status) {
+                return Err(problem(status, &value, &text));
+            }
+            // 202: tombstoned; the reconciler finishes it (see the reason
+            // printed on stderr).
+            let pending = status == 202;
             if out.is_table() {
-                println!("deleted {name}");
+                let done = if pending {
+                    "delete pending for"
+                } else {
+                    "deleted"
+                };
+                println!("{done} {name}");
             } else {
-                output::value(out, &json!({"deleted": name}));
+                output::value(out, &json!({"deleted": name, "pending": pending}));
             }
         }
         InstanceCommand::Logs {

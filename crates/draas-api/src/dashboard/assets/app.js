@@ -121,7 +121,7 @@ async function api(method, path, options = {}) {
   const type = response.headers.get("content-type") || "";
   const payload = type.includes("json") ? await response.json().catch(() => null) : await response.text();
   if (!response.ok) throw new ApiError(response.status, typeof payload === "object" ? payload : { detail: payload });
-  return { payload, etag: response.headers.get("etag") };
+  return { payload, etag: response.headers.get("etag"), pending: response.headers.get("draas-pending") };
 }
 
 const get = async (path, headers) => (await api("GET", path, { headers })).payload;
@@ -249,13 +249,14 @@ async function act(name, action) {
   try {
     if (action === "delete") {
       if (!confirm("Delete " + name + " and its server?")) return;
-      await api("DELETE", "/api/server/instances/" + segment(name));
-      toast(name + " deleted");
+      const deleted = await api("DELETE", "/api/server/instances/" + segment(name));
+      toast(deleted.pending ? name + ": delete pending: " + deleted.pending : name + " deleted");
       if (location.pathname !== "/") location.href = "/";
       return;
     }
     toast(action + " " + name + "…");
-    await api("POST", "/api/server/instances/" + segment(name) + "/" + action);
+    const done = await api("POST", "/api/server/instances/" + segment(name) + "/" + action);
+    if (done.pending) toast(action + " " + name + " pending: " + done.pending);
   } catch (error) {
     if (error.status !== 401) toast(action + " " + name + ": " + error.message, true);
   }
