@@ -166,7 +166,17 @@ async fn a_silent_worker_makes_its_instances_unknown_and_its_return_readopts_the
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_path_buf());
     let redis = redis(dir.path());
-    let api = serve(dir.path(), "serve", &redis, &port_range()).await;
+    // With its reconciler: a stop pending while the worker is gone is
+    // finished by it.
+    let api = serve_with(
+        dir.path(),
+        "serve",
+        &redis,
+        &port_range(),
+        draas_testkit::free_port(),
+        &["--reconcile", "on"],
+    )
+    .await;
     let mut worker = WorkerProcess::start(dir.path(), "worker", &redis, &[]);
     wait_workers(&api, 1).await;
     let id = api.create("watched", None).await;
