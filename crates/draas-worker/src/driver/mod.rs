@@ -393,7 +393,7 @@ impl<P: Platform> Inner<P> {
     fn spawn_monitor(self: &Arc<Self>, id: &InstanceId, serial: u64, exit: ExitWatch) {
         let me = self.clone();
         let instance = id.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             let exit = exit.wait().await;
             let Some(crashed) = me.servers.take_crashed(&instance, serial) else {
                 return;
@@ -433,9 +433,8 @@ impl<P: Platform> Inner<P> {
             if exited.get(&instance) == Some(&started_at) {
                 exited.remove(&instance);
             }
-        });
-        self.servers
-            .attach(id, serial, Task::Monitor, task.abort_handle());
+        };
+        self.servers.spawn(id, serial, Task::Monitor, task);
     }
 
     /// Follows the server's component events, unless something already
@@ -452,15 +451,14 @@ impl<P: Platform> Inner<P> {
         if !again && self.servers.has_task(id, serial, Task::Components) {
             return;
         }
-        let task = tokio::spawn(watch_components(
+        let task = watch_components(
             self.api(record),
             id.clone(),
             record.generation,
             self.sink.clone(),
             initial,
-        ));
-        self.servers
-            .attach(id, serial, Task::Components, task.abort_handle());
+        );
+        self.servers.spawn(id, serial, Task::Components, task);
     }
 
     /// Checks an adopted (or re-asserted) server is healthy and records it
@@ -468,7 +466,7 @@ impl<P: Platform> Inner<P> {
     fn spawn_confirm(self: &Arc<Self>, id: &InstanceId, serial: u64) {
         let me = self.clone();
         let instance = id.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             // Stamped before looking: a stop recorded meanwhile is newer
             // and wins over this observation.
             let observed_at = Utc::now();
@@ -511,9 +509,8 @@ impl<P: Platform> Inner<P> {
             observation.message = message;
             observation.observed_at = observed_at;
             me.sink.observe(observation).await;
-        });
-        self.servers
-            .attach(id, serial, Task::Confirm, task.abort_handle());
+        };
+        self.servers.spawn(id, serial, Task::Confirm, task);
     }
 
     /// Reports every change of a running server's platform condition, for
@@ -524,7 +521,7 @@ impl<P: Platform> Inner<P> {
         };
         let me = self.clone();
         let instance = id.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             // A registration is `Running` only once it was ready.
             let mut was_ready = true;
             while changes.changed().await.is_ok() {
@@ -598,9 +595,8 @@ impl<P: Platform> Inner<P> {
                     }
                 }
             }
-        });
-        self.servers
-            .attach(id, serial, Task::Condition, task.abort_handle());
+        };
+        self.servers.spawn(id, serial, Task::Condition, task);
     }
 
     /// Reports what a takeover found: an adopted server is confirmed

@@ -217,6 +217,29 @@ impl<R: Clone, H: Clone> Registry<R, H> {
         }
     }
 
+    /// Spawns `task` as the task in `slot` of registration `serial` of
+    /// `id`, attached before it runs: a task that ended at once (an exit
+    /// monitor whose server died at once) could otherwise remove its
+    /// registration first and then be aborted by its own late attachment,
+    /// before it reported what it saw. Returns whether it was attached (if
+    /// not, the registration is gone and the task never runs).
+    pub fn spawn<F>(&self, id: &InstanceId, serial: u64, slot: Task, task: F) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (go, gate) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            if gate.await.is_ok() {
+                task.await;
+            }
+        });
+        let attached = self.attach(id, serial, slot, handle.abort_handle());
+        if attached {
+            let _ = go.send(());
+        }
+        attached
+    }
+
     /// Whether registration `serial` of `id` has a task in `slot`.
     pub fn has_task(&self, id: &InstanceId, serial: u64, slot: Task) -> bool {
         self.lock().get(id).is_some_and(|e| {
