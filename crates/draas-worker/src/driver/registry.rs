@@ -310,3 +310,69 @@ impl<R: Clone, H: Clone> Entry<R, H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::driver::exit::exit_channel;
+    use crate::driver::records::ServerAddress;
+
+    fn record() -> ServerRecord<u32> {
+        ServerRecord {
+            owner: "w".into(),
+            generation: 1,
+            address: ServerAddress {
+                api_url: String::new(),
+                endpoint: String::new(),
+                host: String::new(),
+                port: 1,
+            },
+            started_at: chrono::Utc::now(),
+            running: true,
+            platform: 1,
+        }
+    }
+
+    /// The shape of an exit monitor whose server died at once: its task
+    /// removes its registration first thing, then reports. It must run to
+    /// the end every time (before, it could be aborted by its own late
+    /// attachment to the registration it had just removed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_that_removes_its_registration_at_once_still_runs_to_the_end() {
+        for _ in 0..200 {
+            let registry: Arc<Registry<u32, ()>> = Arc::new(Registry::default());
+            let id = InstanceId::generate();
+            let (_notifier, exit) = exit_channel();
+            let serial = registry.insert(&id, record(), (), exit, Phase::Running);
+            let (reported, report) = tokio::sync::oneshot::channel();
+            let (me, instance) = (registry.clone(), id.clone());
+            let attached = registry.spawn(&id, serial, Task::Monitor, async move {
+                let crashed = me.take_crashed(&instance, serial).is_some();
+                tokio::task::yield_now().await;
+                let _ = reported.send(crashed);
+            });
+            assert!(attached);
+            assert_eq!(report.await, Ok(true), "the report was never made");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_for_a_registration_that_is_gone_never_runs() {
+        let registry: Registry<u32, ()> = Registry::default();
+        let id = InstanceId::generate();
+        let (_notifier, exit) = exit_channel();
+        let serial = registry.insert(&id, record(), (), exit, Phase::Running);
+        registry.remove(&id, serial, None);
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let attached = registry.spawn(&id, serial, Task::Monitor, async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        assert!(!attached);
+        tokio::task::yield_now().await;
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}
