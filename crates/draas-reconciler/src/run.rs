@@ -467,6 +467,16 @@ async fn execute(client: &dyn ControlPlanePort, id: &InstanceId, action: &Action
         Err(ClientError::Refused { code, detail, .. }) if code == "STALE_FENCE" => {
             warn!(instance = %id, "step refused, this reconciler's lease has moved on: {detail}")
         }
+        // A stop or delete waiting for a worker of its scope to return (the
+        // next full pass tries again): expected, not worth a warning each
+        // time.
+        Err(ClientError::Refused { code, detail, .. }) if code == "NO_LIVE_WORKER" => {
+            debug!(instance = %id, ?action, "waiting for a live worker: {detail}")
+        }
+        // The worker refused a start the instance no longer asks for.
+        Err(ClientError::Refused { code, detail, .. }) if code == "SUPERSEDED" => {
+            debug!(instance = %id, "step superseded: {detail}")
+        }
         // The step failed (the server did not start, no live worker): the
         // record says so, and the next plan answers it.
         Err(e) => warn!(instance = %id, ?action, "reconcile step failed: {e}"),
