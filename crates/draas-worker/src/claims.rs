@@ -16,6 +16,7 @@
 //! executed, and its requester is told so: deduplication never fails open.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 
 use chrono::{DateTime, Utc};
 use draas_core::keys;
@@ -112,7 +113,7 @@ pub(crate) async fn claim(
         |current: Option<Record<CommandRecord>>| {
             let Some(record) = current else {
                 // Pruned meanwhile: claim it afresh.
-                return Ok::<_, ()>(Change::Put {
+                return Ok::<_, Infallible>(Change::Put {
                     value: me.record(),
                     also: Vec::new(),
                     output: Claim::Execute,
@@ -141,14 +142,9 @@ pub(crate) async fn claim(
         },
     )
     .await;
-    match outcome {
-        Ok((claim, _)) => Ok(claim),
-        Err(CasError::Store(e)) => Err(e),
-        Err(CasError::Rejected(())) => Err(StoreError::Backend("claim refused".into())),
-        Err(CasError::Exhausted {
-            collection, key, ..
-        }) => Err(StoreError::Conflict { collection, key }),
-    }
+    outcome
+        .map(|(claim, _)| claim)
+        .map_err(CasError::into_store_error)
 }
 
 /// What [`finish`] did.
@@ -185,7 +181,7 @@ pub(crate) async fn finish(
                 if claimed.value.worker_id != me.worker_id
                     || claimed.value.incarnation != me.incarnation =>
             {
-                Ok::<_, ()>(Change::Keep(Finished::TakenOver(claimed.value.worker_id)))
+                Ok::<_, Infallible>(Change::Keep(Finished::TakenOver(claimed.value.worker_id)))
             }
             _ => Ok(Change::Put {
                 value: record.clone(),
@@ -195,14 +191,9 @@ pub(crate) async fn finish(
         },
     )
     .await;
-    match outcome {
-        Ok((finished, _)) => Ok(finished),
-        Err(CasError::Store(e)) => Err(e),
-        Err(CasError::Rejected(())) => Err(StoreError::Backend("reply refused".into())),
-        Err(CasError::Exhausted {
-            collection, key, ..
-        }) => Err(StoreError::Conflict { collection, key }),
-    }
+    outcome
+        .map(|(finished, _)| finished)
+        .map_err(CasError::into_store_error)
 }
 
 /// The reply stored for `envelope`, and whether its claimant still lives.

@@ -410,6 +410,20 @@ pub enum CasError<E> {
     },
 }
 
+impl CasError<std::convert::Infallible> {
+    /// The store's error, for a change that never refuses: a record that
+    /// kept changing is a `Conflict` on it.
+    pub fn into_store_error(self) -> StoreError {
+        match self {
+            CasError::Rejected(never) => match never {},
+            CasError::Store(e) => e,
+            CasError::Exhausted {
+                collection, key, ..
+            } => StoreError::Conflict { collection, key },
+        }
+    }
+}
+
 /// The longest pause between two rounds of [`read_modify_write`].
 pub const RETRY_PAUSE_CAP: Duration = Duration::from_millis(5);
 
