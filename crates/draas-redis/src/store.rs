@@ -246,6 +246,48 @@ impl StateStore for RedisStore {
         }
     }
 
+    async fn get_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        // One MULTI: every value with its revision, from one moment.
+        let found: Vec<(Option<Vec<u8>>, Option<String>)> = with_retry(|| {
+            let mut connection = self.connection.clone();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (collection, key) in keys {
+                pipe.cmd("HGET")
+                    .arg(self.values(collection))
+                    .arg(*key)
+                    .cmd("HGET")
+                    .arg(self.revisions(collection))
+                    .arg(*key);
+            }
+            async move {
+                let flat: Vec<Option<Vec<u8>>> = pipe.query_async(&mut connection).await?;
+                Ok(flat
+                    .chunks(2)
+                    .map(|pair| {
+                        let revision = pair
+                            .get(1)
+                            .cloned()
+                            .flatten()
+                            .map(|r| String::from_utf8_lossy(&r).into_owned());
+                        (pair.first().cloned().flatten(), revision)
+                    })
+                    .collect())
+            }
+        })
+        .await
+        .map_err(to_store_error)?;
+        keys.iter()
+            .zip(found)
+            .map(|((collection, key), (value, revision))| {
+                Ok(match (value, revision_of(collection, key, revision)?) {
+                    (Some(value), Some(revision)) => Some(Versioned { value, revision }),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         type Maps = (
             std::collections::HashMap<String, Vec<u8>>,

@@ -436,6 +436,33 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
+    async fn get_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        let keys: Vec<(String, String)> = keys
+            .iter()
+            .map(|(c, k)| (c.to_string(), k.to_string()))
+            .collect();
+        self.run(move |shared| {
+            // One read transaction: one snapshot of all of them.
+            let txn = shared.db.begin_read().map_err(backend)?;
+            let records = txn.open_table(RECORDS).map_err(backend)?;
+            keys.iter()
+                .map(|(collection, key)| {
+                    let found = records
+                        .get((collection.as_str(), key.as_str()))
+                        .map_err(backend)?;
+                    Ok(found.map(|g| {
+                        let (revision, value) = g.value();
+                        Versioned {
+                            value: value.to_vec(),
+                            revision: Revision(revision),
+                        }
+                    }))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let collection = collection.to_string();
         self.run(move |shared| {

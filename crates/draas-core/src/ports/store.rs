@@ -194,6 +194,17 @@ pub trait StateStore: Send + Sync + 'static {
     /// The value of `collection/key`, or `None`.
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError>;
 
+    /// The values of several keys (`(collection, key)` pairs), in order,
+    /// read together: one round trip, and one snapshot where the backend
+    /// has them.
+    async fn get_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (collection, key) in keys {
+            found.push(self.get(collection, key).await?);
+        }
+        Ok(found)
+    }
+
     /// Every key of `collection` with its value, in key order.
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
 
@@ -262,6 +273,9 @@ pub trait StateStore: Send + Sync + 'static {
 impl<T: StateStore + ?Sized> StateStore for std::sync::Arc<T> {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
         (**self).get(collection, key).await
+    }
+    async fn get_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        (**self).get_many(keys).await
     }
     async fn list(&self, collection: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         (**self).list(collection).await

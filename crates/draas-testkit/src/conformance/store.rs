@@ -25,6 +25,7 @@ pub type Store = Arc<dyn StateStore>;
 pub async fn run_all(store: Store) {
     get_missing_is_none(store.clone()).await;
     put_get_roundtrip(store.clone()).await;
+    get_many_reads_each_key_as_get_does(store.clone()).await;
     appends_in_a_batch_are_atomic_with_its_writes(store.clone()).await;
     revision_increases_on_every_put(store.clone()).await;
     absent_precondition_creates_once(store.clone()).await;
@@ -116,6 +117,55 @@ pub async fn get_missing_is_none(store: Store) {
         store.get(&collection, "nope").await.expect("get"),
         None,
         "a key never written must be missing even when its collection has others"
+    );
+}
+
+/// `get_many` answers, in order, what `get` answers for each key (values
+/// and revisions, `None` where missing), across collections.
+pub async fn get_many_reads_each_key_as_get_does(store: Store) {
+    let a = unique("many-a");
+    let b = unique("many-b");
+    let applied = store
+        .apply(vec![
+            put(&a, "one", b"1", Precondition::None),
+            put(&b, "one", b"other collection", Precondition::None),
+            put(&a, "two", b"", Precondition::None),
+        ])
+        .await
+        .expect("apply");
+    let found = store
+        .get_many(&[
+            (a.as_str(), "two"),
+            (a.as_str(), "missing"),
+            (b.as_str(), "one"),
+            (a.as_str(), "one"),
+            (unique("never").as_str(), "one"),
+        ])
+        .await
+        .expect("get_many");
+    let expected = vec![
+        Some(Versioned {
+            value: Vec::new(),
+            revision: applied[2].revision().expect("a revision"),
+        }),
+        None,
+        Some(Versioned {
+            value: b"other collection".to_vec(),
+            revision: applied[1].revision().expect("a revision"),
+        }),
+        Some(Versioned {
+            value: b"1".to_vec(),
+            revision: applied[0].revision().expect("a revision"),
+        }),
+        None,
+    ];
+    assert_eq!(
+        found, expected,
+        "get_many must answer what get answers, in order"
+    );
+    assert_eq!(
+        store.get_many(&[]).await.expect("get_many of nothing"),
+        Vec::new()
     );
 }
 
