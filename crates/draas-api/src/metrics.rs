@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use draas_core::instance::{Instance, PlatformType};
+use draas_core::instance::PlatformType;
 use draas_core::keys;
 use draas_core::messages::WorkerInfo;
 use draas_core::ports::store::JsonStore;
@@ -306,13 +306,13 @@ impl Metrics {
 
     /// The text exposition, with the gauges read now.
     pub async fn render(&self, cp: &ControlPlane) -> ApiResult<String> {
-        let instances = cp.store().list_json::<Instance>(keys::INSTANCES).await?;
+        let instances = draas_core::records::list(cp.store().as_ref()).await?;
         self.instances.clear();
-        for (_, record) in &instances {
+        for instance in &instances {
             self.instances
                 .get_or_create(&InstanceLabels {
-                    platform: record.value.platform_type.to_string(),
-                    state: format!("{:?}", record.value.status.state),
+                    platform: instance.platform_type.to_string(),
+                    state: format!("{:?}", instance.status.state),
                 })
                 .inc();
         }
@@ -326,10 +326,10 @@ impl Metrics {
         for (id, plane) in planes {
             let running = instances
                 .iter()
-                .find(|(key, _)| *key == id)
-                .filter(|(_, r)| r.value.status.state.is_active());
-            if let Some((_, record)) = running {
-                self.data_plane.count(&record.value.name, &plane.value);
+                .find(|instance| instance.id.as_str() == id)
+                .filter(|instance| instance.status.state.is_active());
+            if let Some(instance) = running {
+                self.data_plane.count(&instance.name, &plane.value);
             }
         }
         let workers = cp.live_workers(None).await?;

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use draas_core::instance::{ActualState, Instance, Reason};
-use draas_core::keys;
+use draas_core::instance::{ActualState, Reason};
 use draas_core::policy::SilentWorker;
-use draas_core::ports::store::JsonStore;
 use draas_core::ports::Observation;
 use draas_core::status::Recorded;
 use tokio_util::sync::CancellationToken;
@@ -73,10 +71,9 @@ impl ControlPlane {
             .into_iter()
             .map(|w| w.worker_id)
             .collect();
-        let instances = self.store().list_json::<Instance>(keys::INSTANCES).await?;
+        let instances = draas_core::records::list(self.store().as_ref()).await?;
         let mut marked = 0;
-        for (_, record) in instances {
-            let instance = record.value;
+        for instance in instances {
             let Some(owner) = instance.runtime.as_ref().map(|r| r.worker_id.clone()) else {
                 continue;
             };

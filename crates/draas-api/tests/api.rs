@@ -1218,7 +1218,6 @@ async fn running_instance(
     owner: &str,
 ) -> String {
     use draas_core::instance::*;
-    use draas_core::ports::store::{JsonStore, Precondition};
     let id = InstanceId::generate();
     let now = chrono::Utc::now();
     let instance = Instance {
@@ -1251,7 +1250,7 @@ async fn running_instance(
         deleted_at: None,
     };
     store
-        .put_json("instances", id.as_str(), &instance, Precondition::Absent)
+        .apply(draas_core::records::create_writes(&instance).unwrap())
         .await
         .unwrap();
     id.to_string()
@@ -1608,7 +1607,7 @@ async fn a_record_of_a_newer_version_is_served_and_a_users_unknown_field_is_refu
         .unwrap()
         .unwrap()
         .value;
-    for pointer in ["", "/serverConfiguration", "/configuration", "/status"] {
+    for pointer in ["", "/serverConfiguration", "/configuration"] {
         record
             .pointer_mut(pointer)
             .and_then(Value::as_object_mut)
@@ -1617,6 +1616,21 @@ async fn a_record_of_a_newer_version_is_served_and_a_users_unknown_field_is_refu
     }
     api.store
         .put_json("instances", &id, &record, Precondition::None)
+        .await
+        .unwrap();
+    let mut status = api
+        .store
+        .get_json::<Value>("instance-status", &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    status
+        .as_object_mut()
+        .unwrap()
+        .insert("addedInANewerVersion".into(), json!(true));
+    api.store
+        .put_json("instance-status", &id, &status, Precondition::None)
         .await
         .unwrap();
 
@@ -1671,6 +1685,169 @@ async fn a_record_of_a_newer_version_is_served_and_a_users_unknown_field_is_refu
         "{}",
         refused.body
     );
+}
+
+/// Spec and status apart: a worker's status changes write the status record
+/// only (the spec, with its configuration, keeps its revision), and a
+/// configuration PATCH writes the spec only (the status keeps its
+/// revision). The API still shows one instance with both.
+#[tokio::test]
+async fn status_changes_never_rewrite_the_spec_and_a_patch_never_rewrites_the_status() {
+    let api = api(true).await;
+    let id = api.create("apart").await;
+    let revision = |collection: &'static str| {
+        let store = api.store.clone();
+        let id = id.clone();
+        async move { store.get(collection, &id).await.unwrap().unwrap().revision }
+    };
+    // A start as a user asks for it writes the spec once (desired Running).
+    let started = api
+        .post(&format!("/api/server/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let spec_after_start = revision("instances").await;
+    // Restarts and status reports from the worker: statuses only.
+    let status_before = revision("instance-status").await;
+    let restarted = api
+        .post(&format!("/api/server/instances/{id}/restart"), json!({}))
+        .await;
+    assert_eq!(restarted.status, StatusCode::OK, "{}", restarted.body);
+    assert!(revision("instance-status").await > status_before);
+    assert_eq!(
+        revision("instances").await,
+        spec_after_start,
+        "a status change rewrote the spec"
+    );
+    // A configuration change: the spec only.
+    let status_before = revision("instance-status").await;
+    let patched = api
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            r#"[{"op": "replace", "path": "/logLevel", "value": "debug"}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert!(revision("instances").await > spec_after_start);
+    assert_eq!(revision("instance-status").await, status_before);
+    // One instance as before: spec and status fields together.
+    let read = api.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(read.body["status"]["state"], "Running", "{}", read.body);
+    assert_eq!(read.body["generation"], 2, "{}", read.body);
+    assert_eq!(
+        read.body["configuration"]["logLevel"], "debug",
+        "{}",
+        read.body
+    );
+    assert!(
+        read.body["runtime"]["workerId"].is_string(),
+        "{}",
+        read.body
+    );
+    // Neither record holds the other's fields.
+    let spec = api.store.get("instances", &id).await.unwrap().unwrap();
+    let spec: Value = serde_json::from_slice(&spec.value).unwrap();
+    assert!(
+        spec.get("status").is_none() && spec.get("runtime").is_none(),
+        "{spec}"
+    );
+    assert_eq!(spec["version"], 1, "{spec}");
+    let status = api
+        .store
+        .get("instance-status", &id)
+        .await
+        .unwrap()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.value).unwrap();
+    assert!(status.get("configuration").is_none(), "{status}");
+    assert_eq!(status["state"], "Running", "{status}");
+}
+
+/// A record written before spec and status were apart (one record with
+/// `status` and `runtime` inside, no version) is served as it was, and the
+/// first write stores its status apart without losing it.
+#[tokio::test]
+async fn a_record_of_before_the_split_is_served_and_moved_apart_on_its_first_write() {
+    use draas_core::ports::store::{JsonStore, Precondition};
+    let api = api(true).await;
+    let id = draas_core::instance::InstanceId::generate();
+    let legacy = json!({
+        "id": id.as_str(), "name": "legacy", "description": "", "platformType": "Process",
+        "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
+        "desiredState": "Stopped", "generation": 3,
+        "serverConfiguration": {"environment": {}, "shutdownTimeoutSeconds": 5, "startTimeoutSeconds": 30},
+        "configuration": {"host": "127.0.0.1", "port": 31050},
+        "status": {"state": "Stopped", "reason": "Requested", "observedGeneration": 3,
+                   "restartCount": 2, "updatedAt": "2026-01-01T00:05:00Z"},
+        "runtime": {"workerId": "gone", "host": "test", "port": 31050,
+                    "endpoint": "http://127.0.0.1:31050"}
+    });
+    api.store
+        .put_json("instances", id.as_str(), &legacy, Precondition::Absent)
+        .await
+        .unwrap();
+    api.store
+        .put(
+            "instance-names",
+            "legacy",
+            id.as_str().as_bytes().to_vec(),
+            Precondition::Absent,
+        )
+        .await
+        .unwrap();
+    let read = api.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.body["status"]["state"], "Stopped", "{}", read.body);
+    assert_eq!(read.body["status"]["restartCount"], 2, "{}", read.body);
+    assert_eq!(read.body["runtime"]["workerId"], "gone", "{}", read.body);
+    let listed = api.get("/api/server/instances").await;
+    assert_eq!(
+        listed.body["items"][0]["status"]["state"], "Stopped",
+        "{}",
+        listed.body
+    );
+
+    // The first write (a configuration change) moves the status apart.
+    let patched = api
+        .patch(
+            "/api/configuration/instances/legacy",
+            r#"[{"op": "replace", "path": "/logLevel", "value": "debug"}]"#,
+            None,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let status = api
+        .store
+        .get_json::<Value>("instance-status", id.as_str())
+        .await
+        .unwrap()
+        .expect("the status is stored apart");
+    assert_eq!(status.value["state"], "Stopped", "{}", status.value);
+    assert_eq!(
+        status.value["runtime"]["workerId"], "gone",
+        "{}",
+        status.value
+    );
+    let spec = api
+        .store
+        .get_json::<Value>("instances", id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert!(spec.get("status").is_none(), "{spec}");
+    assert_eq!(spec["recovery"]["restartCount"], 2, "{spec}");
+    // And it runs as any other.
+    let started = api
+        .post(&format!("/api/server/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    assert_eq!(
+        started.body["status"]["state"], "Running",
+        "{}",
+        started.body
+    );
+    assert_eq!(started.body["generation"], 4, "{}", started.body);
 }
 
 /// Delete in two phases: the tombstone first, so a start asked for while

@@ -184,7 +184,7 @@ async fn store_instance(
 ) -> anyhow::Result<()> {
     use draas_core::config::DrasiServerConfig;
     use draas_core::instance::{DesiredState, Instance, InstanceStatus};
-    use draas_core::ports::store::{JsonStore, Precondition};
+
     let now = chrono::Utc::now();
     let instance = Instance {
         id: id.clone(),
@@ -204,12 +204,7 @@ async fn store_instance(
         deleted_at: None,
     };
     store
-        .put_json(
-            draas_core::keys::INSTANCES,
-            id.as_str(),
-            &instance,
-            Precondition::Absent,
-        )
+        .apply(draas_core::records::create_writes(&instance)?)
         .await?;
     Ok(())
 }

@@ -1,8 +1,12 @@
 //! Names of the store collections and logs DRaaS uses. One place, so the
 //! control plane, the workers and both store backends agree.
 
-/// Instance records, keyed by instance id.
+/// Instance specs (what the control plane decided), keyed by instance id
+/// (see `records`).
 pub const INSTANCES: &str = "instances";
+/// Instance statuses (what was observed of their servers), keyed by
+/// instance id (see `records`).
+pub const INSTANCE_STATUS: &str = "instance-status";
 /// Name reservations, keyed by instance name; the value is the instance id.
 pub const INSTANCE_NAMES: &str = "instance-names";
 /// Live workers, keyed by worker id (see `WorkerInfo`).

@@ -2,8 +2,8 @@
 //! control plane, external daemons).
 //!
 //! An [`Observation`] becomes, in order:
-//! 1. the instance record's new status (compare-and-set, retried on
-//!    conflict) and, in the same atomic write, an entry of the status buffer
+//! 1. the instance's status record (compare-and-set, retried on conflict;
+//!    the spec is never written here) and, in the same atomic write, an entry of the status buffer
 //!    (a capped log with monotonic cursors);
 //! 2. an `InstanceStatusChanged` event, plus a lifecycle event
 //!    (`InstanceStarted`, `InstanceStopped`, `InstanceFailed`) when one applies.
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::instance::{ActualState, Instance, InstanceId};
+use crate::instance::{ActualState, InstanceId};
 use crate::keys;
 use crate::messages::{Event, EventEnvelope, StatusChange};
 use crate::ports::platform::{Observation, RuntimeUpdate, StatusSink};
@@ -32,6 +32,7 @@ use crate::ports::store::{
     Write,
 };
 use crate::ports::MessageBus;
+use crate::records::ObservedStatus;
 
 /// Attempts of the read-modify-write before giving up.
 const MAX_ATTEMPTS: usize = 16;
@@ -70,8 +71,8 @@ impl RecordError {
 pub struct Recorded {
     /// The change, or `None` when the observation changed nothing.
     pub change: Option<StatusChange>,
-    /// The instance as it is now recorded.
-    pub instance: Instance,
+    /// The instance's status as it is now recorded.
+    pub observed: ObservedStatus,
 }
 
 /// Records observations; see the module docs.
@@ -122,66 +123,84 @@ impl StatusRecorder {
         &self.source
     }
 
-    /// Records `observation`: the instance record, the status buffer, the
-    /// events.
+    /// Records `observation`: the instance's status record, the status
+    /// buffer, the events. Only the status record is written (never the
+    /// spec: see [`crate::records`]).
     pub async fn record(&self, observation: Observation) -> Result<Recorded, RecordError> {
+        let id = observation.instance_id.clone();
+        let mut migrated = false;
+        loop {
+            match self.record_once(&observation).await {
+                // No status record: the instance is gone, or its record is
+                // of before the split; its status is stored apart, once.
+                Err(RecordError::NotFound(_)) if !migrated => {
+                    migrated = true;
+                    if !crate::records::migrate_legacy(self.store.as_ref(), &id).await? {
+                        return Err(RecordError::NotFound(id));
+                    }
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn record_once(&self, observation: &Observation) -> Result<Recorded, RecordError> {
         let id = observation.instance_id.clone();
         let source = self.source.clone();
         let outcome = read_modify_write_with(
             self.store.as_ref(),
             self.durability,
-            keys::INSTANCES,
+            keys::INSTANCE_STATUS,
             id.as_str(),
             MAX_ATTEMPTS,
-            |current: Option<Record<Instance>>| {
+            |current: Option<Record<ObservedStatus>>| {
                 let Some(record) = current else {
                     return Err(RecordError::NotFound(id.clone()));
                 };
-                let mut instance = record.value;
-                if observation.observed_at < instance.status.updated_at {
+                let mut observed = record.value;
+                if observation.observed_at < observed.updated_at {
                     return Err(RecordError::Stale {
                         id: id.clone(),
                         observed: observation.observed_at,
-                        recorded: instance.status.updated_at,
+                        recorded: observed.updated_at,
                     });
                 }
-                let old = instance.status.clone();
-                let old_runtime = instance.runtime.clone();
-                apply(&mut instance, &observation);
-                let changed = instance.status.state != old.state
-                    || instance.status.reason != old.reason
-                    || instance.status.message != old.message
-                    || instance.status.observed_generation != old.observed_generation
-                    || instance.runtime != old_runtime;
+                let old = observed.clone();
+                apply(&mut observed, observation);
+                let changed = observed.state != old.state
+                    || observed.reason != old.reason
+                    || observed.message != old.message
+                    || observed.observed_generation != old.observed_generation
+                    || observed.runtime != old.runtime;
                 if !changed {
-                    return Ok(Change::Keep((None, instance)));
+                    return Ok(Change::Keep((None, observed)));
                 }
                 let change = StatusChange {
                     cursor: 0,
                     instance_id: id.clone(),
                     old: Some(old.state),
-                    new: instance.status.state,
-                    reason: instance.status.reason,
-                    message: instance.status.message.clone(),
+                    new: observed.state,
+                    reason: observed.reason,
+                    message: observed.message.clone(),
                     source: source.clone(),
-                    generation: instance.status.observed_generation,
+                    generation: observed.observed_generation,
                     timestamp: observation.observed_at,
                 };
-                // The record and its status-buffer entry: one atomic write.
+                // The status and its status-buffer entry: one atomic write.
                 let entry = Write::Append {
                     log: keys::STATUS_LOG.to_string(),
                     value: encode(&change).map_err(RecordError::Store)?,
                     capacity: keys::STATUS_LOG_CAPACITY,
                 };
                 Ok(Change::Put {
-                    value: instance.clone(),
+                    value: observed.clone(),
                     also: vec![entry],
-                    output: (Some(change), instance),
+                    output: (Some(change), observed),
                 })
             },
         )
         .await;
-        let ((change, instance), applied) = match outcome {
+        let ((change, observed), applied) = match outcome {
             Ok(done) => done,
             Err(CasError::Rejected(e)) => return Err(e),
             Err(CasError::Store(e)) => return Err(e.into()),
@@ -192,28 +211,28 @@ impl StatusRecorder {
         let Some(mut change) = change else {
             return Ok(Recorded {
                 change: None,
-                instance,
+                observed,
             });
         };
         change.cursor = applied
             .first()
             .and_then(|a| a.cursor())
             .ok_or_else(|| StoreError::Backend("the status entry got no cursor".into()))?;
-        self.announce(&change, &instance).await;
+        self.announce(&change, &observed).await;
         Ok(Recorded {
             change: Some(change),
-            instance,
+            observed,
         })
     }
 
     /// Publishes the events of a recorded change. Publishing is best-effort:
     /// the change is already in the store and the buffer.
-    async fn announce(&self, change: &StatusChange, instance: &Instance) {
+    async fn announce(&self, change: &StatusChange, observed: &ObservedStatus) {
         let mut events = vec![Event::InstanceStatusChanged(change.clone())];
         let id = change.instance_id.clone();
         let entered = |s: ActualState| change.new == s && change.old != Some(s);
         if entered(ActualState::Running) {
-            if let Some(runtime) = &instance.runtime {
+            if let Some(runtime) = &observed.runtime {
                 events.push(Event::InstanceStarted {
                     instance_id: id.clone(),
                     runtime: runtime.clone(),
@@ -238,8 +257,7 @@ impl StatusRecorder {
     }
 }
 
-fn apply(instance: &mut Instance, observation: &Observation) {
-    let status = &mut instance.status;
+fn apply(status: &mut ObservedStatus, observation: &Observation) {
     status.state = observation.state;
     status.reason = observation.reason;
     status.message = observation.message.clone();
@@ -249,19 +267,19 @@ fn apply(instance: &mut Instance, observation: &Observation) {
     }
     match &observation.runtime {
         RuntimeUpdate::Keep => {}
-        RuntimeUpdate::Set(runtime) => instance.runtime = Some(runtime.clone()),
+        RuntimeUpdate::Set(runtime) => status.runtime = Some(runtime.clone()),
         RuntimeUpdate::Exited(code) => {
-            if let Some(runtime) = &mut instance.runtime {
+            if let Some(runtime) = &mut status.runtime {
                 runtime.last_exit_code = *code;
                 runtime.handle = None;
             }
         }
         RuntimeUpdate::Restarted(code) => {
-            if let Some(runtime) = &mut instance.runtime {
+            if let Some(runtime) = &mut status.runtime {
                 runtime.last_exit_code = *code;
             }
         }
-        RuntimeUpdate::Clear => instance.runtime = None,
+        RuntimeUpdate::Clear => status.runtime = None,
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId, Reason};
+use draas_core::instance::{ActualState, DesiredState, InstanceId, Reason};
 use draas_core::keys;
 use draas_core::lease::{Lease, RECONCILER_LEASE};
 use draas_core::messages::{
@@ -31,6 +31,7 @@ use draas_core::ports::store::JsonStore;
 use draas_core::ports::{
     Delivery, DriverError, Observation, PlatformDriver, RuntimeUpdate, StateStore,
 };
+use draas_core::records::{self, ObservedStatus};
 use draas_core::status::{RecordError, StatusRecorder};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio::sync::watch;
@@ -526,7 +527,7 @@ impl Inner {
     async fn record(
         &self,
         observation: Observation,
-    ) -> Result<Option<Instance>, draas_core::ports::StoreError> {
+    ) -> Result<Option<ObservedStatus>, draas_core::ports::StoreError> {
         self.record_with(&self.recorder, observation).await
     }
 
@@ -535,16 +536,14 @@ impl Inner {
         &self,
         recorder: &StatusRecorder,
         observation: Observation,
-    ) -> Result<Option<Instance>, draas_core::ports::StoreError> {
+    ) -> Result<Option<ObservedStatus>, draas_core::ports::StoreError> {
         let id = observation.instance_id.clone();
         match recorder.record(observation).await {
-            Ok(recorded) => Ok(Some(recorded.instance)),
+            Ok(recorded) => Ok(Some(recorded.observed)),
             Err(RecordError::NotFound(_)) => Ok(None),
-            Err(RecordError::Stale { .. }) => Ok(self
-                .store
-                .get_json::<Instance>(keys::INSTANCES, id.as_str())
-                .await?
-                .map(|r| r.value)),
+            Err(RecordError::Stale { .. }) => {
+                records::read_observed(self.store.as_ref(), &id).await
+            }
             Err(RecordError::Store(e)) => Err(e),
         }
     }
@@ -559,11 +558,8 @@ impl Inner {
     /// The instance's record is the control plane's word; one that cannot
     /// be read refuses too (the caller retries).
     async fn superseded(&self, id: &InstanceId, spec: &StartSpec) -> Option<Outcome> {
-        let instance = match self
-            .store
-            .get_json::<Instance>(keys::INSTANCES, id.as_str())
-            .await
-        {
+        // The spec alone: the control plane's word.
+        let instance = match records::read_spec(self.store.as_ref(), id).await {
             Ok(Some(record)) => record.value,
             Ok(None) => {
                 return Some(error(
@@ -642,10 +638,14 @@ fn past_deadline() -> Outcome {
     )
 }
 
-fn ok(instance: Option<Instance>) -> Outcome {
+/// The reply to a command that changed what runs: the status as recorded
+/// (the control plane keeps its own restart bookkeeping).
+fn ok(observed: Option<ObservedStatus>) -> Outcome {
     Outcome::Ok {
-        status: instance.as_ref().map(|i| i.status.clone()),
-        runtime: instance.and_then(|i| i.runtime).map(Box::new),
+        status: observed
+            .as_ref()
+            .map(|o| o.status(&records::Recovery::default())),
+        runtime: observed.and_then(|o| o.runtime).map(Box::new),
         detail: None,
     }
 }

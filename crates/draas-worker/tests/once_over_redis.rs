@@ -73,12 +73,7 @@ async fn instance(store: &dyn StateStore) -> InstanceId {
         deleted_at: None,
     };
     store
-        .put_json(
-            keys::INSTANCES,
-            id.as_str(),
-            &instance,
-            Precondition::Absent,
-        )
+        .apply(draas_core::records::create_writes(&instance).unwrap())
         .await
         .unwrap();
     id
@@ -302,12 +297,24 @@ async fn a_record_and_a_command_of_a_newer_version_are_executed_by_an_older_work
         .unwrap()
         .unwrap()
         .value;
-    let record = with_newer_fields(
-        record,
-        &["", "/serverConfiguration", "/configuration", "/status"],
-    );
+    let record = with_newer_fields(record, &["", "/serverConfiguration", "/configuration"]);
     store
         .put_json(keys::INSTANCES, id.as_str(), &record, Precondition::None)
+        .await
+        .unwrap();
+    let status = store
+        .get_json::<serde_json::Value>(keys::INSTANCE_STATUS, id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    store
+        .put_json(
+            keys::INSTANCE_STATUS,
+            id.as_str(),
+            &with_newer_fields(status, &[""]),
+            Precondition::None,
+        )
         .await
         .unwrap();
     let envelope = start(&id);
@@ -347,12 +354,11 @@ async fn a_record_and_a_command_of_a_newer_version_are_executed_by_an_older_work
     };
     assert!(matches!(reply.outcome, Outcome::Ok { .. }), "{reply:?}");
     assert_eq!(driver.count(&format!("start {id}")), 1);
-    let recorded = store
-        .get_json::<Instance>(keys::INSTANCES, id.as_str())
+    let recorded = draas_core::records::read(store.as_ref(), &id)
         .await
         .unwrap()
         .unwrap()
-        .value;
+        .instance();
     assert_eq!(
         recorded.status.state,
         draas_core::instance::ActualState::Running

@@ -112,25 +112,18 @@ impl Rig {
             deleted_at: None,
         };
         self.store
-            .put_json(
-                keys::INSTANCES,
-                id.as_str(),
-                &instance,
-                Precondition::Absent,
-            )
+            .apply(draas_core::records::create_writes(&instance).unwrap())
             .await
             .unwrap();
         id
     }
 
     async fn state(&self, id: &InstanceId) -> ActualState {
-        self.store
-            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+        draas_core::records::read(self.store.as_ref(), id)
             .await
             .unwrap()
             .unwrap()
-            .value
-            .status
+            .observed
             .state
     }
 
@@ -233,12 +226,12 @@ async fn a_start_the_instance_no_longer_asks_for_is_refused() {
     let mut rig = Rig::new();
     let driver = rig.worker("w1", 4).await;
     let id = rig.instance().await;
-    let edit = |change: fn(&mut Instance)| {
+    let edit = |change: fn(&mut draas_core::records::InstanceSpec)| {
         let store = rig.store.clone();
         let id = id.clone();
         async move {
             let mut instance = store
-                .get_json::<Instance>(keys::INSTANCES, id.as_str())
+                .get_json::<draas_core::records::InstanceSpec>(keys::INSTANCES, id.as_str())
                 .await
                 .unwrap()
                 .unwrap()

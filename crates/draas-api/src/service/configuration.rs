@@ -20,7 +20,7 @@ use draas_core::instance::{Instance, InstanceId, PlatformType, ServerConfigurati
 use draas_core::keys;
 use draas_core::messages::{Event, EventEnvelope};
 use draas_core::patch::{apply_json_patch, apply_json_patch_guarded, PatchError};
-use draas_core::ports::store::{read_modify_write, CasError, Change, Record};
+use draas_core::ports::store::CasError;
 use draas_core::ports::{CheckTarget, Runtime, StoreError};
 
 use super::ports::{ports_of, reservation_writes};
@@ -223,16 +223,9 @@ impl ControlPlane {
             let mut attempted: Option<(DrasiServerConfig, ServerConfiguration, BTreeSet<u16>)> =
                 None;
             let mut warnings = Vec::new();
-            let outcome = read_modify_write(
-                self.store.as_ref(),
-                keys::INSTANCES,
-                id.as_str(),
-                super::MAX_ATTEMPTS,
-                |current: Option<Record<Instance>>| {
-                    let mut instance = current
-                        .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
-                        .value;
-                    super::instances::refuse_deleted(&instance)?;
+            let outcome = self
+                .write_spec(id, |instance: &mut Instance| {
+                    super::instances::refuse_deleted(instance)?;
                     // Checked on every attempt: a retry after a concurrent
                     // change must not apply a patch meant for the old document.
                     if let Some(expected) = if_match {
@@ -302,14 +295,9 @@ impl ControlPlane {
                     let new_ports = ports_of(&instance.configuration, &instance.server_configuration);
                     let also =
                         reservation_writes(instance.platform_type, id, &old_ports, &new_ports);
-                    Ok(Change::Put {
-                        value: instance.clone(),
-                        also,
-                        output: instance,
-                    })
-                },
-            )
-            .await;
+                    Ok(Some((also, instance.clone())))
+                })
+                .await;
             let instance = match outcome {
                 Ok((instance, _)) => instance,
                 // A port another instance holds.

@@ -15,10 +15,9 @@ use draas_core::messages::{
     Command, Event, EventEnvelope, LogStream, LogsSpec, QueryResultsSpec, StartSpec, StatusChange,
     StopSpec,
 };
-use draas_core::ports::store::{
-    encode, read_modify_write, Change, JsonStore, Precondition, Record, Write,
-};
+use draas_core::ports::store::{encode, read_modify_write, Change, Precondition, Record, Write};
 use draas_core::ports::StoreError;
+use draas_core::records::{self, InstanceSpec};
 use draas_core::restart::{RestartPolicy, UpdateStrategy};
 use serde::{Deserialize, Serialize};
 
@@ -231,20 +230,14 @@ impl ControlPlane {
                 runtime: None,
                 deleted_at: None,
             };
-            let mut writes = vec![
-                Write::Put {
-                    collection: keys::INSTANCES.into(),
-                    key: id.to_string(),
-                    value: encode(&instance)?,
-                    precondition: Precondition::Absent,
-                },
-                Write::Put {
-                    collection: keys::INSTANCE_NAMES.into(),
-                    key: instance.name.clone(),
-                    value: id.as_str().as_bytes().to_vec(),
-                    precondition: Precondition::Absent,
-                },
-            ];
+            // The spec and the status, both new.
+            let mut writes = records::create_writes(&instance)?;
+            writes.extend([Write::Put {
+                collection: keys::INSTANCE_NAMES.into(),
+                key: instance.name.clone(),
+                value: id.as_str().as_bytes().to_vec(),
+                precondition: Precondition::Absent,
+            }]);
             writes.extend(reservation_writes(
                 platform,
                 &id,
@@ -297,13 +290,7 @@ impl ControlPlane {
 
     /// Every instance, oldest first.
     pub async fn all_instances(&self) -> ApiResult<Vec<Instance>> {
-        Ok(self
-            .store
-            .list_json::<Instance>(keys::INSTANCES)
-            .await?
-            .into_iter()
-            .map(|(_, r)| r.value)
-            .collect())
+        Ok(records::list(self.store.as_ref()).await?)
     }
 
     /// Instances matching `query`, oldest first.
@@ -352,8 +339,7 @@ impl ControlPlane {
     pub(super) async fn after(&self, mut instance: Instance, reply: Reply) -> ApiResult<Instance> {
         match reply.status {
             Some(status) => {
-                instance.status = status;
-                instance.runtime = reply.runtime;
+                instance.observe(&status, reply.runtime);
                 Ok(instance)
             }
             None => Ok(self.load(&instance.id).await?.value),
@@ -452,18 +438,26 @@ impl ControlPlane {
                 Err(e) => return Err(e),
             }
         }
+        // Removed meanwhile (the reconciler finished the delete)?
+        let Some(observed) = records::read_observed(self.store.as_ref(), id).await? else {
+            return Ok(Deletion::Done);
+        };
         let (removed, applied) = read_modify_write(
             self.store.as_ref(),
             keys::INSTANCES,
             id.as_str(),
             super::MAX_ATTEMPTS,
-            |current: Option<Record<Instance>>| {
-                // Removed meanwhile (the reconciler finished the delete).
+            |current: Option<Record<InstanceSpec>>| {
                 let Some(current) = current else {
                     return Ok(Change::Keep(None));
                 };
-                let instance = current.value;
+                let instance = Instance::from_parts(current.value, observed.clone());
                 let mut also = vec![
+                    Write::Delete {
+                        collection: keys::INSTANCE_STATUS.into(),
+                        key: id.to_string(),
+                        precondition: Precondition::None,
+                    },
                     Write::Delete {
                         collection: keys::INSTANCE_NAMES.into(),
                         key: instance.name.clone(),

@@ -1,9 +1,12 @@
 //! The control plane's operations, independent of HTTP. Handlers call these;
 //! these call the ports (store, bus, validator).
 //!
-//! Writes are read-modify-write with a revision check ([`ControlPlane::update`]),
-//! so control-plane replicas and workers never overwrite each other's
-//! changes to one instance record.
+//! An instance is stored as two records (see `draas_core::records`): its
+//! spec, which only these operations write (read-modify-write with a
+//! revision check, [`ControlPlane::update`], so control-plane replicas never
+//! overwrite each other's changes), and its status, which only status
+//! recorders write. Operations read both; they never write the status
+//! record, so they never retry because a status was recorded meanwhile.
 
 pub mod audit;
 mod configuration;
@@ -26,8 +29,9 @@ use draas_core::instance::{
 use draas_core::keys;
 use draas_core::messages::{Command, CommandEnvelope, Outcome, WorkerInfo};
 use draas_core::policy::Reach;
-use draas_core::ports::store::{read_modify_write, CasError, Change, JsonStore, Record};
+use draas_core::ports::store::{read_modify_write, Applied, CasError, Change, Record, Write};
 use draas_core::ports::{ConfigValidator, MessageBus, StateStore};
+use draas_core::records::{self, InstanceSpec};
 use draas_core::status::StatusRecorder;
 use draas_core::workers::live_workers;
 
@@ -134,12 +138,15 @@ impl ControlPlane {
         &self.store
     }
 
-    /// The instance `id`, with its revision.
+    /// The instance `id`, with its spec's revision.
     pub async fn load(&self, id: &InstanceId) -> ApiResult<Record<Instance>> {
-        self.store
-            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+        let stored = records::read(self.store.as_ref(), id)
             .await?
-            .ok_or_else(|| ApiError::not_found("instance", id.as_str()))
+            .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?;
+        Ok(Record {
+            value: stored.instance(),
+            revision: stored.spec.revision,
+        })
     }
 
     /// The instance named or identified by `name_or_id` (the original
@@ -173,7 +180,8 @@ impl ControlPlane {
     }
 
     /// [`Self::update`], saying with `desired` whether the change is of the
-    /// desired side (which moves `updatedAt`) or only bookkeeping.
+    /// desired side (which moves `updatedAt`) or only bookkeeping. A change
+    /// that leaves the spec as it was writes nothing.
     pub(crate) async fn modify<F>(
         &self,
         id: &InstanceId,
@@ -183,30 +191,63 @@ impl ControlPlane {
     where
         F: FnMut(&mut Instance) -> ApiResult<()> + Send,
     {
-        let outcome = read_modify_write(
+        self.write_spec(id, |instance| {
+            let before = instance.spec();
+            change(instance)?;
+            if instance.spec() == before {
+                return Ok(None);
+            }
+            if desired {
+                instance.updated_at = Utc::now();
+            }
+            Ok(Some((Vec::new(), instance.clone())))
+        })
+        .await
+        .map(|(instance, _)| instance)
+        .map_err(|e| cas_error(id, e))
+    }
+
+    /// The one read-modify-write of an instance's spec. `change` is given
+    /// the instance (its spec as read in this round, its status as read
+    /// once before) and returns the writes to make with the spec in one
+    /// batch and its output, or `None` to write nothing (the output is then
+    /// the instance as read). Only the spec is written: a status recorded
+    /// meanwhile never makes it retry, and what `change` does to the status
+    /// is not stored. Returns the output and what the batch's other writes
+    /// did.
+    pub(crate) async fn write_spec<O, F>(
+        &self,
+        id: &InstanceId,
+        mut change: F,
+    ) -> Result<(O, Vec<Applied>), CasError<ApiError>>
+    where
+        O: Send + From<Instance>,
+        F: FnMut(&mut Instance) -> ApiResult<Option<(Vec<Write>, O)>> + Send,
+    {
+        let not_found = || ApiError::not_found("instance", id.as_str());
+        let observed = records::read_observed(self.store.as_ref(), id)
+            .await
+            .map_err(CasError::Store)?
+            .ok_or_else(|| CasError::Rejected(not_found()))?;
+        read_modify_write(
             self.store.as_ref(),
             keys::INSTANCES,
             id.as_str(),
             MAX_ATTEMPTS,
-            |current: Option<Record<Instance>>| {
-                let mut instance = current
-                    .ok_or_else(|| ApiError::not_found("instance", id.as_str()))?
-                    .value;
-                change(&mut instance)?;
-                if desired {
-                    instance.updated_at = Utc::now();
+            |current: Option<Record<InstanceSpec>>| {
+                let spec = current.ok_or_else(not_found)?.value;
+                let mut instance = Instance::from_parts(spec, observed.clone());
+                match change(&mut instance)? {
+                    None => Ok(Change::Keep(O::from(instance))),
+                    Some((also, output)) => Ok(Change::Put {
+                        value: instance.spec(),
+                        also,
+                        output,
+                    }),
                 }
-                Ok(Change::Put {
-                    value: instance.clone(),
-                    also: Vec::new(),
-                    output: instance,
-                })
             },
         )
-        .await;
-        outcome
-            .map(|(instance, _)| instance)
-            .map_err(|e| cas_error(id, e))
+        .await
     }
 
     /// Workers of `platform` whose heartbeat has not expired.

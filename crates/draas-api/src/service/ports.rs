@@ -20,7 +20,6 @@ use draas_core::instance::{InstanceId, PlatformType, ServerConfiguration};
 use draas_core::keys;
 use draas_core::policy::PortPolicy;
 use draas_core::ports::store::{Precondition, Write};
-use draas_core::ports::JsonStore;
 
 use super::ControlPlane;
 use crate::error::{ApiError, ApiResult, FieldError};
@@ -138,9 +137,7 @@ impl ControlPlane {
             .flatten()
             .map(|v| String::from_utf8_lossy(&v.value).to_string());
         let holder_name = match holder.as_deref().map(str::parse::<InstanceId>) {
-            Some(Ok(id)) => self
-                .store
-                .get_json::<draas_core::instance::Instance>(keys::INSTANCES, id.as_str())
+            Some(Ok(id)) => draas_core::records::read_spec(self.store.as_ref(), &id)
                 .await
                 .ok()
                 .flatten()

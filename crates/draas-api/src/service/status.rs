@@ -115,19 +115,19 @@ impl ControlPlane {
             }) => Ok(change),
             Ok(Recorded {
                 change: None,
-                instance,
+                observed,
             }) => {
                 // Nothing changed: report the current status as the change.
                 Ok(StatusChange {
                     cursor: 0,
-                    instance_id: instance.id,
-                    old: Some(instance.status.state),
-                    new: instance.status.state,
-                    reason: instance.status.reason,
-                    message: instance.status.message,
+                    instance_id: update.instance_id.clone(),
+                    old: Some(observed.state),
+                    new: observed.state,
+                    reason: observed.reason,
+                    message: observed.message,
                     source: format!("external:{}", update.source),
-                    generation: instance.status.observed_generation,
-                    timestamp: instance.status.updated_at,
+                    generation: observed.observed_generation,
+                    timestamp: observed.updated_at,
                 })
             }
             Err(RecordError::NotFound(id)) => Err(ApiError::not_found("instance", id.as_str())),

@@ -180,24 +180,18 @@ impl Suite<'_> {
             deleted_at: None,
         };
         self.store
-            .put_json(
-                keys::INSTANCES,
-                id.as_str(),
-                &instance,
-                Precondition::Absent,
-            )
+            .apply(draas_core::records::create_writes(&instance).expect("encode"))
             .await
             .expect("store the instance");
         id
     }
 
     async fn recorded(&self, id: &InstanceId) -> Instance {
-        self.store
-            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+        draas_core::records::read(self.store.as_ref(), id)
             .await
             .expect("read the instance")
             .expect("the instance exists")
-            .value
+            .instance()
     }
 
     /// Waits until the recorded state of `id` is `state`.
@@ -240,7 +234,12 @@ impl Suite<'_> {
         instance.status.updated_at = Utc::now();
         instance.runtime = Some(runtime.clone());
         self.store
-            .put_json(keys::INSTANCES, id.as_str(), &instance, Precondition::None)
+            .put_json(
+                keys::INSTANCE_STATUS,
+                id.as_str(),
+                &instance.observed(),
+                Precondition::None,
+            )
             .await
             .expect("record Running");
     }

@@ -156,24 +156,18 @@ impl Setup {
             deleted_at: None,
         };
         self.store
-            .put_json(
-                keys::INSTANCES,
-                id.as_str(),
-                &instance,
-                Precondition::Absent,
-            )
+            .apply(draas_core::records::create_writes(&instance).unwrap())
             .await
             .unwrap();
         id
     }
 
     pub async fn recorded(&self, id: &InstanceId) -> Instance {
-        self.store
-            .get_json::<Instance>(keys::INSTANCES, id.as_str())
+        draas_core::records::read(self.store.as_ref(), id)
             .await
             .unwrap()
             .unwrap()
-            .value
+            .instance()
     }
 
     /// Waits until the recorded status of `id` satisfies `check`.
@@ -230,7 +224,12 @@ impl Setup {
         instance.status.updated_at = Utc::now();
         instance.runtime = Some(runtime.clone());
         self.store
-            .put_json(keys::INSTANCES, id.as_str(), &instance, Precondition::None)
+            .put_json(
+                keys::INSTANCE_STATUS,
+                id.as_str(),
+                &instance.observed(),
+                Precondition::None,
+            )
             .await
             .unwrap();
     }
