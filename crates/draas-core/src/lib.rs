@@ -40,6 +40,7 @@ pub mod messages;
 pub mod patch;
 pub mod policy;
 pub mod ports;
+pub mod problem;
 pub mod records;
 pub mod restart;
 pub mod status;

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::ClientError;
 use crate::port::ControlPlanePort;
+use crate::port::PortError;
 
 /// An instance an event named, with the event's cursor.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ pub async fn follow_events(
                     }
                 }
             }
-            Err(ClientError::Refused { code, .. }) if code == "INVALID_CURSOR" => {
+            Err(PortError::InvalidCursor(_)) => {
                 // Older than the kept history (or from another store):
                 // start from now; the full pass covers the gap.
                 info!("the saved event cursor is no longer known; following from now");

@@ -29,7 +29,8 @@ pub mod plan;
 pub mod port;
 pub mod run;
 
-pub use client::{step_body, ClientError, ControlPlaneClient};
+pub use client::{step_body, ControlPlaneClient};
 pub use plan::{plan, Action, Decision, PlanSettings};
 pub use port::ControlPlanePort;
+pub use port::PortError;
 pub use run::{run, ReconcilerSettings};

@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, error, info, warn};
 
-use crate::client::ClientError;
 use crate::cursor::{follow_events, CursorFile, Named};
 use crate::lease::hold_lease;
 use crate::plan::{plan, Action, Decision, PlanSettings};
 use crate::port::ControlPlanePort;
+use crate::port::PortError;
 
 /// Settings of a reconciler.
 #[derive(Debug, Clone)]
@@ -107,9 +107,9 @@ async fn save_cursor(file: CursorFile, mut cursor: watch::Receiver<Option<String
 /// A read of the control plane, done.
 enum Read {
     /// Every instance (a full pass).
-    All(Result<Vec<Instance>, ClientError>),
+    All(Result<Vec<Instance>, PortError>),
     /// One instance (boxed: a record is large).
-    One(String, Result<Box<Instance>, ClientError>),
+    One(String, Result<Box<Instance>, PortError>),
 }
 
 /// Runs the reconciler against the control plane `client` until
@@ -363,7 +363,7 @@ impl Loop {
                 self.reading.remove(&id);
                 match read {
                     Ok(instance) => self.consider(*instance),
-                    Err(ClientError::Gone(_)) => {
+                    Err(PortError::Gone(_)) => {
                         self.known.remove(&id);
                         self.forget(&id);
                     }
@@ -461,20 +461,20 @@ async fn execute(client: &dyn ControlPlanePort, id: &InstanceId, action: &Action
     match client.act(id, action, Some(fence)).await {
         Ok(()) => info!(instance = %id, ?action, fence, "reconciled"),
         // Someone acted first: the next plan starts from what they did.
-        Err(ClientError::Stale(detail)) => debug!(instance = %id, "plan overtaken: {detail}"),
-        Err(ClientError::Gone(_)) => {}
+        Err(PortError::Stale(detail)) => debug!(instance = %id, "plan overtaken: {detail}"),
+        Err(PortError::Gone(_)) => {}
         // The lease moved on: the new holder acts.
-        Err(ClientError::Refused { code, detail, .. }) if code == "STALE_FENCE" => {
+        Err(PortError::StaleFence(detail)) => {
             warn!(instance = %id, "step refused, this reconciler's lease has moved on: {detail}")
         }
         // A stop or delete waiting for a worker of its scope to return (the
         // next full pass tries again): expected, not worth a warning each
         // time.
-        Err(ClientError::Refused { code, detail, .. }) if code == "NO_LIVE_WORKER" => {
+        Err(PortError::NoLiveWorker(detail)) => {
             debug!(instance = %id, ?action, "waiting for a live worker: {detail}")
         }
         // The worker refused a start the instance no longer asks for.
-        Err(ClientError::Refused { code, detail, .. }) if code == "SUPERSEDED" => {
+        Err(PortError::Superseded(detail)) => {
             debug!(instance = %id, "step superseded: {detail}")
         }
         // The step failed (the server did not start, no live worker): the
@@ -564,18 +564,18 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ControlPlanePort for Scripted {
-        async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
+        async fn instances(&self) -> Result<Vec<Instance>, PortError> {
             if self.list_hangs {
                 std::future::pending::<()>().await;
             }
             Ok(vec![self.instance.lock().unwrap().clone()])
         }
 
-        async fn instance(&self, _: &str) -> Result<Instance, ClientError> {
+        async fn instance(&self, _: &str) -> Result<Instance, PortError> {
             Ok(self.instance.lock().unwrap().clone())
         }
 
-        async fn act(&self, _: &InstanceId, _: &Action, _: Option<u64>) -> Result<(), ClientError> {
+        async fn act(&self, _: &InstanceId, _: &Action, _: Option<u64>) -> Result<(), PortError> {
             let n = self.acts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             if n == 1 && self.panic_first {
                 panic!("a scripted bug");
@@ -588,7 +588,7 @@ mod tests {
             &self,
             holder: &str,
             ttl: Duration,
-        ) -> Result<Option<draas_core::lease::Lease>, ClientError> {
+        ) -> Result<Option<draas_core::lease::Lease>, PortError> {
             let now = Utc::now();
             Ok(Some(draas_core::lease::Lease {
                 holder: holder.to_string(),
@@ -598,14 +598,14 @@ mod tests {
             }))
         }
 
-        async fn release_lease(&self, _: &str) -> Result<(), ClientError> {
+        async fn release_lease(&self, _: &str) -> Result<(), PortError> {
             Ok(())
         }
 
         async fn instance_events(
             &self,
             _: Option<&str>,
-        ) -> Result<futures::stream::BoxStream<'static, Named>, ClientError> {
+        ) -> Result<futures::stream::BoxStream<'static, Named>, PortError> {
             let named = Named {
                 instance: self.instance.lock().unwrap().id.to_string(),
                 cursor: Some("1-0".into()),

@@ -27,6 +27,7 @@ use bollard::query_parameters::{
     EventsOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
 };
 use chrono::{DateTime, TimeZone, Utc};
+use draas_client::{Client, ClientError, ClientOptions};
 use draas_core::instance::{ActualState, InstanceId, Reason};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -49,7 +50,7 @@ pub struct DaemonSettings {
     /// The API key it sends (an agent's), when the control plane needs one.
     pub token: Option<String>,
     /// The certificates it trusts for an https:// control plane.
-    pub trusted: Vec<reqwest::Certificate>,
+    pub trusted: Vec<draas_client::Certificate>,
 }
 
 /// One status update, as `POST /api/status/updates` takes it.
@@ -267,30 +268,14 @@ pub async fn run(
         )));
     }
     let outbox = Arc::new(Outbox::default());
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &settings.token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| {
-                DaemonError::Settings("the API key holds characters a header cannot".into())
-            })?;
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .default_headers(headers);
-    for certificate in &settings.trusted {
-        builder = builder.add_root_certificate(certificate.clone());
-    }
-    let client = builder
-        .build()
-        .map_err(|e| DaemonError::Settings(format!("cannot make the HTTP client: {e}")))?;
-    let sender = tokio::spawn(send_forever(
-        format!("{base}/api/status/updates"),
-        client,
-        outbox.clone(),
-        shutdown.clone(),
-    ));
+    let client = Client::new(ClientOptions {
+        token: settings.token.clone(),
+        trusted: settings.trusted.clone(),
+        request_timeout: Duration::from_secs(10),
+        ..ClientOptions::new(base.clone())
+    })
+    .map_err(|e| DaemonError::Settings(e.to_string()))?;
+    let sender = tokio::spawn(send_forever(client, outbox.clone(), shutdown.clone()));
     info!(engine = %engine.address, control_plane = %base, "watching DRaaS containers");
     let since = Utc::now().timestamp();
     report_current(&engine, &settings.source, &outbox).await;
@@ -490,36 +475,25 @@ async fn last_words(engine: &Engine, container: &str) -> Option<String> {
 
 /// Sends what the outbox holds, retrying what the control plane could not
 /// take, until `shutdown` (then once more, briefly).
-async fn send_forever(
-    url: String,
-    client: reqwest::Client,
-    outbox: Arc<Outbox>,
-    shutdown: CancellationToken,
-) {
+async fn send_forever(client: Client, outbox: Arc<Outbox>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let batch = outbox.take();
         let mut failed = false;
         for update in batch {
-            match client.post(&url).json(&update).send().await {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response)
-                    if response.status().is_server_error()
-                        || response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
-                {
+            match client.report_status(&update).await {
+                Ok(()) => {}
+                Err(ClientError::Problem { status, .. }) if status >= 500 || status == 429 => {
                     failed = true;
                     outbox.retry(update);
                 }
-                Ok(response)
-                    if response.status() == reqwest::StatusCode::UNAUTHORIZED
-                        || response.status() == reqwest::StatusCode::FORBIDDEN =>
-                {
-                    warn!(status = %response.status(), "the control plane refused this daemon's API key (give it an agent key: --token)");
+                Err(ClientError::Problem { status, .. }) if status == 401 || status == 403 => {
+                    warn!(status, "the control plane refused this daemon's API key (give it an agent key: --token)");
                 }
-                Ok(response) => {
+                Err(ClientError::Problem { status, code, .. }) => {
                     // 404 (not this control plane's instance), 409 (older
                     // than what it knows), other refusals: final.
-                    debug!(instance = %update.instance_id, status = %response.status(), "update refused");
+                    debug!(instance = %update.instance_id, status, %code, "update refused");
                 }
                 Err(e) => {
                     if !failed {

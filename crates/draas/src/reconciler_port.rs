@@ -25,8 +25,9 @@ use draas_core::auth::Role;
 use draas_core::instance::{Instance, InstanceId};
 use draas_core::lease::Lease;
 use draas_core::messages::Event;
+use draas_core::problem::ProblemCode;
 use draas_reconciler::cursor::Named;
-use draas_reconciler::{step_body, Action, ClientError, ControlPlanePort};
+use draas_reconciler::{step_body, Action, ControlPlanePort, PortError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use tracing::warn;
@@ -48,29 +49,26 @@ impl InProcess {
 
 /// What an operation's refusal means to the reconciler: the same as the
 /// problem the API would have answered with.
-fn refusal(e: ApiError, what: &str) -> ClientError {
-    match e.code {
-        "NOT_FOUND" => ClientError::Gone(what.to_string()),
-        "STALE_PLAN" => ClientError::Stale(e.detail),
-        code => ClientError::Refused {
-            status: e.status.as_u16(),
-            code: code.to_string(),
-            detail: e.detail,
-        },
-    }
+fn refusal(e: ApiError, what: &str) -> PortError {
+    PortError::from_problem(
+        e.status.as_u16(),
+        ProblemCode::parse(e.code),
+        e.detail,
+        what,
+    )
 }
 
 #[async_trait]
 impl ControlPlanePort for InProcess {
-    async fn instances(&self) -> Result<Vec<Instance>, ClientError> {
+    async fn instances(&self) -> Result<Vec<Instance>, PortError> {
         self.control
             .all_instances()
             .await
             .map_err(|e| refusal(e, "instances"))
     }
 
-    async fn instance(&self, id: &str) -> Result<Instance, ClientError> {
-        let parsed: InstanceId = id.parse().map_err(|_| ClientError::Gone(id.to_string()))?;
+    async fn instance(&self, id: &str) -> Result<Instance, PortError> {
+        let parsed: InstanceId = id.parse().map_err(|_| PortError::Gone(id.to_string()))?;
         self.control
             .load(&parsed)
             .await
@@ -83,12 +81,12 @@ impl ControlPlanePort for InProcess {
         id: &InstanceId,
         action: &Action,
         fence: Option<u64>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), PortError> {
         // The step as the API takes it: one mapping for both ways in.
         let step: ReconcileStep =
-            serde_json::from_value(step_body(action)).map_err(|e| ClientError::Refused {
+            serde_json::from_value(step_body(action)).map_err(|e| PortError::Refused {
                 status: 400,
-                code: "INVALID_STEP".into(),
+                code: ProblemCode::Other("INVALID_STEP".into()),
                 detail: format!("a step the control plane does not take: {e}"),
             })?;
         let outcome = self.control.reconcile(id, step, fence).await;
@@ -111,15 +109,15 @@ impl ControlPlanePort for InProcess {
         outcome.map(|_| ()).map_err(|e| refusal(e, id.as_str()))
     }
 
-    async fn claim_lease(&self, holder: &str, ttl: Duration) -> Result<Option<Lease>, ClientError> {
+    async fn claim_lease(&self, holder: &str, ttl: Duration) -> Result<Option<Lease>, PortError> {
         match self.control.claim_lease(holder, ttl).await {
             Ok(lease) => Ok(Some(lease)),
-            Err(e) if e.code == "LEASE_HELD" => Ok(None),
+            Err(e) if ProblemCode::parse(e.code) == ProblemCode::LeaseHeld => Ok(None),
             Err(e) => Err(refusal(e, "the reconciler lease")),
         }
     }
 
-    async fn release_lease(&self, holder: &str) -> Result<(), ClientError> {
+    async fn release_lease(&self, holder: &str) -> Result<(), PortError> {
         self.control
             .release_lease(holder)
             .await
@@ -130,7 +128,7 @@ impl ControlPlanePort for InProcess {
     async fn instance_events(
         &self,
         last_event: Option<&str>,
-    ) -> Result<BoxStream<'static, Named>, ClientError> {
+    ) -> Result<BoxStream<'static, Named>, PortError> {
         let events = self
             .control
             .events_after(last_event)

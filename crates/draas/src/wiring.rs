@@ -238,13 +238,14 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         }
     }
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
-    let client = draas_reconciler::ControlPlaneClient::new(
-        &args.control_plane,
-        // The control plane answers within its own route limits.
-        draas_core::limits::CLIENT_TIMEOUT,
-        args.token.token.as_deref(),
-        &args.token.trusted(&args.control_plane)?,
-    )?;
+    // The control plane answers within its own route limits
+    // (`ClientOptions::new` waits as long as they allow).
+    let client = draas_client::Client::new(draas_client::ClientOptions {
+        token: args.token.token.clone(),
+        trusted: args.token.trusted(&args.control_plane)?,
+        ..draas_client::ClientOptions::new(args.control_plane.clone())
+    })?;
+    let client = draas_reconciler::ControlPlaneClient::new(client);
     info!(control_plane = %args.control_plane, holder = %settings.holder, "reconciler starting");
     draas_reconciler::run(Arc::new(client), settings, shutdown.graceful.clone()).await;
     info!("stopped");

@@ -17,7 +17,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use contexts::{ContextEntry, Contexts};
@@ -187,10 +186,10 @@ pub enum ContextCommand {
     List,
 }
 
-/// A client of one control plane.
+/// A client of one control plane (the one API client, `draas-client`,
+/// with the CLI's contexts and exit codes).
 struct Client {
-    base: String,
-    http: reqwest::Client,
+    api: draas_client::Client,
 }
 
 /// Why a call failed.
@@ -208,17 +207,16 @@ impl Failure {
     }
 }
 
-/// An error with its causes ("error sending request: ... invalid peer
-/// certificate: UnknownIssuer"), which reqwest's own message leaves out.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+impl From<draas_client::ClientError> for Failure {
+    fn from(e: draas_client::ClientError) -> Self {
+        use draas_client::ClientError;
+        match e {
+            ClientError::Settings(message) => Failure::new(Exit::BadInput, message),
+            e @ ClientError::Unreachable { .. } => Failure::new(Exit::Unreachable, e.to_string()),
+            ClientError::Problem { status, body, .. } => problem(status, &body, ""),
+            e @ ClientError::Unreadable { .. } => Failure::new(Exit::Failed, e.to_string()),
+        }
     }
-    text
 }
 
 impl Client {
@@ -243,91 +241,44 @@ impl Client {
             .token
             .clone()
             .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| {
-                    Failure::new(
-                        Exit::BadInput,
-                        "the API key holds characters a header cannot",
-                    )
-                })?;
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(draas_core::limits::CLIENT_TIMEOUT)
-            .default_headers(headers);
         let ca_cert = target
             .ca_cert
             .clone()
             .or_else(|| context.as_ref().and_then(|c| c.ca_cert.clone()));
         let trusted = crate::config::trusted_roots(&base, ca_cert.as_deref())
             .map_err(|e| Failure::new(Exit::BadInput, format!("{e:#}")))?;
-        for certificate in trusted {
-            builder = builder.add_root_certificate(certificate);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| Failure::new(Exit::BadInput, e.to_string()))?;
-        Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        })
+        let api = draas_client::Client::new(draas_client::ClientOptions {
+            token,
+            trusted,
+            ..draas_client::ClientOptions::new(base)
+        })?;
+        Ok(Self { api })
     }
 
     /// Sends a request: status, JSON body, ETag, raw text.
     async fn send(
         &self,
-        method: Method,
+        method: &str,
         path: &str,
         body: Option<(&str, Value)>,
         if_match: Option<&str>,
     ) -> Result<(u16, Value, Option<String>, String), Failure> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some((media, body)) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, media)
-                .body(body.to_string());
-        }
-        if let Some(tag) = if_match {
-            request = request.header(reqwest::header::IF_MATCH, tag);
-        }
-        let response = request.send().await.map_err(|e| {
-            Failure::new(
-                Exit::Unreachable,
-                format!("cannot reach {}: {}", self.base, chain(&e)),
-            )
-        })?;
-        let status = response.status().as_u16();
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let body = match body {
+            None => draas_client::Body::Empty,
+            Some((media, value)) => draas_client::Body::Text(media, value.to_string()),
+        };
+        let answer = self.api.send(method, path, body, if_match).await?;
         // An accepted command carried out later (a stop or delete while no
         // worker can reach the server): the user is told why, whatever
         // the output format.
-        if let Some(why) = response
-            .headers()
-            .get(draas_api::http::PENDING_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(why) = &answer.pending {
             eprintln!("pending: {why}");
         }
-        let text = response.text().await.unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok((status, value, etag, text))
+        Ok((answer.status, answer.json(), answer.etag, answer.text))
     }
 
     /// Sends a request; the JSON answer, or the failure its problem says.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, Failure> {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
         let body = body.map(|b| ("application/json", b));
         let (status, value, _, text) = self.send(method, path, body, None).await?;
         if (200..300).contains(&status) {
@@ -339,7 +290,7 @@ impl Client {
 
     /// A GET that returns the answer's ETag too.
     async fn get_tagged(&self, path: &str) -> Result<(Value, Option<String>), Failure> {
-        let (status, value, etag, text) = self.send(Method::GET, path, None, None).await?;
+        let (status, value, etag, text) = self.send("GET", path, None, None).await?;
         if (200..300).contains(&status) {
             Ok((value, etag))
         } else {
@@ -373,7 +324,7 @@ impl Client {
         if_match: Option<&str>,
     ) -> Result<Result<(Value, Option<String>), Value>, Failure> {
         let body = Some(("application/json-patch+json", ops.clone()));
-        let (status, value, etag, _) = self.send(Method::PATCH, path, body, if_match).await?;
+        let (status, value, etag, _) = self.send("PATCH", path, body, if_match).await?;
         Ok(if (200..300).contains(&status) {
             Ok((value, etag))
         } else {
@@ -381,29 +332,12 @@ impl Client {
         })
     }
 
-    /// An event stream's response.
-    async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .timeout(Duration::from_secs(365 * 24 * 3600))
-            .send()
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    Exit::Unreachable,
-                    format!("cannot reach {}: {}", self.base, chain(&e)),
-                )
-            })?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            Ok(response)
-        } else {
-            let text = response.text().await.unwrap_or_default();
-            let value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            Err(problem(status, &value, &text))
-        }
+    /// An event stream's events.
+    async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<futures::stream::BoxStream<'static, draas_client::StreamEvent>, Failure> {
+        Ok(self.api.events(path, None).await?)
     }
 }
 
@@ -495,7 +429,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
                 body["configuration"] = configuration;
             }
             let created = client
-                .call(Method::POST, "/api/server/instances", Some(body))
+                .call("POST", "/api/server/instances", Some(body))
                 .await?;
             // What DRaaS decided in the file, and what it ignores: on
             // stderr, so the output stays the instance.
@@ -510,7 +444,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
         }
         InstanceCommand::List => {
             let list = client
-                .call(Method::GET, "/api/server/instances?limit=1000", None)
+                .call("GET", "/api/server/instances?limit=1000", None)
                 .await?;
             let items = list["items"].as_array().cloned().unwrap_or_default();
             output::instances(out, &items, true);
@@ -518,7 +452,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
         InstanceCommand::Get { name } => {
             let instance = client
                 .call(
-                    Method::GET,
+                    "GET",
                     &format!("/api/server/instances/{}", segment(&name)),
                     None,
                 )
@@ -530,7 +464,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
         InstanceCommand::Restart(l) => lifecycle(&client, out, "restart", "Running", l).await?,
         InstanceCommand::Delete { name, force } => {
             let path = format!("/api/server/instances/{}?force={force}", segment(&name));
-            let (status, value, _, text) = client.send(Method::DELETE, &path, None, None).await?;
+            let (status, value, _, text) = client.send("DELETE", &path, None, None).await?;
             if !(200..300).contains(&status) {
                 return Err(problem(status, &value, &text));
             }
@@ -561,7 +495,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
                     segment(&stream)
                 )
             };
-            let logs = client.call(Method::GET, &path(tail), None).await?;
+            let logs = client.call("GET", &path(tail), None).await?;
             let lines: Vec<String> = logs["lines"]
                 .as_array()
                 .into_iter()
@@ -581,7 +515,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
             }
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let logs = client.call(Method::GET, &path(1000), None).await?;
+                let logs = client.call("GET", &path(1000), None).await?;
                 let now: Vec<String> = logs["lines"]
                     .as_array()
                     .into_iter()
@@ -607,7 +541,7 @@ async fn instance_inner(command: InstanceCommand, target: &Target) -> Result<(),
             );
             let instance = waiting(
                 format!("waiting for {name} to be {state}"),
-                client.call(Method::GET, &path, None),
+                client.call("GET", &path, None),
             )
             .await?;
             output::instances(out, &[instance], false);
@@ -677,7 +611,7 @@ async fn lifecycle(
     }
     let instance = waiting(
         format!("{verb} {} (until {state})", l.name),
-        client.call(Method::POST, &path, None),
+        client.call("POST", &path, None),
     )
     .await?;
     output::instances(out, &[instance], false);
@@ -688,9 +622,7 @@ async fn lifecycle(
 pub async fn platforms(target: Target) -> ExitCode {
     let run = async {
         let client = Client::new(&target)?;
-        let platforms = client
-            .call(Method::GET, "/api/server/platforms", None)
-            .await?;
+        let platforms = client.call("GET", "/api/server/platforms", None).await?;
         output::platforms(target.output, &platforms);
         Ok(())
     };

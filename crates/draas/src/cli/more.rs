@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use futures::StreamExt;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::output::{self, Output};
@@ -276,7 +275,7 @@ pub async fn status(client: &Client, out: Output, command: StatusCommand) -> Res
     loop {
         let page = client
             .call(
-                Method::GET,
+                "GET",
                 &format!("/api/status/recent-changes?since={cursor}&limit=1000"),
                 None,
             )
@@ -310,29 +309,17 @@ pub async fn status(client: &Client, out: Output, command: StatusCommand) -> Res
 pub async fn events(client: &Client, follow: bool) -> Result<(), Failure> {
     if !follow {
         let page = client
-            .call(Method::GET, "/api/events/history?limit=1000", None)
+            .call("GET", "/api/events/history?limit=1000", None)
             .await?;
         for event in page["events"].as_array().into_iter().flatten() {
             println!("{}", event["event"]);
         }
         return Ok(());
     }
-    let response = client.stream("/api/events").await?;
-    use eventsource_stream::Eventsource;
-    let mut stream = response.bytes_stream().eventsource();
+    let mut stream = client.stream("/api/events").await?;
     while let Some(event) = stream.next().await {
-        match event {
-            Ok(event) => {
-                println!("{}", event.data);
-                let _ = std::io::stdout().flush();
-            }
-            Err(e) => {
-                return Err(Failure::new(
-                    Exit::Unreachable,
-                    format!("the event stream broke: {e}"),
-                ))
-            }
-        }
+        println!("{}", event.data);
+        let _ = std::io::stdout().flush();
     }
     Ok(())
 }
@@ -348,7 +335,7 @@ pub async fn query(client: &Client, out: Output, command: QueryCommand) -> Resul
     );
     let mut last = None;
     loop {
-        let page = client.call(Method::GET, &path, None).await?;
+        let page = client.call("GET", &path, None).await?;
         let rows = page["rows"].as_array().cloned().unwrap_or_default();
         if last.as_ref() != Some(&rows) {
             output::rows(out, &rows);
