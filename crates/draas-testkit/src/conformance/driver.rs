@@ -122,6 +122,9 @@ pub async fn run_all(
         .recover_adopts_what_runs_and_reports_what_is_gone()
         .await;
     suite.a_reused_handle_is_never_signalled().await;
+    suite
+        .an_adopted_server_that_dies_at_once_is_reported_failed()
+        .await;
 }
 
 struct Suite<'a> {
@@ -442,6 +445,46 @@ impl Suite<'_> {
         assert!(!self.fixture.is_running(&kept_handle).await);
         after.delete(&kept, &stop_spec()).await.expect("delete");
         after.delete(&lost, &stop_spec()).await.expect("delete");
+    }
+
+    /// A server adopted by a restarted worker that dies right after the
+    /// adoption: its crash is reported like any other (its exit monitor is
+    /// its registration's from the first moment, never lost to a race
+    /// with the registration it removes).
+    async fn an_adopted_server_that_dies_at_once_is_reported_failed(&self) {
+        let before = self.driver().await;
+        let id = self.instance("adopted-dies").await;
+        let handle = self.start(&before, &id).await;
+        before.detach().await;
+        drop(before);
+        let after = self.driver().await;
+        let adopted = after.recover().await.expect("recover");
+        assert!(adopted >= 1, "adopted {adopted}");
+        self.fixture.crash(&handle).await;
+        if self.fixture.restarts_crashed_servers() {
+            // Its platform brings it back; it is seen failing or back, and
+            // still managed.
+            let back = self
+                .recorded_state(&id, ActualState::Running, Duration::from_secs(30))
+                .await;
+            assert_eq!(back.status.reason, Some(Reason::Ready), "{:?}", back.status);
+            assert_eq!(after.running().await, 1, "still managed");
+        } else {
+            let failed = self
+                .recorded_state(&id, ActualState::Failed, CRASH_REPORTED_WITHIN)
+                .await;
+            assert!(
+                failed
+                    .status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| !m.is_empty()),
+                "the crash says why: {:?}",
+                failed.status
+            );
+            assert_eq!(after.running().await, 0, "no longer managed");
+        }
+        after.delete(&id, &stop_spec()).await.expect("delete");
     }
 
     async fn a_reused_handle_is_never_signalled(&self) {

@@ -1,19 +1,28 @@
-//! The servers a worker runs now, in memory, each with the background
-//! tasks that watch it.
+//! The servers a worker runs now, in memory, each with the one task that
+//! watches it.
 //!
-//! Every registration gets a serial number: a task spawned for one server
-//! (its exit monitor, its component watch, a health confirmation) acts only
-//! if the registration it was spawned for is still the current one, so a
-//! late task of a replaced server never touches its successor. Tasks are
-//! aborted when their registration is removed or replaced: a repeated Start
-//! never leaves a second component watch running.
+//! Every registration gets a serial number, and one *owner* task, spawned
+//! with it, that runs all of its watchers (its exit monitor, its component
+//! watch, a health confirmation, its platform's condition watch) as
+//! futures of that one task. A watcher is handed to the owner through the
+//! registration's mailbox, under the registry's lock: it runs only if its
+//! registration is the current one when it is handed over, and it never
+//! runs before it is the registration's (no spawn-then-attach race). When a
+//! registration is removed or replaced its mailbox closes and its owner
+//! ends, dropping every watcher with it: no abort handles kept across
+//! tasks. What must outlive the registration (the report of a crash, once
+//! the crash took the registration) is spawned by the watcher as a task of
+//! its own.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::Poll;
 
 use draas_core::instance::InstanceId;
-use tokio::task::AbortHandle;
+use tokio::sync::mpsc;
 
 use super::exit::ExitWatch;
 use super::records::ServerRecord;
@@ -29,27 +38,56 @@ pub enum Phase {
     Stopping,
 }
 
-/// Background tasks of one registration, aborted with it.
-#[derive(Default)]
-pub struct Tasks {
-    monitor: Option<AbortHandle>,
-    components: Option<AbortHandle>,
-    confirm: Option<AbortHandle>,
-    condition: Option<AbortHandle>,
+/// A watcher, as its owner runs it.
+type Watcher = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The slots of a registration's watchers: one of each at a time.
+const SLOTS: usize = 4;
+
+/// The owner of one registration, as the registry holds it: its mailbox
+/// (dropped with the registration, which ends the owner) and which
+/// watchers it was handed.
+struct Owner {
+    mailbox: mpsc::UnboundedSender<(Task, Watcher)>,
+    handed: [bool; SLOTS],
 }
 
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for task in [
-            &self.monitor,
-            &self.components,
-            &self.confirm,
-            &self.condition,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            task.abort();
+impl Owner {
+    /// Spawns the owner of a new registration.
+    fn spawn() -> Self {
+        let (mailbox, watchers) = mpsc::unbounded_channel();
+        tokio::spawn(own(watchers));
+        Self {
+            mailbox,
+            handed: [false; SLOTS],
+        }
+    }
+}
+
+/// The owner task of one registration: runs the watchers it is handed (a
+/// new one in a slot replaces, and so drops, the one there) until the
+/// registration's mailbox closes, then drops those still running.
+async fn own(mut mailbox: mpsc::UnboundedReceiver<(Task, Watcher)>) {
+    let mut slots: [Option<Watcher>; SLOTS] = Default::default();
+    loop {
+        // Runs the watchers; never ends by itself (finished ones leave
+        // their slot empty).
+        let watch = std::future::poll_fn(|cx| {
+            for slot in &mut slots {
+                if let Some(watcher) = slot {
+                    if watcher.as_mut().poll(cx).is_ready() {
+                        *slot = None;
+                    }
+                }
+            }
+            Poll::<()>::Pending
+        });
+        tokio::select! {
+            handed = mailbox.recv() => match handed {
+                Some((task, watcher)) => slots[task.slot()] = Some(watcher),
+                None => return,
+            },
+            () = watch => {}
         }
     }
 }
@@ -67,6 +105,17 @@ pub enum Task {
     Condition,
 }
 
+impl Task {
+    fn slot(self) -> usize {
+        match self {
+            Task::Monitor => 0,
+            Task::Components => 1,
+            Task::Confirm => 2,
+            Task::Condition => 3,
+        }
+    }
+}
+
 /// One managed server.
 pub struct Entry<R, H> {
     /// Identifies this registration.
@@ -79,7 +128,7 @@ pub struct Entry<R, H> {
     pub exit: ExitWatch,
     /// Where it is in its life.
     pub phase: Phase,
-    tasks: Tasks,
+    owner: Owner,
 }
 
 /// What a caller gets to see of an entry.
@@ -119,8 +168,9 @@ impl<R: Clone, H: Clone> Registry<R, H> {
         self.servers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a server, replacing (and stopping the tasks of) any
-    /// earlier registration of `id`. Returns its serial.
+    /// Registers a server, replacing (and ending the owner of) any earlier
+    /// registration of `id`. Returns its serial. Runs in a Tokio runtime
+    /// (the registration's owner task is spawned).
     pub fn insert(
         &self,
         id: &InstanceId,
@@ -138,7 +188,7 @@ impl<R: Clone, H: Clone> Registry<R, H> {
                 handle,
                 exit,
                 phase,
-                tasks: Tasks::default(),
+                owner: Owner::spawn(),
             },
         );
         drop(replaced);
@@ -159,7 +209,7 @@ impl<R: Clone, H: Clone> Registry<R, H> {
             .collect()
     }
 
-    /// Forgets every server (their tasks are aborted).
+    /// Forgets every server (their watchers end with their owners).
     pub fn clear(&self) {
         let all = std::mem::take(&mut *self.lock());
         drop(all);
@@ -192,109 +242,59 @@ impl<R: Clone, H: Clone> Registry<R, H> {
         Some((before, e.snapshot()))
     }
 
-    /// Attaches a task to registration `serial` of `id` (replacing and
-    /// aborting one in the same slot). A task for a registration that is
-    /// not current any more is aborted at once. Returns whether attached.
-    pub fn attach(&self, id: &InstanceId, serial: u64, slot: Task, task: AbortHandle) -> bool {
+    /// Hands `watcher` to the owner of registration `serial` of `id`, as
+    /// its watcher in `slot` (replacing the one there). Returns whether it
+    /// was handed over: if not, the registration is not the current one
+    /// and the watcher never runs.
+    pub fn spawn<F>(&self, id: &InstanceId, serial: u64, slot: Task, watcher: F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let mut servers = self.lock();
         match servers.get_mut(id) {
             Some(e) if e.serial == serial => {
-                let place = match slot {
-                    Task::Monitor => &mut e.tasks.monitor,
-                    Task::Components => &mut e.tasks.components,
-                    Task::Confirm => &mut e.tasks.confirm,
-                    Task::Condition => &mut e.tasks.condition,
-                };
-                if let Some(old) = place.replace(task) {
-                    old.abort();
-                }
-                true
+                let handed = e.owner.mailbox.send((slot, Box::pin(watcher))).is_ok();
+                e.owner.handed[slot.slot()] |= handed;
+                handed
             }
-            _ => {
-                task.abort();
-                false
-            }
+            _ => false,
         }
     }
 
-    /// Spawns `task` as the task in `slot` of registration `serial` of
-    /// `id`, attached before it runs: a task that ended at once (an exit
-    /// monitor whose server died at once) could otherwise remove its
-    /// registration first and then be aborted by its own late attachment,
-    /// before it reported what it saw. Returns whether it was attached (if
-    /// not, the registration is gone and the task never runs).
-    pub fn spawn<F>(&self, id: &InstanceId, serial: u64, slot: Task, task: F) -> bool
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let (go, gate) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            if gate.await.is_ok() {
-                task.await;
-            }
-        });
-        let attached = self.attach(id, serial, slot, handle.abort_handle());
-        if attached {
-            let _ = go.send(());
-        }
-        attached
-    }
-
-    /// Whether registration `serial` of `id` has a task in `slot`.
+    /// Whether registration `serial` of `id` was handed a watcher in
+    /// `slot`.
     pub fn has_task(&self, id: &InstanceId, serial: u64, slot: Task) -> bool {
-        self.lock().get(id).is_some_and(|e| {
-            e.serial == serial
-                && match slot {
-                    Task::Monitor => e.tasks.monitor.is_some(),
-                    Task::Components => e.tasks.components.is_some(),
-                    Task::Confirm => e.tasks.confirm.is_some(),
-                    Task::Condition => e.tasks.condition.is_some(),
-                }
-        })
+        self.lock()
+            .get(id)
+            .is_some_and(|e| e.serial == serial && e.owner.handed[slot.slot()])
     }
 
-    /// Removes registration `serial` of `id` (aborting its tasks), if it is
-    /// the current one. `spare` names the slot of the calling task, which
-    /// is released instead of aborted.
-    pub fn remove(
-        &self,
-        id: &InstanceId,
-        serial: u64,
-        spare: Option<Task>,
-    ) -> Option<Snapshot<R, H>> {
-        self.remove_if(id, serial, spare, |_| true)
+    /// Removes registration `serial` of `id` (its owner ends, and its
+    /// watchers with it), if it is the current one.
+    pub fn remove(&self, id: &InstanceId, serial: u64) -> Option<Snapshot<R, H>> {
+        self.remove_if(id, serial, |_| true)
     }
 
     /// Removes the current registration of `id` if it is `Running`, for its
-    /// exit monitor (whose own task is released, not aborted).
+    /// exit monitor: from then on the crash is the monitor's to report
+    /// (in a task of its own: the registration's owner ends).
     pub fn take_crashed(&self, id: &InstanceId, serial: u64) -> Option<Snapshot<R, H>> {
-        self.remove_if(id, serial, Some(Task::Monitor), |e| {
-            e.phase == Phase::Running
-        })
+        self.remove_if(id, serial, |e| e.phase == Phase::Running)
     }
 
     fn remove_if(
         &self,
         id: &InstanceId,
         serial: u64,
-        spare: Option<Task>,
         condition: impl FnOnce(&Entry<R, H>) -> bool,
     ) -> Option<Snapshot<R, H>> {
-        let mut entry = {
+        let entry = {
             let mut servers = self.lock();
             match servers.get(id) {
                 Some(e) if e.serial == serial && condition(e) => servers.remove(id)?,
                 _ => return None,
             }
         };
-        // The caller's own task must not be aborted under its feet.
-        match spare {
-            Some(Task::Monitor) => drop(entry.tasks.monitor.take()),
-            Some(Task::Components) => drop(entry.tasks.components.take()),
-            Some(Task::Confirm) => drop(entry.tasks.confirm.take()),
-            Some(Task::Condition) => drop(entry.tasks.condition.take()),
-            None => {}
-        }
         Some(entry.snapshot())
     }
 }
@@ -336,12 +336,13 @@ mod tests {
         }
     }
 
-    /// The shape of an exit monitor whose server died at once: its task
-    /// removes its registration first thing, then reports. It must run to
-    /// the end every time (before, it could be aborted by its own late
-    /// attachment to the registration it had just removed).
+    /// The shape of an exit monitor whose server died at once: its watcher
+    /// takes the crash (removing its registration) first thing, then hands
+    /// the report to a task of its own. The report is made every time
+    /// (before, the monitor could be aborted by its own late attachment to
+    /// the registration it had just removed).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_that_removes_its_registration_at_once_still_runs_to_the_end() {
+    async fn a_crash_taken_at_once_is_always_reported() {
         for _ in 0..200 {
             let registry: Arc<Registry<u32, ()>> = Arc::new(Registry::default());
             let id = InstanceId::generate();
@@ -349,14 +350,51 @@ mod tests {
             let serial = registry.insert(&id, record(), (), exit, Phase::Running);
             let (reported, report) = tokio::sync::oneshot::channel();
             let (me, instance) = (registry.clone(), id.clone());
-            let attached = registry.spawn(&id, serial, Task::Monitor, async move {
+            let handed = registry.spawn(&id, serial, Task::Monitor, async move {
                 let crashed = me.take_crashed(&instance, serial).is_some();
-                tokio::task::yield_now().await;
-                let _ = reported.send(crashed);
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    let _ = reported.send(crashed);
+                });
             });
-            assert!(attached);
+            assert!(handed);
             assert_eq!(report.await, Ok(true), "the report was never made");
         }
+    }
+
+    /// A registration removed or replaced ends its watchers (its owner
+    /// ends); the new registration's watchers run.
+    #[tokio::test]
+    async fn removing_or_replacing_a_registration_ends_its_watchers() {
+        let registry: Registry<u32, ()> = Registry::default();
+        let id = InstanceId::generate();
+        // A watcher that never ends by itself: its sender is dropped with it.
+        let forever = |alive: tokio::sync::oneshot::Sender<()>| async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        };
+        let (_n1, exit) = exit_channel();
+        let first = registry.insert(&id, record(), (), exit, Phase::Running);
+        let (alive, ended) = tokio::sync::oneshot::channel();
+        assert!(registry.spawn(&id, first, Task::Components, forever(alive)));
+        assert!(registry.has_task(&id, first, Task::Components));
+        let (_n2, exit) = exit_channel();
+        let second = registry.insert(&id, record(), (), exit, Phase::Running);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+            .await
+            .expect("the replaced registration's watcher ended")
+            .expect_err("dropped, not finished");
+        assert!(!registry.has_task(&id, second, Task::Components));
+        let (alive, ended) = tokio::sync::oneshot::channel();
+        assert!(registry.spawn(&id, second, Task::Components, forever(alive)));
+        // A watcher handed to an old registration never runs.
+        assert!(!registry.spawn(&id, first, Task::Confirm, async {}));
+        registry.remove(&id, second);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+            .await
+            .expect("the removed registration's watcher ended")
+            .expect_err("dropped, not finished");
+        assert_eq!(registry.len(), 0);
     }
 
     #[tokio::test]
@@ -365,7 +403,7 @@ mod tests {
         let id = InstanceId::generate();
         let (_notifier, exit) = exit_channel();
         let serial = registry.insert(&id, record(), (), exit, Phase::Running);
-        registry.remove(&id, serial, None);
+        registry.remove(&id, serial);
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ran.clone();
         let attached = registry.spawn(&id, serial, Task::Monitor, async move {
