@@ -29,7 +29,9 @@ use draas_core::instance::{
 use draas_core::keys;
 use draas_core::messages::{Command, CommandEnvelope, Outcome, WorkerInfo};
 use draas_core::policy::Reach;
-use draas_core::ports::store::{read_modify_write, Applied, CasError, Change, Record, Write};
+use draas_core::ports::store::{
+    read_modify_write_from, Applied, CasError, Change, Durability, Record, Write,
+};
 use draas_core::ports::{ConfigValidator, MessageBus, StateStore};
 use draas_core::records::{self, InstanceSpec};
 use draas_core::status::StatusRecorder;
@@ -209,7 +211,7 @@ impl ControlPlane {
 
     /// The one read-modify-write of an instance's spec. `change` is given
     /// the instance (its spec as read in this round, its status as read
-    /// once before) and returns the writes to make with the spec in one
+    /// with the first round's spec) and returns the writes to make with the spec in one
     /// batch and its output, or `None` to write nothing (the output is then
     /// the instance as read). Only the spec is written: a status recorded
     /// meanwhile never makes it retry, and what `change` does to the status
@@ -225,15 +227,32 @@ impl ControlPlane {
         F: FnMut(&mut Instance) -> ApiResult<Option<(Vec<Write>, O)>> + Send,
     {
         let not_found = || ApiError::not_found("instance", id.as_str());
-        let observed = records::read_observed(self.store.as_ref(), id)
+        // Spec and status in one round trip; the first round starts from
+        // this spec. (A record of before the split has its status stored
+        // apart first.)
+        let mut stored = records::read(self.store.as_ref(), id)
             .await
-            .map_err(CasError::Store)?
-            .ok_or_else(|| CasError::Rejected(not_found()))?;
-        read_modify_write(
+            .map_err(CasError::Store)?;
+        if stored
+            .as_ref()
+            .is_some_and(|s| s.observed_revision.is_none())
+        {
+            records::migrate_legacy(self.store.as_ref(), id)
+                .await
+                .map_err(CasError::Store)?;
+            stored = records::read(self.store.as_ref(), id)
+                .await
+                .map_err(CasError::Store)?;
+        }
+        let stored = stored.ok_or_else(|| CasError::Rejected(not_found()))?;
+        let observed = stored.observed;
+        read_modify_write_from(
             self.store.as_ref(),
+            Durability::Immediate,
             keys::INSTANCES,
             id.as_str(),
             MAX_ATTEMPTS,
+            Some(Some(stored.spec)),
             |current: Option<Record<InstanceSpec>>| {
                 let spec = current.ok_or_else(not_found)?.value;
                 let mut instance = Instance::from_parts(spec, observed.clone());

@@ -500,6 +500,27 @@ pub async fn read_modify_write_with<S, T, O, E, F>(
     collection: &str,
     key: &str,
     attempts: usize,
+    change: F,
+) -> Result<(O, Vec<Applied>), CasError<E>>
+where
+    S: StateStore + ?Sized,
+    T: Serialize + DeserializeOwned + Send,
+    F: FnMut(Option<Record<T>>) -> Result<Change<T, O>, E> + Send,
+{
+    read_modify_write_from(store, durability, collection, key, attempts, None, change).await
+}
+
+/// [`read_modify_write_with`] whose first round starts from `read` (what
+/// the caller just read of `collection/key`, together with other records:
+/// one round trip fewer) instead of reading; a round lost to a concurrent
+/// write reads again.
+pub async fn read_modify_write_from<S, T, O, E, F>(
+    store: &S,
+    durability: Durability,
+    collection: &str,
+    key: &str,
+    attempts: usize,
+    mut read: Option<Option<Record<T>>>,
     mut change: F,
 ) -> Result<(O, Vec<Applied>), CasError<E>>
 where
@@ -511,10 +532,13 @@ where
         if round > 0 {
             futures_timer::Delay::new(retry_pause(round)).await;
         }
-        let current = store
-            .get_json::<T>(collection, key)
-            .await
-            .map_err(CasError::Store)?;
+        let current = match read.take() {
+            Some(given) => given,
+            None => store
+                .get_json::<T>(collection, key)
+                .await
+                .map_err(CasError::Store)?,
+        };
         let precondition = current
             .as_ref()
             .map_or(Precondition::Absent, |r| Precondition::Revision(r.revision));
