@@ -15,6 +15,7 @@ mod kubernetes;
 mod postgres_cdc;
 mod runtime_startup;
 mod stats;
+mod store_cost;
 
 use std::path::PathBuf;
 
@@ -130,6 +131,16 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         samples: usize,
     },
+    /// State store cost of a start and a stop: round trips and bytes
+    /// written, counted at the store port (in process, scripted driver).
+    StoreCost {
+        /// Start/stop rounds.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Queries in the instance's configuration.
+        #[arg(long, default_value_t = 10)]
+        queries: usize,
+    },
     /// Kubernetes platform: start→Running against a bare server-side apply
     /// of the same objects, and the API requests per operation (needs the
     /// test cluster and a Docker engine for the fake kubelet).
@@ -172,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
             let runtime = or_sibling(runtime, "draas-runtime")?;
             runtime_startup::run(&runtime, runs).await
         }
+        Bench::StoreCost { runs, queries } => store_cost::run(runs, queries).await,
         Bench::Bus { samples, commands } => bus_roundtrip::run(samples, commands).await,
         Bench::Healing {
             draas,
