@@ -26,6 +26,10 @@ pub const MAX_HOLDER_LEN: usize = 128;
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
+    /// The record's format version ([`crate::records::RECORD_VERSION`]; 0:
+    /// written before records carried one).
+    #[serde(default)]
+    pub version: u32,
     /// Who holds it.
     pub holder: String,
     /// The fencing token of this term.
@@ -63,6 +67,7 @@ impl Lease {
             }),
             Some(lease) if lease.is_live(now) => Err(Held(lease.clone())),
             _ => Ok(Lease {
+                version: crate::records::RECORD_VERSION,
                 holder: holder.to_string(),
                 token: current.map_or(1, |l| l.token + 1),
                 acquired_at: now,

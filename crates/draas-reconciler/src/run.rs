@@ -591,6 +591,7 @@ mod tests {
         ) -> Result<Option<draas_core::lease::Lease>, PortError> {
             let now = Utc::now();
             Ok(Some(draas_core::lease::Lease {
+                version: draas_core::records::RECORD_VERSION,
                 holder: holder.to_string(),
                 token: 1,
                 acquired_at: now,

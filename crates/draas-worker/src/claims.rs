@@ -30,6 +30,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CommandRecord {
+    /// The record's format version ([`draas_core::records::RECORD_VERSION`];
+    /// 0: written before records carried one).
+    #[serde(default)]
+    pub version: u32,
     /// The worker that claimed it.
     pub worker_id: String,
     /// Which run of that worker.
@@ -70,6 +74,7 @@ pub(crate) struct Claimant<'a> {
 impl Claimant<'_> {
     fn record(&self) -> CommandRecord {
         CommandRecord {
+            version: draas_core::records::RECORD_VERSION,
             worker_id: self.worker_id.to_string(),
             incarnation: self.incarnation,
             claimed_at: Utc::now(),

@@ -11,6 +11,7 @@ impl<P: Platform> Inner<P> {
     ) -> Result<Started, DriverError> {
         let launched = self.platform.launch(id, spec).await?;
         let record = ServerRecord {
+            version: draas_core::records::RECORD_VERSION,
             owner: self.worker_id.clone(),
             generation: spec.generation,
             address: launched.address,

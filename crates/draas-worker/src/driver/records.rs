@@ -52,6 +52,10 @@ pub struct ServerAddress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerRecord<P> {
+    /// The record's format version ([`draas_core::records::RECORD_VERSION`];
+    /// 0: written before records carried one).
+    #[serde(default)]
+    pub version: u32,
     /// The worker that runs it (or last ran it).
     pub owner: String,
     /// The configuration generation it runs.
@@ -342,6 +346,7 @@ mod tests {
 
     fn record(owner: &str) -> ServerRecord<u32> {
         ServerRecord {
+            version: draas_core::records::RECORD_VERSION,
             owner: owner.into(),
             generation: 1,
             address: ServerAddress {

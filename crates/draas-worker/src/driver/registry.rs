@@ -322,6 +322,7 @@ mod tests {
 
     fn record() -> ServerRecord<u32> {
         ServerRecord {
+            version: draas_core::records::RECORD_VERSION,
             owner: "w".into(),
             generation: 1,
             address: ServerAddress {
