@@ -357,6 +357,10 @@ pub const PROBLEM_CODES: &[(&str, &str)] = &[
         "504: the instance did not reach the state in time (?wait=)",
     ),
     (
+        "STATE_NOT_EXPECTED",
+        "409: the command leads the instance away from the state waited for (?wait=Running on a stop)",
+    ),
+    (
         "REQUEST_TIMEOUT",
         "504: the request took longer than its route allows",
     ),

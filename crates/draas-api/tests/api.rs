@@ -1687,6 +1687,39 @@ async fn a_record_of_a_newer_version_is_served_and_a_users_unknown_field_is_refu
     );
 }
 
+/// A wait the command itself leads away from (a stop waiting for
+/// `Running`) is answered at once, not after the whole timeout.
+#[tokio::test]
+async fn a_wait_for_a_state_the_command_leads_away_from_is_refused_at_once() {
+    let api = api(true).await;
+    let id = api.create("contrary").await;
+    let started = api
+        .post(&format!("/api/server/instances/{id}/start"), json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let asked = std::time::Instant::now();
+    let stopped = api
+        .post(
+            &format!("/api/server/instances/{id}/stop?wait=Running&timeout=60"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(stopped.status, StatusCode::CONFLICT, "{}", stopped.body);
+    assert_eq!(stopped.body["code"], "STATE_NOT_EXPECTED", "{}", stopped.body);
+    assert!(asked.elapsed() < Duration::from_secs(10), "{:?}", asked.elapsed());
+    // The stop itself was carried out.
+    let read = api.get(&format!("/api/server/instances/{id}")).await;
+    assert_eq!(read.body["status"]["state"], "Stopped", "{}", read.body);
+    // A wait the command leads to still waits and answers.
+    let started = api
+        .post(
+            &format!("/api/server/instances/{id}/start?wait=Running&timeout=10"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+}
+
 /// Spec and status apart: a worker's status changes write the status record
 /// only (the spec, with its configuration, keeps its revision), and a
 /// configuration PATCH writes the spec only (the status keeps its

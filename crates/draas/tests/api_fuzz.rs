@@ -56,7 +56,7 @@ async fn fuzzed_requests_get_no_unexplained_server_error_and_refused_ones_change
             "--exclude-path",
             "/scalar/v1",
         ])
-        .args(["--max-examples", "10", "--request-timeout", "30"])
+        .args(["--max-examples", "10", "--request-timeout", "45"])
         // One worker: CPython 3.11's AST construction is not thread-safe
         // under schemathesis's threads ("recursion depth mismatch").
         .args(["--phases", "coverage,fuzzing", "--workers", "1"])

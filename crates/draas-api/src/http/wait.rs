@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use draas_core::instance::{ActualState, Instance, InstanceId};
+use draas_core::instance::{ActualState, DesiredState, Instance, InstanceId};
 use draas_core::messages::{Event, EVENT_CHANNELS};
 use draas_core::ports::EventStream;
 use futures::StreamExt;
@@ -111,9 +111,35 @@ pub(super) async fn mutation(
     if done.instance.status.state == wanted || done.pending.is_some() {
         return Ok(done);
     }
+    if !leads_to(done.instance.desired_state, wanted) {
+        // Nothing but another request could bring it there: no point in
+        // holding the caller for the whole timeout.
+        return Err(ApiError::conflict(
+            "STATE_NOT_EXPECTED",
+            format!(
+                "{verb} of instance '{}' leaves it {:?} with desired state {:?}: it does not become {wanted:?} unless asked to",
+                done.instance.name, done.instance.status.state, done.instance.desired_state
+            ),
+        ));
+    }
     match until_state(cp, id, wanted, deadline, &mut events).await? {
         Ok(instance) => Ok(Mutated::done(instance)),
         Err(seen) => Err(not_reached(&seen, wanted, verb, limit)),
+    }
+}
+
+/// Whether an instance whose desired state is `desired` may come to
+/// `state` by itself (its worker's work, the reconciler's, a crash).
+fn leads_to(desired: DesiredState, state: ActualState) -> bool {
+    match desired {
+        DesiredState::Running => !matches!(state, ActualState::Stopped | ActualState::Created),
+        DesiredState::Stopped => !matches!(
+            state,
+            ActualState::Pending
+                | ActualState::Starting
+                | ActualState::Running
+                | ActualState::Degraded
+        ),
     }
 }
 
