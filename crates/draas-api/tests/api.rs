@@ -1705,8 +1705,16 @@ async fn a_wait_for_a_state_the_command_leads_away_from_is_refused_at_once() {
         )
         .await;
     assert_eq!(stopped.status, StatusCode::CONFLICT, "{}", stopped.body);
-    assert_eq!(stopped.body["code"], "STATE_NOT_EXPECTED", "{}", stopped.body);
-    assert!(asked.elapsed() < Duration::from_secs(10), "{:?}", asked.elapsed());
+    assert_eq!(
+        stopped.body["code"], "STATE_NOT_EXPECTED",
+        "{}",
+        stopped.body
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     // The stop itself was carried out.
     let read = api.get(&format!("/api/server/instances/{id}")).await;
     assert_eq!(read.body["status"]["state"], "Stopped", "{}", read.body);

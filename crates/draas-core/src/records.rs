@@ -422,22 +422,6 @@ pub fn create_writes(instance: &Instance) -> Result<Vec<Write>, StoreError> {
     ])
 }
 
-/// The writes that remove instance `id`'s records (the spec at `revision`).
-pub fn delete_writes(id: &InstanceId, revision: Revision) -> Vec<Write> {
-    vec![
-        Write::Delete {
-            collection: keys::INSTANCES.into(),
-            key: id.to_string(),
-            precondition: Precondition::Revision(revision),
-        },
-        Write::Delete {
-            collection: keys::INSTANCE_STATUS.into(),
-            key: id.to_string(),
-            precondition: Precondition::None,
-        },
-    ]
-}
-
 /// Stores the status of a record of before the split apart, if it is not
 /// yet (a status recorder calls it when it finds no status record). Returns
 /// `false` when the instance does not exist.
