@@ -537,18 +537,22 @@ async fn start_stop_and_restart_wait_for_the_state_asked_for() {
         "{body}"
     );
 
-    // A state that the command does not lead to: a clear 504 once the
-    // timeout has passed, naming the state it is in.
+    // A state that the command leads away from: a clear 409 at once,
+    // naming the state it is in and the desired state.
     let asked = Instant::now();
     let (status, body) = draas
-        .post(&path("stop", "wait=Running&timeout=1"), None)
+        .post(&path("stop", "wait=Running&timeout=30"), None)
         .await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (504, Some("STATE_NOT_REACHED")),
+        (409, Some("STATE_NOT_EXPECTED")),
         "{body}"
     );
-    assert!(asked.elapsed() >= Duration::from_secs(1));
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
     let detail = body["detail"].as_str().unwrap();
     assert!(
         detail.contains("Stopped") && detail.contains("Running"),
@@ -562,6 +566,23 @@ async fn start_stop_and_restart_wait_for_the_state_asked_for() {
 
     let (status, body) = draas.post(&path("start", "wait=Running"), None).await;
     assert_eq!(status, 200, "{body}");
+    // A state it may come to but does not within the timeout: a clear 504
+    // once the timeout has passed, naming the state it is in.
+    let asked = Instant::now();
+    let (status, body) = draas
+        .post(&path("restart", "wait=Failed&timeout=1"), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("STATE_NOT_REACHED")),
+        "{body}"
+    );
+    assert!(asked.elapsed() >= Duration::from_secs(1));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Running") && detail.contains("Failed"),
+        "{detail}"
+    );
     let (status, body) = draas
         .post(&path("stop", "wait=Stopped&timeout=30"), None)
         .await;
