@@ -1059,6 +1059,27 @@ async fn no_json_patch_operation_reads_a_secret_back_out() {
     }
     assert_eq!(api.snapshot().await, before, "nothing changed");
 
+    // A secret moved or copied within the environment onto a place of
+    // another type: refused, and the refusal never quotes it.
+    for ops in [
+        r#"[{"op": "copy", "from": "/environment/PW", "path": "/environment"}]"#,
+        r#"[{"op": "move", "from": "/environment/PW", "path": "/environment"}]"#,
+    ] {
+        let reply = api.patch(&path, ops, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{ops}: {}",
+            reply.body
+        );
+        assert!(
+            !reply.body.to_string().contains("hunter2"),
+            "{ops}: {}",
+            reply.body
+        );
+    }
+    assert_eq!(api.snapshot().await, before, "nothing changed");
+
     // What may be done with a secret: add, replace, rename, remove.
     for ops in [
         r#"[{"op": "add", "path": "/environment/TOKEN", "value": "t0k3n"}]"#,

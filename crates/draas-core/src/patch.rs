@@ -122,7 +122,37 @@ where
             },
         }
     })?;
-    from_value(value)
+    // A secret moved or copied within its own part (allowed) can land where
+    // the schema wants another type: the decoder's message would quote it
+    // ("invalid type: string \"<the secret>\", expected a map").
+    from_value(value).map_err(|e| match e {
+        PatchError::Invalid { path, message } if !secrets.is_empty() => PatchError::Invalid {
+            path,
+            message: without_quoted_values(&message),
+        },
+        other => other,
+    })
+}
+
+/// `message` with every double-quoted text in it replaced by `"…"`: a
+/// decoder's message that never shows a value.
+pub fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…");
+            }
+            quoted = !quoted;
+            if !quoted {
+                out.push('"');
+            }
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether `pointer` lies inside `root` (or is it).
@@ -203,6 +233,16 @@ mod tests {
 
     fn doc() -> DrasiServerConfig {
         DrasiServerConfig::empty("127.0.0.1", 20001)
+    }
+
+    #[test]
+    fn quoted_values_are_left_out_of_messages() {
+        assert_eq!(
+            without_quoted_values(r#"invalid type: string "hunter2", expected a map"#),
+            r#"invalid type: string "…", expected a map"#
+        );
+        assert_eq!(without_quoted_values("no quotes"), "no quotes");
+        assert_eq!(without_quoted_values(r#"open "end"#), r#"open "…"#);
     }
 
     #[test]

@@ -32,11 +32,48 @@ use crate::shutdown::{self, Shutdown};
 /// streams never end on their own).
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
+/// Makes the data directory private to this user: what it holds (the
+/// state store with every instance's environment, servers' files and
+/// logs) is readable by no one else. From now on everything this process
+/// and the servers it starts create is private (umask 077); what an
+/// earlier version left readable by others is made private too.
+fn private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use nix::sys::stat::{umask, Mode};
+    umask(Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    restrict(data_dir).with_context(|| {
+        format!(
+            "cannot make the data directory {} private",
+            data_dir.display()
+        )
+    })
+}
+
+/// Takes the group's and others' permissions off `path` and, for a
+/// directory, off everything under it (symbolic links are left alone).
+fn restrict(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            restrict(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// `draas up`: everything in one process.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data.resolve();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    private_data_dir(&data_dir)?;
     let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?);
     let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
@@ -167,8 +204,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// `draas worker`: one platform worker over Redis.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let data_dir = args.data.resolve();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    private_data_dir(&data_dir)?;
     let (store, bus) = connect_redis(&args.redis).await?;
     let shutdown = shutdown::install().context("cannot install signal handlers")?;
     if let Some(id) = &args.worker_id {

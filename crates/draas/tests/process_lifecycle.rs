@@ -763,3 +763,101 @@ async fn a_warm_runtime_is_retired_when_its_executable_changes_and_none_waits_wh
         "no warm runtime when turned off"
     );
 }
+
+/// The data directory is this user's alone. The attack: another user
+/// (nobody) reads the state store (every instance's environment) and a
+/// server's files; it fails, while a file the test leaves readable in the
+/// same directory is read (the control). What an earlier version left
+/// readable by others is made private when `draas up` starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_readable_by_no_other_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    // Only DRaaS's own permissions may stand in the attacker's way.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let leftover = data.join("left-by-an-earlier-version");
+    std::fs::write(&leftover, "x").unwrap();
+    std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let control = dir.path().join("readable");
+    std::fs::write(&control, "x").unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let draas = Draas::up_on(dir.path(), data.clone(), 0).await;
+    let (status, created) = draas
+        .post(
+            "/api/server/instances",
+            Some(json!({"name": "private", "serverConfiguration": {"environment": {"PW": "hunter2"}}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["instance"]["id"].as_str().unwrap().to_string();
+    let (status, config, _) = draas
+        .patch(
+            &format!("/api/configuration/instances/{id}"),
+            counter_pipeline(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{config}");
+    let (status, started) = draas
+        .post(&format!("/api/server/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+
+    // Everything under the data directory: no permission for others.
+    let mut seen = 0;
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        assert_eq!(
+            meta.permissions().mode() & 0o077,
+            0,
+            "{} is {:o}",
+            path.display(),
+            meta.permissions().mode()
+        );
+        seen += 1;
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 5, "the store, the server's files and logs: {seen}");
+
+    // The attack, as user nobody (switching users takes root; without it
+    // the permissions checked above are the proof).
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: the read as another user is not attempted");
+        return;
+    }
+    let read_as_nobody = |path: &std::path::Path| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(path)
+            .output()
+            .expect("setpriv runs")
+    };
+    assert!(
+        read_as_nobody(&control).status.success(),
+        "the control is read"
+    );
+    for target in [data.join("state.redb"), leftover] {
+        let attempt = read_as_nobody(&target);
+        assert!(!attempt.status.success(), "{} was read", target.display());
+        assert!(
+            String::from_utf8_lossy(&attempt.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&attempt.stderr)
+        );
+    }
+    let (status, _) = draas
+        .post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(status, 200);
+}
