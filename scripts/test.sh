@@ -120,6 +120,7 @@ check_deps draas-core "$forbidden_backends|draas-(api|worker)|tokio|axum|reqwest
 check_deps draas-api "$forbidden_backends|draas-worker"
 check_deps draas-worker "$forbidden_backends|draas-api"
 check_deps draas-reconciler "$forbidden_backends|draas-(api|worker)|axum"
+check_deps draas-client "$forbidden_backends|draas-(api|worker|reconciler)|axum|tokio-postgres"
 # Adapters: each depends on draas-core and its client library only. The one
 # exception, allowed in writing: draas-redis uses draas-bus's event fan-out.
 check_deps draas-redis 'redb|bollard|kube|drasi-lib|draas-(store|drasi|api|worker|worker-process)'
