@@ -492,12 +492,23 @@ async fn track(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().clone();
+    // Methods by name only when HTTP defines them: a label taken from the
+    // request as it came would be a new series per invented method.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     cp.metrics().request(
         &route,
-        method.as_str(),
+        method,
         response.status().as_u16(),
         started.elapsed(),
     );
