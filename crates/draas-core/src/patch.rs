@@ -64,6 +64,11 @@ pub enum PatchError {
 /// Largest number of operations accepted in one patch.
 pub const MAX_OPERATIONS: usize = 1000;
 
+/// Most a patch may add to a document, its own body and what its `copy`
+/// operations duplicate together (each copy can double the document: 30
+/// of them from the root would take any memory there is).
+pub const MAX_COPIED_BYTES: usize = 4 * 1024 * 1024;
+
 /// Applies the JSON Patch in `body` to `document` and returns the result.
 pub fn apply_json_patch<T>(document: &T, body: &[u8]) -> Result<T, PatchError>
 where
@@ -100,28 +105,46 @@ where
     // `value` is a copy: on failure it is dropped, so nothing needs undoing.
     // (json_patch::patch's undo panics on some failing patches, e.g. a
     // move of a member onto the root followed by an operation that fails.)
-    json_patch::patch_unsafe(&mut value, &patch).map_err(|e| {
-        let op = patch
-            .0
-            .get(e.operation)
-            .map(op_name)
-            .unwrap_or("?")
-            .to_string();
-        let path = e.path.to_string();
-        match e.kind {
-            json_patch::PatchErrorKind::TestFailed => PatchError::TestFailed {
-                index: e.operation,
-                op,
-                path,
-            },
-            kind => PatchError::NotApplicable {
-                index: e.operation,
-                op,
-                path,
-                message: kind.to_string(),
-            },
+    // One operation at a time, so a document that copies grow is stopped
+    // before it takes the memory: what the body adds is bounded by the
+    // body, what copies add is counted here.
+    let mut grown = body.len();
+    for (index, operation) in patch.0.iter().enumerate() {
+        let op = op_name(operation).to_string();
+        if let json_patch::PatchOperation::Copy(copy) = operation {
+            grown += value.pointer(copy.from.as_str()).map_or(0, |copied| {
+                serde_json::to_vec(copied).map_or(0, |v| v.len())
+            });
+            if grown > MAX_COPIED_BYTES {
+                return Err(PatchError::NotApplicable {
+                    index,
+                    op,
+                    path: copy.path.to_string(),
+                    message: format!(
+                        "the patch would add more than {} KiB to the document",
+                        MAX_COPIED_BYTES / 1024
+                    ),
+                });
+            }
         }
-    })?;
+        let single = json_patch::Patch(vec![operation.clone()]);
+        json_patch::patch_unsafe(&mut value, &single).map_err(|e| {
+            let path = e.path.to_string();
+            match e.kind {
+                json_patch::PatchErrorKind::TestFailed => PatchError::TestFailed {
+                    index,
+                    op: op.clone(),
+                    path,
+                },
+                kind => PatchError::NotApplicable {
+                    index,
+                    op: op.clone(),
+                    path,
+                    message: kind.to_string(),
+                },
+            }
+        })?;
+    }
     // A secret moved or copied within its own part (allowed) can land where
     // the schema wants another type: the decoder's message would quote it
     // ("invalid type: string \"<the secret>\", expected a map").
@@ -233,6 +256,31 @@ mod tests {
 
     fn doc() -> DrasiServerConfig {
         DrasiServerConfig::empty("127.0.0.1", 20001)
+    }
+
+    /// The attack: copies of the whole document into itself, each doubling
+    /// it (16 took 60 MB before the 422; 30 would take the process down).
+    /// Refused at the copy that would pass the limit, quickly.
+    #[test]
+    fn copies_that_would_grow_the_document_without_bound_are_refused() {
+        let ops: Vec<String> = (0..40)
+            .map(|_| r#"{"op": "copy", "from": "", "path": "/sources/-"}"#.to_string())
+            .collect();
+        let body = format!("[{}]", ops.join(","));
+        let started = std::time::Instant::now();
+        match apply_json_patch(&doc(), body.as_bytes()) {
+            Err(PatchError::NotApplicable { message, .. }) => {
+                assert!(message.contains("KiB"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A few ordinary copies still apply.
+        let body = br#"[{"op": "add", "path": "/sources/-", "value": {"kind": "mock", "id": "a"}},
+                        {"op": "copy", "from": "/sources/0", "path": "/sources/-"},
+                        {"op": "replace", "path": "/sources/1/id", "value": "b"}]"#;
+        let patched = apply_json_patch(&doc(), body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(patched.sources.len(), 2);
     }
 
     #[test]
