@@ -332,3 +332,78 @@ f.write_text(text)
         "{missing:?}"
     );
 }
+
+/// The attack: a saved context holds an operator's key; a command is
+/// pointed (`--server`) at another host, one that records what it is sent.
+/// The key is not sent there. The control: the same host saved as a
+/// context with its own key receives that key.
+#[test]
+fn a_contexts_key_is_never_sent_to_another_server() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap = format!("http://{}", listener.local_addr().unwrap());
+    // Records the request headers of each connection, answers `[]`.
+    let recorder = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                headers.push_str(&line.to_ascii_lowercase());
+            }
+            let mut stream = stream;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]")
+                .unwrap();
+            seen.push(headers);
+        }
+        seen
+    });
+    ok(&draas(
+        home,
+        &[
+            "context",
+            "add",
+            "prod",
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            "secret-operator-key",
+            "--use",
+        ],
+    ));
+    ok(&draas(
+        home,
+        &[
+            "context",
+            "add",
+            "trap",
+            "--server",
+            &trap,
+            "--token",
+            "the-traps-own-key",
+        ],
+    ));
+    // The attack: the current context's key, pointed elsewhere.
+    let _ = draas(home, &["platforms", "--server", &trap]);
+    // The control: the trap's own context.
+    let _ = draas(home, &["platforms", "--context", "trap"]);
+    let seen = recorder.join().unwrap();
+    assert!(
+        !seen[0].contains("authorization") && !seen[0].contains("secret-operator-key"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("authorization: bearer the-traps-own-key"),
+        "{}",
+        seen[1]
+    );
+}

@@ -237,10 +237,20 @@ impl Client {
             .clone()
             .or_else(|| context.as_ref().map(|c| c.server.clone()))
             .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-        let token = target
-            .token
-            .clone()
-            .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
+        // A context's key goes only to the server it was saved for: with
+        // `--server` naming another, it is not sent (`--token` sends one).
+        let same_server = |c: &ContextEntry| {
+            target
+                .server
+                .as_deref()
+                .is_none_or(|s| s.trim_end_matches('/') == c.server.trim_end_matches('/'))
+        };
+        let token = target.token.clone().or_else(|| {
+            context
+                .as_ref()
+                .filter(|c| same_server(c))
+                .and_then(|c| c.token.clone())
+        });
         let ca_cert = target
             .ca_cert
             .clone()
