@@ -56,6 +56,15 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    fn add(&mut self, more: Snapshot) {
+        self.gets += more.gets;
+        self.lists += more.lists;
+        self.batches += more.batches;
+        self.deferred_batches += more.deferred_batches;
+        self.log_reads += more.log_reads;
+        self.bytes_written += more.bytes_written;
+    }
+
     fn round_trips(&self) -> u64 {
         self.gets + self.lists + self.batches + self.deferred_batches + self.log_reads
     }
@@ -174,12 +183,7 @@ async fn quiet(counts: &Counts, so_far: &mut Snapshot) -> anyhow::Result<()> {
         if more.round_trips() == 0 {
             return Ok(());
         }
-        so_far.gets += more.gets;
-        so_far.lists += more.lists;
-        so_far.batches += more.batches;
-        so_far.deferred_batches += more.deferred_batches;
-        so_far.log_reads += more.log_reads;
-        so_far.bytes_written += more.bytes_written;
+        so_far.add(more);
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the store did not go quiet within 10 s"
@@ -264,14 +268,8 @@ pub async fn run(runs: usize, queries: usize) -> anyhow::Result<()> {
         }
         quiet(&counts, &mut stop).await?;
         counts.on.store(false, Ordering::SeqCst);
-        for (total, one) in [(&mut starts, start), (&mut stops, stop)] {
-            total.gets += one.gets;
-            total.lists += one.lists;
-            total.batches += one.batches;
-            total.deferred_batches += one.deferred_batches;
-            total.log_reads += one.log_reads;
-            total.bytes_written += one.bytes_written;
-        }
+        starts.add(start);
+        stops.add(stop);
     }
     shutdown.cancel();
 

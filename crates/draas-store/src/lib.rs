@@ -418,22 +418,7 @@ fn read_log_blocking(
 #[async_trait]
 impl StateStore for EmbeddedStore {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let (collection, key) = (collection.to_string(), key.to_string());
-        self.run(move |shared| {
-            let txn = shared.db.begin_read().map_err(backend)?;
-            let records = txn.open_table(RECORDS).map_err(backend)?;
-            let found = records
-                .get((collection.as_str(), key.as_str()))
-                .map_err(backend)?;
-            Ok(found.map(|g| {
-                let (revision, value) = g.value();
-                Versioned {
-                    value: value.to_vec(),
-                    revision: Revision(revision),
-                }
-            }))
-        })
-        .await
+        Ok(self.get_many(&[(collection, key)]).await?.pop().flatten())
     }
 
     async fn get_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Versioned>>, StoreError> {
